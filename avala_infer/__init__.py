@@ -1,0 +1,59 @@
+"""avala-infer: a local auto-labeling inference engine.
+
+``import avala_infer`` imports no torch: :class:`Engine` and :func:`label` load their backends on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from avala_infer.annotations import Detections, Prediction
+from avala_infer.errors import (
+    AvalaInferError,
+    BackendUnavailableError,
+    ConfigError,
+    ItemError,
+    ModelLoadError,
+    ModelSpecError,
+    UnknownLabelError,
+    UnknownModelError,
+    UnsupportedInputError,
+    WeightsNotFoundError,
+)
+from avala_infer.types import ModelType
+
+if TYPE_CHECKING:
+    from avala_infer.engine import Engine
+    from avala_infer.labeling import LabelReport, label
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AvalaInferError",
+    "BackendUnavailableError",
+    "ConfigError",
+    "Detections",
+    "Engine",
+    "ItemError",
+    "LabelReport",
+    "ModelLoadError",
+    "ModelSpecError",
+    "ModelType",
+    "Prediction",
+    "UnknownLabelError",
+    "UnknownModelError",
+    "UnsupportedInputError",
+    "WeightsNotFoundError",
+    "__version__",
+    "label",
+]
+
+_LAZY = {"Engine": "avala_infer.engine", "label": "avala_infer.labeling", "LabelReport": "avala_infer.labeling"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'avala_infer' has no attribute {name!r}")

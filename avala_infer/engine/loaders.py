@@ -1,0 +1,91 @@
+"""Loaders: the only code that reads input bytes. They run ahead of the model in a bounded thread pool."""
+
+from __future__ import annotations
+
+import collections
+import io
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from avala_infer.engine.sources import Item
+from avala_infer.errors import ItemError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_PIXELS = 1 << 28  # 268 megapixels: about 800 MB decoded; larger images fail their item
+
+
+def _check_pixel_count(data: np.ndarray, source: str, max_pixels: int) -> None:
+    """Refuse images over ``max_pixels`` from their header alone, before decoding (PIL reads only the header)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+        except Image.DecompressionBombError as exc:  # over PIL's own limit, which is above ours
+            raise ItemError(f"{source} is over the {max_pixels:,}-pixel limit ({exc}); downscale it first") from exc
+        except Exception:  # a format PIL does not know; cv2 may still read it
+            return
+    if width * height > max_pixels:
+        raise ItemError(
+            f"{source} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; downscale it first"
+        )
+
+
+def read_image(item: Item, timings: dict[str, float], max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read and decode one item to a BGR uint8 HxWx3 array (EXIF orientation applied, as cv2/ultralytics).
+
+    Grayscale, RGBA and 16-bit images are converted; failures raise :class:`ItemError` with the reason.
+    """
+    if item.error:
+        raise ItemError(item.error)
+    t0 = time.perf_counter()
+    if item.array is not None:
+        image = item.array
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+        timings["read"] = timings["decode"] = 0.0
+        return image
+    try:
+        data = np.fromfile(item.source, dtype=np.uint8)
+    except OSError as exc:
+        raise ItemError(f"cannot read {item.source}: {exc.strerror or exc}") from exc
+    t1 = time.perf_counter()
+    timings["read"] = (t1 - t0) * 1e3
+    if data.size == 0:
+        raise ItemError(f"{item.source} is empty (0 bytes)")
+    _check_pixel_count(data, item.source, max_pixels)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise ItemError(f"cannot decode {item.source}: {exc}") from exc
+    if image is None:
+        raise ItemError(f"cannot decode {item.source}: not an image, or corrupt or truncated")
+    timings["decode"] = (time.perf_counter() - t1) * 1e3
+    return image
+
+
+def prefetch(inputs: Iterable[T], fn: Callable[[T], R], workers: int, depth: int) -> Iterator[R]:
+    """``map(fn, inputs)`` on ``workers`` threads, in input order, at most ``depth`` results in flight.
+
+    Closing the iterator early cancels the work not yet started.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="avala-load")
+    pending: collections.deque = collections.deque()
+    try:
+        for value in inputs:
+            pending.append(pool.submit(fn, value))
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,237 @@
+"""The engine: sources -> loaders -> batches -> forward -> postprocess -> filter -> predictions, streaming."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from avala_infer.annotations import Prediction
+from avala_infer.engine.batching import ReorderBuffer, ShapeBatcher
+from avala_infer.engine.loaders import prefetch, read_image
+from avala_infer.engine.sources import Item, Source, check_sources_fit, iter_items
+from avala_infer.errors import AvalaInferError, ConfigError
+from avala_infer.filters import LabelFilter, build_filter
+from avala_infer.registry import get_predictor_class
+from avala_infer.specs import ModelSpec, find_spec, resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Loaded:
+    item: Item
+    prepared: Any = None
+    width: int = 0
+    height: int = 0
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictOptions:
+    """Per-call settings of :meth:`Engine.predict`, validated."""
+
+    label_filter: LabelFilter
+    iou_threshold: float = 0.7
+    max_det: int = 300
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            raise ConfigError(f"iou_threshold must be between 0 and 1, got {self.iou_threshold}")
+        if self.max_det < 1:
+            raise ConfigError(f"max_det must be at least 1, got {self.max_det}")
+
+
+class Engine:
+    """Loads one model and streams predictions for any number of inputs.
+
+    >>> engine = Engine("yolo11n", device="cuda")                       # doctest: +SKIP
+    >>> for pred in engine.predict(paths, confidence_threshold=0.85, labels=["car"]):  # doctest: +SKIP
+    ...     print(pred.source, pred.detections.xyxy)
+
+    ``model`` is a model name from the specs, a spec ``.yaml`` path, or a ``.pt``/``.onnx`` weights path.
+    ``device`` is ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``. ``batch_size``,
+    ``input_size``, ``precision`` and ``letterbox`` override the spec. ``workers`` is the number of
+    loader threads that read and decode ahead of the model.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | ModelSpec,
+        *,
+        device: str = "auto",
+        batch_size: int | None = None,
+        input_size: int | None = None,
+        precision: str | None = None,
+        letterbox: str | None = None,
+        workers: int | None = None,
+    ) -> None:
+        spec = model if isinstance(model, ModelSpec) else find_spec(model)
+        self.spec = spec.with_overrides(
+            batch_size=batch_size, input_size=input_size, precision=precision, letterbox=letterbox
+        )
+        weights = resolve_weights(self.spec)
+        predictor_class = get_predictor_class(self.spec.model_type, self.spec.backend)
+        from avala_infer.predictors.base import resolve_device
+
+        self.device = resolve_device(device)
+        t0 = time.perf_counter()
+        self.predictor = predictor_class(self.spec, weights, self.device)
+        log.info("loaded %s in %.2fs", self.predictor.describe(), time.perf_counter() - t0)
+        self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+
+    @property
+    def model_type(self):
+        return self.spec.model_type
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The model's class names, in class-id order."""
+        return self.predictor.labels
+
+    @property
+    def batch_size(self) -> int:
+        return self.predictor.spec.batch_size
+
+    def build_filter(
+        self,
+        *,
+        confidence_threshold: float = 0.25,
+        labels: Sequence[str] | None = None,
+        label_thresholds: Mapping[str, float] | None = None,
+        label_map: Mapping[str, str | None] | None = None,
+    ) -> LabelFilter:
+        """Compile a filter against this model's labels (raises on unknown names)."""
+        return build_filter(
+            self.labels,
+            confidence_threshold=confidence_threshold,
+            labels=labels,
+            label_thresholds=label_thresholds,
+            label_map=label_map,
+        )
+
+    def predict(
+        self,
+        sources: Source | Iterable[Source],
+        *,
+        confidence_threshold: float = 0.25,
+        iou_threshold: float = 0.7,
+        labels: Sequence[str] | None = None,
+        label_thresholds: Mapping[str, float] | None = None,
+        label_map: Mapping[str, str | None] | None = None,
+        max_det: int = 300,
+    ) -> Iterator[Prediction]:
+        """Stream one :class:`Prediction` per input item, in input order, as batches finish.
+
+        ``sources``: files, folders (recursive), glob patterns, or BGR uint8 arrays. Arguments are checked
+        here, before any work; an item that cannot be read yields a prediction with ``error`` set.
+        """
+        options = PredictOptions(
+            self.build_filter(
+                confidence_threshold=confidence_threshold,
+                labels=labels,
+                label_thresholds=label_thresholds,
+                label_map=label_map,
+            ),
+            iou_threshold=float(iou_threshold),
+            max_det=int(max_det),
+        )
+        if isinstance(sources, (str, os.PathLike, np.ndarray)):
+            sources = [sources]
+        if isinstance(sources, (list, tuple)):  # generators stream through unchecked
+            check_sources_fit(sources, self.model_type.media, self.spec.name)
+        return self.stream(iter_items(sources), options)
+
+    def stream(self, items: Iterable[Item], options: PredictOptions) -> Iterator[Prediction]:
+        """The pipeline over already enumerated items (used by :meth:`predict` and by job runners)."""
+        batch_size = self.batch_size
+        batcher: ShapeBatcher[_Loaded] = ShapeBatcher(
+            lambda loaded: self.predictor.batch_key(loaded.prepared), batch_size, window=4 * batch_size
+        )
+        reorder: ReorderBuffer[Prediction] = ReorderBuffer(lambda p: p.index)
+        depth = max(2 * batch_size, 2 * self.workers)
+        for loaded in prefetch(items, self._load, self.workers, depth):
+            if loaded.error is not None:
+                reorder.put(self._failed(loaded, loaded.error))
+            else:
+                for batch in batcher.add(loaded):
+                    for prediction in self._run_batch(batch, options):
+                        reorder.put(prediction)
+            yield from reorder.ready()
+        for batch in batcher.flush():
+            for prediction in self._run_batch(batch, options):
+                reorder.put(prediction)
+        yield from reorder.ready()
+        if len(reorder):  # cannot happen unless indices skip; never drop results silently
+            yield from sorted(reorder.held.values(), key=lambda p: p.index)
+
+    def _load(self, item: Item) -> _Loaded:
+        loaded = _Loaded(item)
+        try:
+            image = read_image(item, loaded.timings)
+            t0 = time.perf_counter()
+            loaded.height, loaded.width = image.shape[:2]
+            loaded.prepared = self.predictor.prepare(image)
+            loaded.timings["preprocess"] = (time.perf_counter() - t0) * 1e3
+        except AvalaInferError as exc:
+            loaded.error = str(exc)
+        except Exception as exc:  # a decoder or preprocessing fault fails this item only
+            loaded.error = f"{type(exc).__name__}: {exc}"
+        return loaded
+
+    @staticmethod
+    def _failed(loaded: _Loaded, reason: str) -> Prediction:
+        item = loaded.item
+        return Prediction(item.index, item.source, item.key, loaded.width, loaded.height, timings=loaded.timings,
+                          error=reason)
+
+    def _run_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
+        """Run one batch; if it fails as a whole, run its items one by one so only the bad ones fail."""
+        try:
+            return self._forward_batch(batch, options)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.warning("item %s failed in the model: %s", batch[0].item.source, exc)
+                return [self._failed(batch[0], f"model failed on this item: {type(exc).__name__}: {exc}")]
+            log.warning("a batch of %d failed (%s); retrying its items one by one", len(batch), exc)
+            return [p for loaded in batch for p in self._run_batch([loaded], options)]
+
+    def _forward_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
+        import torch
+
+        predictor = self.predictor
+        prepared = [loaded.prepared for loaded in batch]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            inputs = predictor.collate(prepared)
+            t1 = time.perf_counter()
+            raw = predictor.forward(inputs)
+            t2 = time.perf_counter()
+            results = predictor.postprocess(
+                raw,
+                prepared,
+                score_floor=options.label_filter.score_floor,
+                iou=options.iou_threshold,
+                max_det=options.max_det,
+            )
+        t3 = time.perf_counter()
+        n = len(batch)
+        shared = {"collate": (t1 - t0) * 1e3 / n, "forward": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
+        predictions = []
+        for loaded, detections in zip(batch, results):
+            t4 = time.perf_counter()
+            detections = options.label_filter.apply(detections)
+            timings = {**loaded.timings, **shared, "filter": (time.perf_counter() - t4) * 1e3}
+            item = loaded.item
+            predictions.append(
+                Prediction(item.index, item.source, item.key, loaded.width, loaded.height, detections, timings)
+            )
+        return predictions

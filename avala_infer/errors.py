@@ -1,0 +1,59 @@
+"""One exception tree for everything avala-infer raises on purpose.
+
+::
+
+    AvalaInferError
+    ├── ConfigError                  a bad argument or configuration, found before any work starts
+    │   ├── ModelSpecError           a model spec file that cannot be read or is incomplete
+    │   ├── UnknownModelError        a model name that no spec and no file answers to
+    │   ├── UnknownLabelError        a label name the model (after mapping) does not have
+    │   └── UnsupportedInputError    an input the model type cannot take (text to a detector, ...)
+    ├── WeightsNotFoundError         a weights file that is not where the spec says; says where to put it
+    ├── BackendUnavailableError      a backend package or a device that is not installed / not present
+    ├── ModelLoadError               weights that exist but do not load
+    └── ItemError                    one input item failed (missing, unreadable, corrupt); the run goes on
+
+Every message names what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class AvalaInferError(Exception):
+    """Root of every error avala-infer raises on purpose."""
+
+
+class ConfigError(AvalaInferError, ValueError):
+    """A bad argument or configuration, detected before any work starts."""
+
+
+class ModelSpecError(ConfigError):
+    """A model spec (YAML) that cannot be read or is missing required fields."""
+
+
+class UnknownModelError(ConfigError):
+    """No model spec, spec file or weights file answers to this name."""
+
+
+class UnknownLabelError(ConfigError):
+    """A label name that is not among the model's labels."""
+
+
+class UnsupportedInputError(ConfigError):
+    """An input kind that this model type cannot take."""
+
+
+class WeightsNotFoundError(AvalaInferError, FileNotFoundError):
+    """The weights file named by a spec is not in any of the searched places."""
+
+
+class BackendUnavailableError(AvalaInferError, ImportError):
+    """A backend package or device that this run needs is not available."""
+
+
+class ModelLoadError(AvalaInferError):
+    """A weights file exists but could not be loaded by its backend."""
+
+
+class ItemError(AvalaInferError):
+    """One input item failed; the run records it and goes on with the next."""

@@ -1,0 +1,100 @@
+"""Confidence, label and label-mapping filters: one pure step the engine applies after every backend.
+
+Order: the label mapping renames, merges or drops model classes first; ``labels`` and per-label thresholds
+then speak the mapped names (the project's vocabulary), and the confidence thresholds apply last.
+Unknown names are errors that list the names that exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from avala_infer.annotations import Detections
+from avala_infer.errors import ConfigError, UnknownLabelError
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelFilter:
+    """A compiled filter.
+
+    ``output_labels`` is the vocabulary after mapping and keeping (stable order: first appearance in the
+    model's labels); ``class_to_output[model_class_id]`` is the output id or -1 to drop;
+    ``thresholds[output_id]`` is the minimum score for that label.
+    """
+
+    model_labels: tuple[str, ...]
+    output_labels: tuple[str, ...]
+    class_to_output: np.ndarray
+    thresholds: np.ndarray
+
+    @property
+    def score_floor(self) -> float:
+        """The lowest threshold any kept label has: backends may discard anything below it early."""
+        return float(self.thresholds.min()) if len(self.thresholds) else 1.0
+
+    def apply(self, detections: Detections) -> Detections:
+        """Map, keep and threshold; returns detections in the output vocabulary."""
+        if not len(detections):
+            return Detections.empty()
+        ids = detections.class_id
+        if ids.min() < 0 or ids.max() >= len(self.class_to_output):
+            raise ValueError(f"class ids must be in [0, {len(self.class_to_output)}), got {ids.min()}..{ids.max()}")
+        out_ids = self.class_to_output[ids]
+        keep = out_ids >= 0
+        keep &= detections.confidence >= self.thresholds[np.where(keep, out_ids, 0)]
+        out_ids = out_ids[keep]
+        kept = detections[keep]
+        names = np.asarray(self.output_labels, dtype=object)[out_ids] if len(out_ids) else np.zeros(0, object)
+        return dataclasses.replace(kept, class_id=out_ids, class_name=names)
+
+
+def _check_threshold(name: str, value: float) -> float:
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
+def build_filter(
+    model_labels: Sequence[str],
+    *,
+    confidence_threshold: float = 0.25,
+    labels: Sequence[str] | None = None,
+    label_thresholds: Mapping[str, float] | None = None,
+    label_map: Mapping[str, str | None] | None = None,
+) -> LabelFilter:
+    """Compile and validate a filter against the model's labels; raises before any work starts."""
+    model_labels = tuple(str(x) for x in model_labels)
+    default = _check_threshold("confidence_threshold", confidence_threshold)
+    label_map = dict(label_map or {})
+    unknown = sorted(set(label_map) - set(model_labels))
+    if unknown:
+        raise UnknownLabelError(
+            f"label_map names {unknown} that the model does not have; model labels: {', '.join(model_labels)}"
+        )
+    mapped = [label_map.get(name, name) for name in model_labels]
+    vocabulary = list(dict.fromkeys(m for m in mapped if m is not None))
+    if labels is not None:
+        labels = [str(x).strip() for x in labels if str(x).strip()]
+        unknown = sorted(set(labels) - set(vocabulary))
+        if unknown:
+            raise UnknownLabelError(
+                f"unknown label(s) {unknown}; this model's labels{' after mapping' if label_map else ''} are: "
+                f"{', '.join(vocabulary)}"
+            )
+        wanted = set(labels)
+        vocabulary = [name for name in vocabulary if name in wanted]
+    index = {name: i for i, name in enumerate(vocabulary)}
+    class_to_output = np.array([index.get(m, -1) if m is not None else -1 for m in mapped], dtype=np.int64)
+    thresholds = np.full(len(vocabulary), default, dtype=np.float32)
+    for name, value in (label_thresholds or {}).items():
+        if name not in index:
+            all_names = list(dict.fromkeys(m for m in mapped if m is not None))
+            if name in all_names:
+                continue  # a threshold for a label the `labels` list drops: harmless
+            raise UnknownLabelError(f"label_thresholds names unknown label {name!r}; labels: {', '.join(all_names)}")
+        thresholds[index[name]] = _check_threshold(f"threshold for {name!r}", value)
+    return LabelFilter(model_labels, tuple(vocabulary), class_to_output, thresholds)

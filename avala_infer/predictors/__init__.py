@@ -1,0 +1,1 @@
+"""Predictors: one module per backend; imported lazily through :mod:`avala_infer.registry`."""

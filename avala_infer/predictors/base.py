@@ -1,0 +1,107 @@
+"""The predictor contract: one model, split into prepare / collate / forward / postprocess.
+
+The engine calls ``prepare`` in its loader threads (CPU, per item, must be thread-safe), groups prepared
+items whose ``batch_key`` is equal, then calls ``collate``, ``forward`` and ``postprocess`` on its own
+thread for each batch. Only ``forward`` touches the model; the engine wraps it in inference mode.
+A predictor keeps no per-call state on ``self``: everything a batch needs travels with the prepared items.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from avala_infer.annotations import Detections
+from avala_infer.errors import BackendUnavailableError, ConfigError
+from avala_infer.specs import ModelSpec
+from avala_infer.types import ModelType
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto``/``None`` -> ``cuda:0`` when torch sees a GPU, else ``cpu``; ``cuda`` -> ``cuda:0``.
+
+    Asking for CUDA where there is none is an error, never a silent fall back to the CPU.
+    """
+    import torch
+
+    text = (device or "auto").strip().lower()
+    if text == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return "cpu"
+    if text.isdigit():
+        text = f"cuda:{text}"
+    if text == "cuda":
+        text = "cuda:0"
+    if not text.startswith("cuda:") or not text[5:].isdigit():
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"device {device!r} asked for, but torch sees no CUDA GPU (torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda}); use --device cpu, or install a CUDA build of torch"
+        )
+    index = int(text[5:])
+    if index >= torch.cuda.device_count():
+        raise BackendUnavailableError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return text
+
+
+class Predictor(abc.ABC):
+    """Base class of all predictors. Subclasses load their model in ``__init__``."""
+
+    model_type: ClassVar[ModelType]
+    backend: ClassVar[str]
+
+    def __init__(self, spec: ModelSpec, weights: Path, device: str) -> None:
+        self.spec = spec
+        self.weights = weights
+        self.device = device
+        self.fp16 = spec.precision == "fp16" or (spec.precision == "auto" and device.startswith("cuda"))
+        self.labels: tuple[str, ...] = ()
+
+    def _set_labels(self, from_weights: Sequence[str] | None) -> None:
+        """Labels from the spec when it lists them, else from the weights; checked against the model's width."""
+        if not self.spec.labels_from_weights:
+            labels = tuple(self.spec.labels)
+            if from_weights is not None and len(from_weights) != len(labels):
+                raise ConfigError(
+                    f"model spec {self.spec.name!r} lists {len(labels)} labels but {self.weights} has "
+                    f"{len(from_weights)} classes; fix the spec's labels"
+                )
+        elif from_weights is None:
+            raise ConfigError(
+                f"{self.weights} carries no class names; list them under `labels:` in the model spec"
+            )
+        else:
+            labels = tuple(from_weights)
+        self.labels = labels
+
+    @abc.abstractmethod
+    def prepare(self, image: np.ndarray) -> Any:
+        """Per item, in a loader thread: turn a decoded BGR uint8 image into model-ready data."""
+
+    def batch_key(self, prepared: Any) -> Hashable:
+        """Items with equal keys can share one forward pass. Default: all can."""
+        return None
+
+    @abc.abstractmethod
+    def collate(self, prepared: Sequence[Any]) -> Any:
+        """Stack prepared items into one batch input, on the model's device."""
+
+    @abc.abstractmethod
+    def forward(self, batch: Any) -> Any:
+        """Run the model; the only method that touches it."""
+
+    @abc.abstractmethod
+    def postprocess(self, raw: Any, prepared: Sequence[Any], **options: Any) -> list[Detections]:
+        """Turn the raw batch output into one result per item, in original image coordinates."""
+
+    def describe(self) -> str:
+        return f"{self.spec.name} ({self.model_type.value}, {self.backend}, {self.device}, {'fp16' if self.fp16 else 'fp32'})"

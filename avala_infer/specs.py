@@ -1,0 +1,218 @@
+"""Model specs: which weights a model name means, and how to run them.
+
+A spec is a small YAML file (see ``models/`` in the repository)::
+
+    name: yolo11n
+    model_type: object_detection
+    backend: ultralytics
+    weights: yolo11n.pt          # a file name looked up in the weights folders, or a path
+    labels: from_weights         # or a list of names, or a path to a text file (one per line)
+    input_size: 640
+    batch_size: 8
+    precision: auto              # auto: fp16 on CUDA, fp32 on CPU; or fp32 / fp16
+    letterbox: rect              # rect: pad to a stride multiple (ultralytics predict); square: pad to input_size
+
+Specs are found in ``$AVALA_INFER_SPECS`` (folders, ``os.pathsep``-separated), then the specs that ship with
+the package, then ``<user config>/avala-infer/models``. Weights are found by explicit path, else by file name in
+``$AVALA_INFER_MODELS`` (folders, ``os.pathsep``-separated), else ``<user data>/avala-infer/models``.
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from avala_infer.errors import ModelSpecError, UnknownModelError, WeightsNotFoundError
+from avala_infer.types import ModelType
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+WEIGHT_BACKENDS = {".pt": "ultralytics", ".onnx": "onnxruntime"}
+PRECISIONS = ("auto", "fp32", "fp16")
+LETTERBOX_MODES = ("rect", "square")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load and run one model; data, not code."""
+
+    name: str
+    model_type: ModelType
+    backend: str
+    weights: str
+    labels: tuple[str, ...] | str = "from_weights"
+    input_size: int = 640
+    batch_size: int = 8
+    precision: str = "auto"
+    letterbox: str = "rect"
+    description: str = ""
+    source: str | None = None  # the YAML file this spec came from, if any
+
+    def __post_init__(self) -> None:
+        where = f" in {self.source}" if self.source else ""
+        if self.precision not in PRECISIONS:
+            raise ModelSpecError(f"precision {self.precision!r}{where} is not one of {', '.join(PRECISIONS)}")
+        if self.letterbox not in LETTERBOX_MODES:
+            raise ModelSpecError(f"letterbox {self.letterbox!r}{where} is not one of {', '.join(LETTERBOX_MODES)}")
+        if int(self.input_size) < 32 or int(self.batch_size) < 1:
+            raise ModelSpecError(f"input_size must be >= 32 and batch_size >= 1{where}")
+
+    @property
+    def labels_from_weights(self) -> bool:
+        return self.labels == "from_weights"
+
+    def with_overrides(self, **changes: object) -> ModelSpec:
+        """A copy with the given fields replaced (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _env_dirs(var: str) -> list[Path]:
+    return [Path(p).expanduser() for p in os.environ.get(var, "").split(os.pathsep) if p.strip()]
+
+
+def _user_dir(xdg_var: str, fallback: str) -> Path:
+    base = os.environ.get(xdg_var) or str(Path.home() / fallback)
+    return Path(base) / "avala-infer" / "models"
+
+
+def spec_dirs() -> list[Path]:
+    """Folders searched for ``*.yaml`` model specs, in priority order."""
+    package = Path(__file__).resolve().parent
+    bundled = package / "_bundled_models"  # wheels ship the repository's models/ here
+    repo = package.parent / "models"  # editable installs and source checkouts
+    return [*_env_dirs("AVALA_INFER_SPECS"), bundled, repo, _user_dir("XDG_CONFIG_HOME", ".config")]
+
+
+def weights_dirs() -> list[Path]:
+    """Folders searched for weights files by name, in priority order."""
+    return [*_env_dirs("AVALA_INFER_MODELS"), _user_dir("XDG_DATA_HOME", ".local/share")]
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read one spec file; a missing field or a bad value is a :class:`ModelSpecError` naming the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelSpecError(f"cannot read model spec {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelSpecError(f"model spec {path} must be a YAML mapping of fields, got {type(data).__name__}")
+    missing = [f for f in ("name", "model_type", "backend", "weights") if not data.get(f)]
+    if missing:
+        raise ModelSpecError(f"model spec {path} lacks required field(s): {', '.join(missing)}")
+    known = {f.name for f in dataclasses.fields(ModelSpec)} - {"source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ModelSpecError(f"model spec {path} has unknown field(s) {unknown}; known fields: {sorted(known)}")
+    labels = data.get("labels", "from_weights")
+    if isinstance(labels, list):
+        labels = tuple(str(x) for x in labels)
+    elif labels != "from_weights":
+        labels_path = (path.parent / str(labels)).resolve()
+        if not labels_path.is_file():
+            raise ModelSpecError(f"labels file {labels_path} named by model spec {path} does not exist")
+        labels = tuple(line.strip() for line in labels_path.read_text().splitlines() if line.strip())
+    try:
+        return ModelSpec(
+            name=str(data["name"]),
+            model_type=ModelType.parse(data["model_type"]),
+            backend=str(data["backend"]),
+            weights=str(data["weights"]),
+            labels=labels,
+            input_size=int(data.get("input_size", 640)),
+            batch_size=int(data.get("batch_size", 8)),
+            precision=str(data.get("precision", "auto")),
+            letterbox=str(data.get("letterbox", "rect")),
+            description=str(data.get("description", "")),
+            source=str(path),
+        )
+    except ModelSpecError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ModelSpecError(f"model spec {path}: {exc}") from exc
+
+
+def iter_specs() -> Iterator[ModelSpec]:
+    """Every spec found, first one wins for a given name."""
+    seen: set[str] = set()
+    for folder in spec_dirs():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix in SPEC_SUFFIXES:
+                spec = load_spec(path)
+                if spec.name not in seen:
+                    seen.add(spec.name)
+                    yield spec
+
+
+def spec_from_weights(path: Path) -> ModelSpec:
+    """A spec for a bare weights file: backend from its suffix, model type from its name."""
+    backend = WEIGHT_BACKENDS.get(path.suffix.lower())
+    if backend is None:
+        raise UnknownModelError(
+            f"cannot tell which backend runs {path}: known weight suffixes are {', '.join(WEIGHT_BACKENDS)}; "
+            "write a model spec YAML for it instead"
+        )
+    stem = path.stem.lower()
+    if stem.endswith("-seg"):
+        model_type = ModelType.INSTANCE_SEGMENTATION
+    elif stem.endswith("-cls"):
+        model_type = ModelType.IMAGE_CLASSIFICATION
+    else:
+        model_type = ModelType.OBJECT_DETECTION
+    return ModelSpec(name=path.stem, model_type=model_type, backend=backend, weights=str(path.resolve()))
+
+
+def find_spec(name_or_path: str | Path) -> ModelSpec:
+    """Resolve a model name, a spec file or a weights file to a spec."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.suffix in SPEC_SUFFIXES and path.is_file():
+        return load_spec(path)
+    if path.suffix.lower() in WEIGHT_BACKENDS and path.is_file():
+        return spec_from_weights(path)
+    specs = list(iter_specs())
+    for spec in specs:
+        if spec.name == text:
+            return spec
+    hint = ""
+    if path.suffix.lower() in WEIGHT_BACKENDS or path.suffix in SPEC_SUFFIXES:
+        hint = f" (no file at {path.resolve()})"
+    names = ", ".join(s.name for s in specs) or "none"
+    raise UnknownModelError(
+        f"unknown model {text!r}{hint}. Known model names: {names}. "
+        "Pass a model name, a spec .yaml, or a .pt/.onnx weights path; `avala-infer models list` shows them all"
+    )
+
+
+def resolve_weights(spec: ModelSpec) -> Path:
+    """The weights file for ``spec``; a missing file says where it was looked for and where to put it."""
+    given = Path(spec.weights).expanduser()
+    candidates: list[Path] = []
+    if given.is_absolute() or len(given.parts) > 1:
+        candidates.append(given if given.is_absolute() else Path.cwd() / given)
+        if spec.source and not given.is_absolute():
+            candidates.append(Path(spec.source).parent / given)
+    candidates += [folder / given.name for folder in weights_dirs()]
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate.resolve()
+    searched = "\n  ".join(str(c) for c in candidates)
+    raise WeightsNotFoundError(
+        f"weights {spec.weights!r} for model {spec.name!r} not found. Searched:\n  {searched}\n"
+        f"Put the file in a folder named by AVALA_INFER_MODELS (export AVALA_INFER_MODELS=/path/to/weights) "
+        f"or in {weights_dirs()[-1]}. avala-infer never downloads weights."
+    )
+
+
+def weights_present(spec: ModelSpec) -> Path | None:
+    """The weights path when present, else ``None`` (for listings)."""
+    try:
+        return resolve_weights(spec)
+    except WeightsNotFoundError:
+        return None
