@@ -1,0 +1,199 @@
+"""The ``avala-infer`` command: parse, call the library, format, map errors to exit codes.
+
+Exit codes: 0 every item labeled; 1 an error stopped the run (bad model, spec, weights, labels...);
+2 a usage error (click's convention); 3 the run finished but some items failed (listed in
+``OUT/failures.jsonl`` and summarised on stderr). Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import click
+
+from avala_infer.errors import AvalaInferError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_ITEMS_FAILED = 3
+
+log = logging.getLogger("avala_infer")
+
+
+class Progress:
+    """A one-line progress bar with items/s on a terminal; a plain line every few seconds when piped."""
+
+    def __init__(self, stream=None, interval_s: float = 5.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self.last_plain = self.started
+
+    def __call__(self, done: int, total: int | None, failed: int) -> None:
+        now = time.monotonic()
+        rate = done / max(now - self.started, 1e-9)
+        of = f"/{total}" if total else ""
+        failed_text = f", {failed} failed" if failed else ""
+        if self.tty:
+            width = 30
+            filled = int(width * done / total) if total else 0
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r[{bar}] {done}{of} {rate:.1f} img/s{failed_text}  ")
+            if total and done >= total:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif now - self.last_plain >= self.interval_s or (total and done >= total):
+            self.last_plain = now
+            self.stream.write(f"labeled {done}{of} items, {rate:.1f} img/s{failed_text}\n")
+            self.stream.flush()
+
+
+def _pairs(values: tuple[str, ...], option: str, convert=str) -> dict:
+    result = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint=option)
+        try:
+            result[name.strip()] = convert(rest.strip()) if rest.strip() else None
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}", param_hint=option) from exc
+    return result
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.version_option(package_name="avala-infer")
+def cli(verbose: int) -> None:
+    """avala-infer: local auto-labeling on your own GPU hosts."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@cli.command("label")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("-m", "--model", required=True, help="Model name (see `models list`), spec .yaml, or .pt/.onnx path.")
+@click.option("--confidence", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Minimum score.")
+@click.option("--iou", default=0.7, show_default=True, type=click.FloatRange(0, 1), help="NMS IoU threshold.")
+@click.option("--labels", default=None, help="Keep only these labels, comma-separated (e.g. car,truck).")
+@click.option("--label-threshold", "label_thresholds", multiple=True, metavar="LABEL=SCORE",
+              help="Per-label minimum score (repeatable).")
+@click.option("--map", "label_map", multiple=True, metavar="FROM=TO",
+              help="Rename/merge a model label into a project label; FROM= drops it (repeatable).")
+@click.option("-f", "--format", "formats", multiple=True, type=click.Choice(["jsonl", "coco", "yolo"]),
+              help="Output format (repeatable). Default: jsonl.")
+@click.option("-o", "--out", default="runs/label", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder.")
+@click.option("--dry-run", is_flag=True, help="Write previews and summary.json only, no annotation files.")
+@click.option("--preview-count", default=50, show_default=True, type=click.IntRange(0), help="Items to preview.")
+@click.option("-b", "--batch-size", type=click.IntRange(1), default=None, help="Images per forward pass.")
+@click.option("--imgsz", "input_size", type=click.IntRange(32), default=None, help="Model input size.")
+@click.option("--max-det", default=300, show_default=True, type=click.IntRange(1), help="Max boxes per image.")
+@click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+def label_command(sources, model, confidence, iou, labels, label_thresholds, label_map, formats, out, dry_run,
+                  preview_count, batch_size, input_size, max_det, device) -> None:
+    """Label SOURCES (files, folders searched recursively, or globs) and write annotations to --out."""
+    from avala_infer.labeling import label
+
+    try:
+        report = label(
+            list(sources),
+            model,
+            out=out,
+            formats=formats or ("jsonl",),
+            dry_run=dry_run,
+            preview_count=preview_count,
+            confidence_threshold=confidence,
+            iou_threshold=iou,
+            labels=[x for x in labels.split(",")] if labels else None,
+            label_thresholds=_pairs(label_thresholds, "--label-threshold", float),
+            label_map=_pairs(label_map, "--map"),
+            max_det=max_det,
+            device=device,
+            batch_size=batch_size,
+            input_size=input_size,
+            progress=Progress(),
+        )
+    except AvalaInferError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    s = report.summary
+    what = "previews in " + str(report.out_dir / "preview") if dry_run else "annotations in " + str(report.out_dir)
+    click.echo(
+        f"{report.succeeded}/{report.total} items labeled, {s['annotations']} annotations, "
+        f"{s['throughput_items_per_s']} img/s; {what}",
+        err=True,
+    )
+    if report.failed:
+        click.echo(f"{report.failed} item(s) failed; reasons in {report.failures_file}:", err=True)
+        with open(report.failures_file, encoding="utf-8") as failures:
+            for n, line in enumerate(failures):
+                if n == 10:
+                    click.echo(f"  ... and {report.failed - 10} more", err=True)
+                    break
+                click.echo(f"  {json.loads(line)['error']}", err=True)
+        sys.exit(EXIT_ITEMS_FAILED)
+
+
+@cli.group("models")
+def models_group() -> None:
+    """List and inspect model specs."""
+
+
+@models_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_list(as_json: bool) -> None:
+    """Every model spec found, and whether its weights are present."""
+    from avala_infer.specs import iter_specs, weights_present
+
+    try:
+        rows = [(spec, weights_present(spec)) for spec in iter_specs()]
+    except AvalaInferError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "model_type": s.model_type.value, "backend": s.backend,
+                                "weights": s.weights, "weights_path": str(p) if p else None} for s, p in rows],
+                              indent=2))
+        return
+    click.echo(f"{'NAME':<24} {'MODEL TYPE':<26} {'BACKEND':<12} WEIGHTS")
+    for spec, path in rows:
+        state = str(path) if path else f"missing ({spec.weights})"
+        click.echo(f"{spec.name:<24} {spec.model_type.value:<26} {spec.backend:<12} {state}")
+
+
+@models_group.command("show")
+@click.argument("name")
+def models_show(name: str) -> None:
+    """One model spec in full, with where its weights are (or where to put them)."""
+    import dataclasses
+
+    from avala_infer.errors import WeightsNotFoundError
+    from avala_infer.specs import find_spec, resolve_weights
+
+    try:
+        spec = find_spec(name)
+    except AvalaInferError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for field in dataclasses.fields(spec):
+        value = getattr(spec, field.name)
+        value = value.value if hasattr(value, "value") else value
+        if isinstance(value, tuple):
+            value = f"{len(value)} labels: " + ", ".join(value)
+        click.echo(f"{field.name + ':':<14} {value}")
+    try:
+        click.echo(f"{'weights_path:':<14} {resolve_weights(spec)}")
+    except WeightsNotFoundError as exc:
+        click.echo(f"{'weights_path:':<14} MISSING\n{exc}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

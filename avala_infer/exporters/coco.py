@@ -1,0 +1,75 @@
+"""COCO detection JSON, streamed: images and annotations go to two scratch files as they arrive and are
+joined into one ``annotations.coco.json`` at the end, so memory stays flat however many items flow.
+
+Categories are the output labels with ids 1..N in vocabulary order; each annotation carries ``score``,
+so the file loads as ground truth in pycocotools and as results through ``COCO.loadRes(file["annotations"])``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from avala_infer.annotations import Prediction
+from avala_infer.exporters.base import round_list
+
+
+class CocoWriter:
+    def __init__(self, out_dir: Path, labels: tuple[str, ...]) -> None:
+        self.path = out_dir / "annotations.coco.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(labels)]
+        self._images = self.path.with_name(self.path.name + ".images.part").open("w+", encoding="utf-8")
+        self._annotations = self.path.with_name(self.path.name + ".annotations.part").open("w+", encoding="utf-8")
+        self._next_annotation = 1
+        self._count_images = 0
+
+    @staticmethod
+    def _append(file, record: dict, first: bool) -> None:
+        file.write(("" if first else ",\n") + json.dumps(record))
+
+    def write(self, prediction: Prediction) -> None:
+        if not prediction.ok:
+            return
+        image_id = prediction.index + 1
+        self._append(
+            self._images,
+            {"id": image_id, "file_name": prediction.key, "width": prediction.width, "height": prediction.height,
+             "path": prediction.source},
+            self._count_images == 0,
+        )
+        self._count_images += 1
+        d = prediction.detections
+        for box, score, cid in zip(d.xyxy, d.confidence, d.class_id):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            w, h = x2 - x1, y2 - y1
+            record = {
+                "id": self._next_annotation,
+                "image_id": image_id,
+                "category_id": int(cid) + 1,
+                "bbox": round_list([x1, y1, w, h], 3),
+                "area": round(w * h, 3),
+                "iscrowd": 0,
+                "score": round(float(score), 5),
+            }
+            self._append(self._annotations, record, self._next_annotation == 1)
+            self._next_annotation += 1
+
+    def close(self) -> list[Path]:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write('{"info": {"description": "avala-infer pre-annotations"},\n"categories": ')
+            out.write(json.dumps(self.categories))
+            for name, part in (("images", self._images), ("annotations", self._annotations)):
+                out.write(f',\n"{name}": [\n')
+                part.seek(0)
+                shutil.copyfileobj(part, out)
+                out.write("\n]")
+            out.write("}\n")
+        for part in (self._images, self._annotations):
+            part.close()
+            os.unlink(part.name)
+        os.replace(tmp, self.path)
+        return [self.path]

@@ -1,0 +1,56 @@
+"""YOLO txt: an ultralytics-readable dataset folder.
+
+``yolo/labels/<key>.txt`` (``class cx cy w h`` normalised, one line per box; ``+ score`` with
+``save_conf``), ``yolo/images/<key>`` symlinks to the sources (ultralytics finds labels by swapping
+``images`` for ``labels`` in an image path), ``classes.txt`` and a ``data.yaml`` naming them, so
+``YOLO(...).val(data="yolo/data.yaml")`` and training read it as it is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from avala_infer.annotations import Prediction
+
+
+class YoloWriter:
+    def __init__(self, out_dir: Path, labels: tuple[str, ...], save_conf: bool = False) -> None:
+        self.root = out_dir / "yolo"
+        self.labels = labels
+        self.save_conf = save_conf
+        (self.root / "labels").mkdir(parents=True, exist_ok=True)
+        (self.root / "images").mkdir(parents=True, exist_ok=True)
+
+    def write(self, prediction: Prediction) -> None:
+        if not prediction.ok:
+            return
+        key = Path(prediction.key)
+        label_path = self.root / "labels" / key.with_suffix(".txt")
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        d, w, h = prediction.detections, prediction.width, prediction.height
+        lines = []
+        for (x1, y1, x2, y2), score, cid in zip(d.xyxy, d.confidence, d.class_id):
+            fields = [f"{(x1 + x2) / 2 / w:.6f}", f"{(y1 + y2) / 2 / h:.6f}", f"{(x2 - x1) / w:.6f}", f"{(y2 - y1) / h:.6f}"]
+            lines.append(" ".join([str(int(cid)), *fields, *([f"{score:.5f}"] if self.save_conf else [])]))
+        label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        if not prediction.source.startswith("<"):  # in-memory arrays have no file to link
+            image_path = self.root / "images" / key
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            if image_path.is_symlink() or image_path.exists():
+                image_path.unlink()
+            os.symlink(Path(prediction.source).resolve(), image_path)
+
+    def close(self) -> list[Path]:
+        classes = self.root / "classes.txt"
+        classes.write_text("".join(name + "\n" for name in self.labels), encoding="utf-8")
+        data = self.root / "data.yaml"
+        names = dict(enumerate(self.labels))
+        data.write_text(
+            yaml.safe_dump({"path": str(self.root.resolve()), "train": "images", "val": "images", "names": names},
+                           sort_keys=False),
+            encoding="utf-8",
+        )
+        return [self.root / "labels", classes, data]

@@ -1,0 +1,131 @@
+"""One call that labels a whole set of inputs and writes the outputs, as the CLI's ``label`` does."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+from avala_infer.engine import Engine
+from avala_infer.engine.sources import Source, count_items
+from avala_infer.errors import ConfigError
+from avala_infer.exporters import FORMATS, make_writer
+from avala_infer.exporters.base import FailureLog
+from avala_infer.exporters.preview import DEFAULT_PREVIEW_COUNT, PreviewWriter
+from avala_infer.exporters.summary import SummaryCollector
+
+ProgressFn = Callable[[int, "int | None", int], None]  # (done, total or None, failed)
+
+
+@dataclasses.dataclass
+class LabelReport:
+    """What a labeling run did: counts, the files it wrote, and its summary."""
+
+    out_dir: Path
+    total: int
+    succeeded: int
+    failed: int
+    dry_run: bool
+    files: list[Path]
+    summary: dict
+    failures_file: Path | None = None
+
+    @property
+    def all_ok(self) -> bool:
+        return self.failed == 0
+
+
+def label(
+    sources: Source | Iterable[Source],
+    model: str | os.PathLike | Engine = "yolo11n",
+    *,
+    out: str | os.PathLike = "runs/label",
+    formats: Sequence[str] = ("jsonl",),
+    dry_run: bool = False,
+    preview_count: int = DEFAULT_PREVIEW_COUNT,
+    confidence_threshold: float = 0.25,
+    iou_threshold: float = 0.7,
+    labels: Sequence[str] | None = None,
+    label_thresholds: Mapping[str, float] | None = None,
+    label_map: Mapping[str, str | None] | None = None,
+    max_det: int = 300,
+    device: str = "auto",
+    batch_size: int | None = None,
+    input_size: int | None = None,
+    progress: ProgressFn | None = None,
+) -> LabelReport:
+    """Label ``sources`` with ``model`` and write ``formats`` into ``out``.
+
+    With ``dry_run`` the same pipeline runs but only previews (``out/preview/``), ``summary.json`` and,
+    if items failed, ``failures.jsonl`` are written: no annotation file of any format.
+    Failed items never stop the run; they are counted and listed in ``out/failures.jsonl``.
+    """
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown output format(s) {unknown}; known formats: {', '.join(FORMATS)}")
+    if not dry_run and not formats:
+        raise ConfigError("no output format given: pass at least one of " + ", ".join(FORMATS) + " or dry_run=True")
+    if preview_count < 0:
+        raise ConfigError(f"preview_count must be >= 0, got {preview_count}")
+    engine = model if isinstance(model, Engine) else Engine(
+        model, device=device, batch_size=batch_size, input_size=input_size
+    )
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    predictions = engine.predict(  # checks every argument before any work
+        sources,
+        confidence_threshold=confidence_threshold,
+        iou_threshold=iou_threshold,
+        labels=labels,
+        label_thresholds=label_thresholds,
+        label_map=label_map,
+        max_det=max_det,
+    )
+    vocabulary = engine.build_filter(
+        confidence_threshold=confidence_threshold, labels=labels, label_thresholds=label_thresholds,
+        label_map=label_map,
+    ).output_labels
+    total = count_items(sources) if isinstance(sources, (list, tuple)) else None
+    if total == 0:
+        raise ConfigError(f"no input items found in {[str(s) for s in sources]}: give image files, folders or globs")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": engine.spec.name, "model_type": engine.model_type.value, "backend": engine.spec.backend,
+        "device": engine.device, "batch_size": engine.batch_size, "input_size": engine.predictor.spec.input_size,
+        "confidence_threshold": confidence_threshold, "iou_threshold": iou_threshold,
+        "labels": list(labels) if labels else None, "dry_run": dry_run, "formats": [] if dry_run else formats,
+    }
+    summary = SummaryCollector(out_dir, vocabulary, settings)
+    failures = FailureLog(out_dir)
+    sinks = [summary, failures]
+    if dry_run:
+        sinks.append(PreviewWriter(out_dir, summary, preview_count))
+    else:
+        sinks += [make_writer(fmt, out_dir, vocabulary) for fmt in formats]
+    done = reported = 0
+    last_report = 0.0
+    for prediction in predictions:
+        for sink in sinks:
+            sink.write(prediction)
+        done += 1
+        now = time.monotonic()
+        if progress is not None and (now - last_report > 0.2 or done == total):
+            progress(done, total, failures.count)
+            last_report, reported = now, done
+    if progress is not None and reported != done:
+        progress(done, total, failures.count)
+    files = [path for sink in sinks for path in sink.close()]
+    return LabelReport(
+        out_dir=out_dir,
+        total=done,
+        succeeded=summary.succeeded,
+        failed=summary.failed,
+        dry_run=dry_run,
+        files=files,
+        summary=summary.as_dict(),
+        failures_file=failures.path if failures.count else None,
+    )

@@ -1,0 +1,70 @@
+"""Shared fixtures. Real weights and data come from $AVALA_INFER_ASSETS (default ../shared/assets beside the
+repository). Outside CI a missing asset skips the tests that need it; with CI=true it fails them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("AVALA_INFER_ASSETS", REPO.parent / "shared" / "assets")).resolve()
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# ultralytics reaches for the network on its own (update and asset checks); the tests never may.
+os.environ["YOLO_OFFLINE"] = "1"
+os.environ.setdefault("AVALA_INFER_MODELS", str(ASSETS / "models"))
+
+VAL_IMAGES = ASSETS / "data" / "coco128" / "images" / "val2017"
+VAL_LABELS = ASSETS / "data" / "coco128" / "object_detection" / "labels" / "val2017"
+
+
+def need(path: Path) -> Path:
+    """``path`` if it exists; else skip, or fail under CI=true."""
+    if not path.exists():
+        message = f"test asset missing: {path} (set AVALA_INFER_ASSETS to the shared assets folder)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    return need(ASSETS)
+
+
+@pytest.fixture(scope="session")
+def weights_pt() -> Path:
+    return need(ASSETS / "models" / "yolo11n.pt")
+
+
+@pytest.fixture(scope="session")
+def weights_onnx() -> Path:
+    return need(ASSETS / "models" / "yolo11n.onnx")
+
+
+@pytest.fixture(scope="session")
+def val_images() -> Path:
+    return need(VAL_IMAGES)
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    folder = need(ASSETS / "images" / "ultralytics")
+    return sorted(folder.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def engine_pt(weights_pt):
+    from avala_infer import Engine
+
+    return Engine(weights_pt, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def engine_onnx(weights_onnx):
+    from avala_infer import Engine
+
+    return Engine(weights_onnx, device="cpu")

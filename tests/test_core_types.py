@@ -1,0 +1,46 @@
+"""Detections validation and the batching / ordering helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avala_infer.annotations import Detections
+from avala_infer.engine.batching import ReorderBuffer, ShapeBatcher
+
+
+def test_detections_validate_shapes_and_index():
+    with pytest.raises(ValueError, match=r"xyxy must have shape \(n, 4\)"):
+        Detections(np.zeros((2, 3)), np.zeros(2), np.zeros(2), np.array(["a", "b"], object))
+    with pytest.raises(ValueError, match=r"confidence must have shape \(2,\)"):
+        Detections(np.zeros((2, 4)), np.zeros(3), np.zeros(2), np.array(["a", "b"], object))
+    d = Detections(np.arange(8).reshape(2, 4), [0.1, 0.9], [3, 4], np.array(["a", "b"], object))
+    assert d.xyxy.dtype == np.float32 and d.class_id.dtype == np.int64
+    kept = d[d.confidence > 0.5]
+    assert len(kept) == 1 and kept.class_name.tolist() == ["b"] and kept.xyxy.tolist() == [[4, 5, 6, 7]]
+    assert len(d[1]) == 1
+    assert d.area.tolist() == [4.0, 4.0]
+    assert len(Detections.empty()) == 0 and Detections.empty().xyxy.shape == (0, 4)
+
+
+def test_shape_batcher_groups_by_key_and_flushes_oldest_when_window_is_full():
+    batcher = ShapeBatcher(key=lambda x: x[0], batch_size=2, window=3)
+    assert batcher.add(("a", 0)) == []
+    assert batcher.add(("b", 1)) == []
+    assert batcher.add(("a", 2)) == [[("a", 0), ("a", 2)]]
+    assert batcher.add(("c", 3)) == []
+    assert batcher.add(("d", 4)) == []
+    # four waiting now > window 3: the bucket with the oldest item ("b") leaves early
+    assert batcher.add(("e", 5)) == [[("b", 1)]]
+    assert batcher.flush() == [[("c", 3)], [("d", 4)], [("e", 5)]]
+    assert batcher.waiting == 0
+
+
+def test_reorder_buffer_releases_in_index_order():
+    buffer = ReorderBuffer(index=lambda x: x)
+    buffer.put(2)
+    buffer.put(1)
+    assert list(buffer.ready()) == []
+    buffer.put(0)
+    assert list(buffer.ready()) == [0, 1, 2]
+    assert len(buffer) == 0
