@@ -81,22 +81,54 @@ def cli(verbose: int) -> None:
 @click.option("--confidence", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Minimum score.")
 @click.option("--iou", default=0.7, show_default=True, type=click.FloatRange(0, 1), help="NMS IoU threshold.")
 @click.option("--labels", default=None, help="Keep only these labels, comma-separated (e.g. car,truck).")
-@click.option("--label-threshold", "label_thresholds", multiple=True, metavar="LABEL=SCORE",
-              help="Per-label minimum score (repeatable).")
-@click.option("--map", "label_map", multiple=True, metavar="FROM=TO",
-              help="Rename/merge a model label into a project label; FROM= drops it (repeatable).")
-@click.option("-f", "--format", "formats", multiple=True, type=click.Choice(["jsonl", "coco", "yolo"]),
-              help="Output format (repeatable). Default: jsonl.")
-@click.option("-o", "--out", default="runs/label", show_default=True, type=click.Path(file_okay=False),
-              help="Output folder.")
+@click.option(
+    "--label-threshold",
+    "label_thresholds",
+    multiple=True,
+    metavar="LABEL=SCORE",
+    help="Per-label minimum score (repeatable).",
+)
+@click.option(
+    "--map",
+    "label_map",
+    multiple=True,
+    metavar="FROM=TO",
+    help="Rename/merge a model label into a project label; FROM= drops it (repeatable).",
+)
+@click.option(
+    "-f",
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["jsonl", "coco", "yolo"]),
+    help="Output format (repeatable). Default: jsonl.",
+)
+@click.option(
+    "-o", "--out", default="runs/label", show_default=True, type=click.Path(file_okay=False), help="Output folder."
+)
 @click.option("--dry-run", is_flag=True, help="Write previews and summary.json only, no annotation files.")
 @click.option("--preview-count", default=50, show_default=True, type=click.IntRange(0), help="Items to preview.")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=None, help="Images per forward pass.")
 @click.option("--imgsz", "input_size", type=click.IntRange(32), default=None, help="Model input size.")
 @click.option("--max-det", default=300, show_default=True, type=click.IntRange(1), help="Max boxes per image.")
 @click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def label_command(sources, model, confidence, iou, labels, label_thresholds, label_map, formats, out, dry_run,
-                  preview_count, batch_size, input_size, max_det, device) -> None:
+def label_command(
+    sources,
+    model,
+    confidence,
+    iou,
+    labels,
+    label_thresholds,
+    label_map,
+    formats,
+    out,
+    dry_run,
+    preview_count,
+    batch_size,
+    input_size,
+    max_det,
+    device,
+) -> None:
     """Label SOURCES (files, folders searched recursively, or globs) and write annotations to --out."""
     from avala_infer.labeling import label
 
@@ -156,9 +188,21 @@ def models_list(as_json: bool) -> None:
     except AvalaInferError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(json.dumps([{"name": s.name, "model_type": s.model_type.value, "backend": s.backend,
-                                "weights": s.weights, "weights_path": str(p) if p else None} for s, p in rows],
-                              indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": s.name,
+                        "model_type": s.model_type.value,
+                        "backend": s.backend,
+                        "weights": s.weights,
+                        "weights_path": str(p) if p else None,
+                    }
+                    for s, p in rows
+                ],
+                indent=2,
+            )
+        )
         return
     click.echo(f"{'NAME':<24} {'MODEL TYPE':<26} {'BACKEND':<12} WEIGHTS")
     for spec, path in rows:

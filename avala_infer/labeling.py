@@ -70,13 +70,14 @@ def label(
         raise ConfigError("no output format given: pass at least one of " + ", ".join(FORMATS) + " or dry_run=True")
     if preview_count < 0:
         raise ConfigError(f"preview_count must be >= 0, got {preview_count}")
-    engine = model if isinstance(model, Engine) else Engine(
-        model, device=device, batch_size=batch_size, input_size=input_size
+    engine = (
+        model
+        if isinstance(model, Engine)
+        else Engine(model, device=device, batch_size=batch_size, input_size=input_size)
     )
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    predictions = engine.predict(  # checks every argument before any work
-        sources,
+    options = engine.predict_options(  # checks every argument before any work
         confidence_threshold=confidence_threshold,
         iou_threshold=iou_threshold,
         labels=labels,
@@ -84,20 +85,25 @@ def label(
         label_map=label_map,
         max_det=max_det,
     )
-    vocabulary = engine.build_filter(
-        confidence_threshold=confidence_threshold, labels=labels, label_thresholds=label_thresholds,
-        label_map=label_map,
-    ).output_labels
+    vocabulary = options.label_filter.output_labels
+    predictions = engine.run(sources, options)
     total = count_items(sources) if isinstance(sources, (list, tuple)) else None
     if total == 0:
         raise ConfigError(f"no input items found in {[str(s) for s in sources]}: give image files, folders or globs")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
-        "model": engine.spec.name, "model_type": engine.model_type.value, "backend": engine.spec.backend,
-        "device": engine.device, "batch_size": engine.batch_size, "input_size": engine.predictor.spec.input_size,
-        "confidence_threshold": confidence_threshold, "iou_threshold": iou_threshold,
-        "labels": list(labels) if labels else None, "dry_run": dry_run, "formats": [] if dry_run else formats,
+        "model": engine.spec.name,
+        "model_type": engine.model_type.value,
+        "backend": engine.spec.backend,
+        "device": engine.device,
+        "batch_size": engine.batch_size,
+        "input_size": engine.predictor.spec.input_size,
+        "confidence_threshold": confidence_threshold,
+        "iou_threshold": iou_threshold,
+        "labels": list(labels) if labels else None,
+        "dry_run": dry_run,
+        "formats": [] if dry_run else formats,
     }
     summary = SummaryCollector(out_dir, vocabulary, settings)
     failures = FailureLog(out_dir)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def ultralytics_predictions(weights: Path, source: Path, *, conf: float = 0.25, iou: float = 0.7,
-                            rect: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, tuple]]:
+def ultralytics_predictions(
+    weights: Path, source: Path, *, conf: float = 0.25, iou: float = 0.7, rect: bool = True
+) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, tuple]]:
     """{path: (xyxy, scores, class ids, (h, w))} from ``YOLO(weights).predict`` over a folder, one image a batch.
 
     A folder path (not a list) makes ultralytics read with cv2, its normal loop; a Python list would be
@@ -18,8 +19,9 @@ def ultralytics_predictions(weights: Path, source: Path, *, conf: float = 0.25, 
 
     model = YOLO(str(weights))
     out = {}
-    for r in model.predict(str(source), stream=True, verbose=False, batch=1, rect=rect, conf=conf, iou=iou,
-                           device="cpu", max_det=300):
+    for r in model.predict(
+        str(source), stream=True, verbose=False, batch=1, rect=rect, conf=conf, iou=iou, device="cpu", max_det=300
+    ):
         b = r.boxes
         out[str(Path(r.path).resolve())] = (b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), r.orig_shape)
     return out
@@ -40,7 +42,11 @@ def count_matches(ref_boxes, ref_scores, ref_cls, boxes, scores, cls, *, min_iou
     if len(ref_boxes) == 0 or len(boxes) == 0:
         return 0
     iou = box_iou(ref_boxes, boxes)
-    ok = (ref_cls[:, None] == cls[None, :]) & (iou >= min_iou) & (np.abs(ref_scores[:, None] - scores[None, :]) <= score_tol)
+    ok = (
+        (ref_cls[:, None] == cls[None, :])
+        & (iou >= min_iou)
+        & (np.abs(ref_scores[:, None] - scores[None, :]) <= score_tol)
+    )
     used: set[int] = set()
     matched = 0
     for i in range(len(ref_boxes)):

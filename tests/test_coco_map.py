@@ -29,10 +29,16 @@ def _ground_truth(images: list[dict], names: list[str]) -> dict:
             if not line.strip():
                 continue
             cls, cx, cy, bw, bh = (float(v) for v in line.split())
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image["id"], "category_id": int(cls) + 1, "iscrowd": 0,
-                "bbox": [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h], "area": bw * w * bh * h,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": int(cls) + 1,
+                    "iscrowd": 0,
+                    "bbox": [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h],
+                    "area": bw * w * bh * h,
+                }
+            )
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
@@ -68,11 +74,13 @@ def test_coco_export_map_equals_reference(engine_pt, val_images, tmp_path):
 
     image_id = {Path(img["path"]).resolve().as_posix(): img["id"] for img in export["images"]}
     reference = []
-    for path, (xyxy, scores, classes, _) in ultralytics_predictions(engine_pt.predictor.weights, val_images,
-                                                                    conf=0.001).items():
+    for path, (xyxy, scores, classes, _) in ultralytics_predictions(
+        engine_pt.predictor.weights, val_images, conf=0.001
+    ).items():
         for (x1, y1, x2, y2), score, cls in zip(xyxy.tolist(), scores.tolist(), classes.tolist()):
-            reference.append({"image_id": image_id[path], "category_id": cls + 1, "score": score,
-                              "bbox": [x1, y1, x2 - x1, y2 - y1]})
+            reference.append(
+                {"image_id": image_id[path], "category_id": cls + 1, "score": score, "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            )
     theirs = _map50_95(gt, reference)
     assert 0.35 < theirs < 0.55  # the assets README: 0.445 on val2017 (ultralytics' own val)
     assert abs(ours - theirs) <= 0.01, (ours, theirs)
@@ -82,5 +90,4 @@ def test_coco_export_map_equals_reference(engine_pt, val_images, tmp_path):
     with contextlib.redirect_stdout(io.StringIO()):
         loaded = COCO(str(tmp_path / "annotations.coco.json"))
     assert len(loaded.getImgIds()) == 128 and len(loaded.getAnnIds()) == len(export["annotations"])
-    assert Image.open(export["images"][0]["path"]).size == (export["images"][0]["width"],
-                                                           export["images"][0]["height"])
+    assert Image.open(export["images"][0]["path"]).size == (export["images"][0]["width"], export["images"][0]["height"])

@@ -44,3 +44,14 @@ def test_reorder_buffer_releases_in_index_order():
     buffer.put(0)
     assert list(buffer.ready()) == [0, 1, 2]
     assert len(buffer) == 0
+
+
+def test_image_size_from_headers(sample_images, tmp_path):
+    import cv2
+
+    from avala_infer.engine.image_header import image_size
+
+    assert image_size(sample_images[0].read_bytes()) == (810, 1080)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((7, 5, 3), np.uint8))
+    assert image_size((tmp_path / "a.png").read_bytes()) == (5, 7)
+    assert image_size(b"GIF89a....") is None and image_size(b"\xff\xd8\xff") is None

@@ -50,8 +50,11 @@ def test_per_label_thresholds_and_score_floor():
 
 
 def test_label_map_renames_merges_and_drops():
-    f = build_filter(MODEL_LABELS, confidence_threshold=0.0,
-                     label_map={"car": "vehicle", "truck": "vehicle", "bus": None, "person": "pedestrian"})
+    f = build_filter(
+        MODEL_LABELS,
+        confidence_threshold=0.0,
+        label_map={"car": "vehicle", "truck": "vehicle", "bus": None, "person": "pedestrian"},
+    )
     assert f.output_labels == ("pedestrian", "vehicle")
     out = f.apply(_dets([0, 1, 2, 3], [0.9] * 4))
     assert list(out.class_name) == ["pedestrian", "vehicle", "vehicle"]

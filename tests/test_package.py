@@ -13,8 +13,12 @@ from avala_infer.types import ModelType
 
 
 def _modules_after(code: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return set(out.stdout.split())
 
 
@@ -30,8 +34,12 @@ def test_import_and_cli_help_import_no_torch():
 
 def test_the_six_avala_model_types():
     assert [m.value for m in ModelType] == [
-        "object_detection", "instance_segmentation", "semantic_segmentation",
-        "image_classification", "text_classification", "named_entity_recognition",
+        "object_detection",
+        "instance_segmentation",
+        "semantic_segmentation",
+        "image_classification",
+        "text_classification",
+        "named_entity_recognition",
     ]
     assert ModelType.parse("Object_Detection") is ModelType.OBJECT_DETECTION
     with pytest.raises(ConfigError, match="valid model types: object_detection"):

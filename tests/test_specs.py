@@ -40,8 +40,12 @@ def test_spec_errors_name_the_file_and_the_problem(tmp_path):
 
 def test_labels_from_a_file_next_to_the_spec(tmp_path):
     _write(tmp_path / "names.txt", "cat\ndog\n\n")
-    spec = load_spec(_write(tmp_path / "s.yaml", "name: s\nmodel_type: object_detection\nbackend: onnxruntime\n"
-                                                 "weights: w.onnx\nlabels: names.txt\n"))
+    spec = load_spec(
+        _write(
+            tmp_path / "s.yaml",
+            "name: s\nmodel_type: object_detection\nbackend: onnxruntime\nweights: w.onnx\nlabels: names.txt\n",
+        )
+    )
     assert spec.labels == ("cat", "dog")
 
 
@@ -52,8 +56,9 @@ def test_weights_resolve_explicit_then_env_then_user_dir(tmp_path, monkeypatch):
     user_dir.mkdir(parents=True)
     monkeypatch.setenv("AVALA_INFER_MODELS", str(env_dir))
     monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
-    spec = load_spec(_write(tmp_path / "m.yaml", "name: m\nmodel_type: object_detection\nbackend: onnxruntime\n"
-                                                 "weights: m.onnx\n"))
+    spec = load_spec(
+        _write(tmp_path / "m.yaml", "name: m\nmodel_type: object_detection\nbackend: onnxruntime\nweights: m.onnx\n")
+    )
     with pytest.raises(WeightsNotFoundError) as info:
         resolve_weights(spec)
     assert "AVALA_INFER_MODELS" in str(info.value) and str(user_dir) in str(info.value)
@@ -75,8 +80,10 @@ def test_unknown_model_lists_known_names():
 
 
 def test_specs_from_env_folder_override_and_models_cli(tmp_path, monkeypatch, weights_pt):
-    _write(tmp_path / "mine.yaml", "name: mine\nmodel_type: object_detection\nbackend: ultralytics\n"
-                                   "weights: not-there.pt\n")
+    _write(
+        tmp_path / "mine.yaml",
+        "name: mine\nmodel_type: object_detection\nbackend: ultralytics\nweights: not-there.pt\n",
+    )
     monkeypatch.setenv("AVALA_INFER_SPECS", str(tmp_path))
     runner = CliRunner()
     listed = runner.invoke(cli, ["models", "list"])

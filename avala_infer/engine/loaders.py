@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import collections
-import io
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -13,6 +11,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from avala_infer.engine.image_header import image_size
 from avala_infer.engine.sources import Item
 from avala_infer.errors import ItemError
 
@@ -23,21 +22,11 @@ MAX_PIXELS = 1 << 28  # 268 megapixels: about 800 MB decoded; larger images fail
 
 
 def _check_pixel_count(data: np.ndarray, source: str, max_pixels: int) -> None:
-    """Refuse images over ``max_pixels`` from their header alone, before decoding (PIL reads only the header)."""
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-        except Image.DecompressionBombError as exc:  # over PIL's own limit, which is above ours
-            raise ItemError(f"{source} is over the {max_pixels:,}-pixel limit ({exc}); downscale it first") from exc
-        except Exception:  # a format PIL does not know; cv2 may still read it
-            return
-    if width * height > max_pixels:
+    """Refuse images over ``max_pixels`` from their header alone, before decoding."""
+    size = image_size(memoryview(data))
+    if size is not None and size[0] * size[1] > max_pixels:
         raise ItemError(
-            f"{source} is {width}x{height} pixels, over the {max_pixels:,}-pixel limit; downscale it first"
+            f"{source} is {size[0]}x{size[1]} pixels, over the {max_pixels:,}-pixel limit; downscale it first"
         )
 
 

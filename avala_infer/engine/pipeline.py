@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class _Loaded:
+    seq: int  # position in this stream, for re-ordering
     item: Item
     prepared: Any = None
     width: int = 0
@@ -118,6 +119,28 @@ class Engine:
             label_map=label_map,
         )
 
+    def predict_options(
+        self,
+        *,
+        confidence_threshold: float = 0.25,
+        iou_threshold: float = 0.7,
+        labels: Sequence[str] | None = None,
+        label_thresholds: Mapping[str, float] | None = None,
+        label_map: Mapping[str, str | None] | None = None,
+        max_det: int = 300,
+    ) -> PredictOptions:
+        """Validated options for :meth:`stream`; raises on bad thresholds or unknown label names."""
+        return PredictOptions(
+            self.build_filter(
+                confidence_threshold=confidence_threshold,
+                labels=labels,
+                label_thresholds=label_thresholds,
+                label_map=label_map,
+            ),
+            iou_threshold=float(iou_threshold),
+            max_det=int(max_det),
+        )
+
     def predict(
         self,
         sources: Source | Iterable[Source],
@@ -134,16 +157,18 @@ class Engine:
         ``sources``: files, folders (recursive), glob patterns, or BGR uint8 arrays. Arguments are checked
         here, before any work; an item that cannot be read yields a prediction with ``error`` set.
         """
-        options = PredictOptions(
-            self.build_filter(
-                confidence_threshold=confidence_threshold,
-                labels=labels,
-                label_thresholds=label_thresholds,
-                label_map=label_map,
-            ),
-            iou_threshold=float(iou_threshold),
-            max_det=int(max_det),
+        options = self.predict_options(
+            confidence_threshold=confidence_threshold,
+            iou_threshold=iou_threshold,
+            labels=labels,
+            label_thresholds=label_thresholds,
+            label_map=label_map,
+            max_det=max_det,
         )
+        return self.run(sources, options)
+
+    def run(self, sources: Source | Iterable[Source], options: PredictOptions) -> Iterator[Prediction]:
+        """:meth:`predict` with options made by :meth:`predict_options`."""
         if isinstance(sources, (str, os.PathLike, np.ndarray)):
             sources = [sources]
         if isinstance(sources, (list, tuple)):  # generators stream through unchecked
@@ -151,30 +176,34 @@ class Engine:
         return self.stream(iter_items(sources), options)
 
     def stream(self, items: Iterable[Item], options: PredictOptions) -> Iterator[Prediction]:
-        """The pipeline over already enumerated items (used by :meth:`predict` and by job runners)."""
+        """The pipeline over already enumerated items (used by :meth:`predict` and by job runners).
+
+        Predictions come out in the order the items went in, whatever their ``index`` values.
+        """
         batch_size = self.batch_size
         batcher: ShapeBatcher[_Loaded] = ShapeBatcher(
             lambda loaded: self.predictor.batch_key(loaded.prepared), batch_size, window=4 * batch_size
         )
-        reorder: ReorderBuffer[Prediction] = ReorderBuffer(lambda p: p.index)
+        reorder: ReorderBuffer[tuple[int, Prediction]] = ReorderBuffer(lambda pair: pair[0])
         depth = max(2 * batch_size, 2 * self.workers)
-        for loaded in prefetch(items, self._load, self.workers, depth):
+        for loaded in prefetch(enumerate(items), self._load, self.workers, depth):
             if loaded.error is not None:
-                reorder.put(self._failed(loaded, loaded.error))
+                reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
             else:
                 for batch in batcher.add(loaded):
-                    for prediction in self._run_batch(batch, options):
-                        reorder.put(prediction)
-            yield from reorder.ready()
+                    self._run_into(batch, options, reorder)
+            yield from (prediction for _, prediction in reorder.ready())
         for batch in batcher.flush():
-            for prediction in self._run_batch(batch, options):
-                reorder.put(prediction)
-        yield from reorder.ready()
-        if len(reorder):  # cannot happen unless indices skip; never drop results silently
-            yield from sorted(reorder.held.values(), key=lambda p: p.index)
+            self._run_into(batch, options, reorder)
+        yield from (prediction for _, prediction in reorder.ready())
 
-    def _load(self, item: Item) -> _Loaded:
-        loaded = _Loaded(item)
+    def _run_into(self, batch: list[_Loaded], options: PredictOptions, reorder: ReorderBuffer) -> None:
+        for loaded, prediction in zip(batch, self._run_batch(batch, options)):
+            reorder.put((loaded.seq, prediction))
+
+    def _load(self, numbered: tuple[int, Item]) -> _Loaded:
+        seq, item = numbered
+        loaded = _Loaded(seq, item)
         try:
             image = read_image(item, loaded.timings)
             t0 = time.perf_counter()
@@ -190,8 +219,9 @@ class Engine:
     @staticmethod
     def _failed(loaded: _Loaded, reason: str) -> Prediction:
         item = loaded.item
-        return Prediction(item.index, item.source, item.key, loaded.width, loaded.height, timings=loaded.timings,
-                          error=reason)
+        return Prediction(
+            item.index, item.source, item.key, loaded.width, loaded.height, timings=loaded.timings, error=reason
+        )
 
     def _run_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
         """Run one batch; if it fails as a whole, run its items one by one so only the bad ones fail."""

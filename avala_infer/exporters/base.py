@@ -45,8 +45,12 @@ class FailureLog:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self.path.open("w", encoding="utf-8")
-        record = {"index": prediction.index, "source": prediction.source, "key": prediction.key,
-                  "error": prediction.error}
+        record = {
+            "index": prediction.index,
+            "source": prediction.source,
+            "key": prediction.key,
+            "error": prediction.error,
+        }
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self.count += 1

@@ -36,8 +36,13 @@ class CocoWriter:
         image_id = prediction.index + 1
         self._append(
             self._images,
-            {"id": image_id, "file_name": prediction.key, "width": prediction.width, "height": prediction.height,
-             "path": prediction.source},
+            {
+                "id": image_id,
+                "file_name": prediction.key,
+                "width": prediction.width,
+                "height": prediction.height,
+                "path": prediction.source,
+            },
             self._count_images == 0,
         )
         self._count_images += 1

@@ -53,9 +53,18 @@ class PreviewWriter:
     def write(self, prediction: Prediction) -> None:
         if len(self.cards) >= self.count:
             return
-        card = {"key": prediction.key, "source": prediction.source, "error": prediction.error, "image": None,
-                "labels": [(str(n), int(c), float(s)) for n, c, s in zip(
-                    prediction.detections.class_name, prediction.detections.class_id, prediction.detections.confidence)]}
+        card = {
+            "key": prediction.key,
+            "source": prediction.source,
+            "error": prediction.error,
+            "image": None,
+            "labels": [
+                (str(n), int(c), float(s))
+                for n, c, s in zip(
+                    prediction.detections.class_name, prediction.detections.class_id, prediction.detections.confidence
+                )
+            ],
+        }
         if prediction.ok and not prediction.source.startswith("<"):
             try:
                 image = read_image(Item(prediction.index, prediction.source, prediction.key), {})
@@ -63,8 +72,11 @@ class PreviewWriter:
                 card["error"] = f"preview not drawn: {exc}"
             else:
                 name = _safe_name(prediction.index, prediction.key)
-                cv2.imwrite(str(self.root / "images" / name), draw_detections(image, prediction.detections),
-                            [cv2.IMWRITE_JPEG_QUALITY, 85])
+                cv2.imwrite(
+                    str(self.root / "images" / name),
+                    draw_detections(image, prediction.detections),
+                    [cv2.IMWRITE_JPEG_QUALITY, 85],
+                )
                 card["image"] = f"images/{name}"
         self.cards.append(card)
 
@@ -76,8 +88,10 @@ class PreviewWriter:
     def _render(self, summary: dict) -> str:
         e = html.escape
         settings = summary.get("settings", {})
-        parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>avala-infer preview</title>"
-                 f"<style>{_STYLE}</style></head><body>"]
+        parts = [
+            f"<!doctype html><html><head><meta charset='utf-8'><title>avala-infer preview</title>"
+            f"<style>{_STYLE}</style></head><body>"
+        ]
         parts.append(f"<h1>Dry run: {e(str(settings.get('model', '')))}</h1>")
         parts.append(
             f"<p>{summary['items']} items, {summary['succeeded']} labeled, {summary['failed']} failed, "
@@ -86,15 +100,17 @@ class PreviewWriter:
             f"showing the first {len(self.cards)} items. Nothing was written to any annotation file.</span></p>"
         )
         parts.append("<table><tr><th>label</th><th>count</th></tr>")
-        for i, (name, count) in enumerate(sorted(summary["per_label"].items(), key=lambda kv: -kv[1])):
+        for name, count in sorted(summary["per_label"].items(), key=lambda kv: -kv[1]):
             parts.append(f"<tr><td>{e(name)}</td><td>{count}</td></tr>")
         parts.append("</table><table><tr><th>score</th><th>annotations</th><th></th></tr>")
         peak = max([b["count"] for b in summary["score_histogram"]] + [1])
         for b in summary["score_histogram"]:
             if b["count"]:
                 width = int(200 * b["count"] / peak)
-                parts.append(f"<tr><td>{b['from']:.2f}-{b['to']:.2f}</td><td>{b['count']}</td>"
-                             f"<td><span class='bar' style='width:{width}px'></span></td></tr>")
+                parts.append(
+                    f"<tr><td>{b['from']:.2f}-{b['to']:.2f}</td><td>{b['count']}</td>"
+                    f"<td><span class='bar' style='width:{width}px'></span></td></tr>"
+                )
         parts.append("</table><table><tr><th>at threshold</th><th>annotations</th></tr>")
         for t, c in summary["annotations_at_threshold"].items():
             parts.append(f"<tr><td>&ge; {e(t)}</td><td>{c}</td></tr>")

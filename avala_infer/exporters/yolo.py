@@ -33,7 +33,12 @@ class YoloWriter:
         d, w, h = prediction.detections, prediction.width, prediction.height
         lines = []
         for (x1, y1, x2, y2), score, cid in zip(d.xyxy, d.confidence, d.class_id):
-            fields = [f"{(x1 + x2) / 2 / w:.6f}", f"{(y1 + y2) / 2 / h:.6f}", f"{(x2 - x1) / w:.6f}", f"{(y2 - y1) / h:.6f}"]
+            fields = [
+                f"{(x1 + x2) / 2 / w:.6f}",
+                f"{(y1 + y2) / 2 / h:.6f}",
+                f"{(x2 - x1) / w:.6f}",
+                f"{(y2 - y1) / h:.6f}",
+            ]
             lines.append(" ".join([str(int(cid)), *fields, *([f"{score:.5f}"] if self.save_conf else [])]))
         label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if not prediction.source.startswith("<"):  # in-memory arrays have no file to link
@@ -49,8 +54,9 @@ class YoloWriter:
         data = self.root / "data.yaml"
         names = dict(enumerate(self.labels))
         data.write_text(
-            yaml.safe_dump({"path": str(self.root.resolve()), "train": "images", "val": "images", "names": names},
-                           sort_keys=False),
+            yaml.safe_dump(
+                {"path": str(self.root.resolve()), "train": "images", "val": "images", "names": names}, sort_keys=False
+            ),
             encoding="utf-8",
         )
         return [self.root / "labels", classes, data]

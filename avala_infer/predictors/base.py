@@ -76,9 +76,7 @@ class Predictor(abc.ABC):
                     f"{len(from_weights)} classes; fix the spec's labels"
                 )
         elif from_weights is None:
-            raise ConfigError(
-                f"{self.weights} carries no class names; list them under `labels:` in the model spec"
-            )
+            raise ConfigError(f"{self.weights} carries no class names; list them under `labels:` in the model spec")
         else:
             labels = tuple(from_weights)
         self.labels = labels
@@ -104,4 +102,5 @@ class Predictor(abc.ABC):
         """Turn the raw batch output into one result per item, in original image coordinates."""
 
     def describe(self) -> str:
-        return f"{self.spec.name} ({self.model_type.value}, {self.backend}, {self.device}, {'fp16' if self.fp16 else 'fp32'})"
+        precision = "fp16" if self.fp16 else "fp32"
+        return f"{self.spec.name} ({self.model_type.value}, {self.backend}, {self.device}, {precision})"

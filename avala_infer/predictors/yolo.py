@@ -72,10 +72,14 @@ def batched_nms(raw: Any, score_floor: float, iou: float) -> tuple[Any, Any]:
     scores = best[img_idx, anchor_idx]
     counts = torch.bincount(img_idx, minlength=raw.shape[0])
     if len(counts) and int(counts.max()) > MAX_NMS_CANDIDATES:  # rare: keep each image's best, as ultralytics
-        keep = torch.cat([
-            torch.nonzero(img_idx == i).flatten()[scores[img_idx == i].argsort(descending=True)[:MAX_NMS_CANDIDATES]]
-            for i in range(raw.shape[0])
-        ])
+        keep = torch.cat(
+            [
+                torch.nonzero(img_idx == i).flatten()[
+                    scores[img_idx == i].argsort(descending=True)[:MAX_NMS_CANDIDATES]
+                ]
+                for i in range(raw.shape[0])
+            ]
+        )
         img_idx, anchor_idx, scores = img_idx[keep], anchor_idx[keep], scores[keep]
     classes = cls[img_idx, anchor_idx]
     xywh = raw[img_idx, :4, anchor_idx]

@@ -1,0 +1,91 @@
+"""The Python API: order, streaming, arrays, filters through the real model, flat memory."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+
+from avala_infer import Engine
+
+
+def test_predict_yields_in_input_order_across_mixed_shapes(engine_onnx, val_images):
+    paths = sorted(val_images.glob("*.jpg"))[:40]
+    predictions = list(engine_onnx.predict(paths + ["/no/such.jpg"]))
+    assert [p.index for p in predictions] == list(range(41))
+    assert [p.source for p in predictions[:40]] == [str(p) for p in paths]
+    assert not predictions[-1].ok and "no such file" in predictions[-1].error
+    assert {"read", "decode", "preprocess", "forward", "postprocess", "filter"} <= set(predictions[0].timings)
+
+
+def test_predict_streams_from_a_generator_without_reading_ahead_unboundedly(engine_onnx, val_images):
+    paths = sorted(val_images.glob("*.jpg"))
+    pulled = []
+
+    def source():
+        for path in paths:
+            pulled.append(path)
+            yield path
+
+    stream = engine_onnx.predict(source())
+    first = next(stream)
+    assert first.ok
+    # bounded prefetch: the loader pool and the batch window, far from all 128
+    assert len(pulled) <= 4 * engine_onnx.batch_size + 2 * engine_onnx.workers + 2 * engine_onnx.batch_size
+    stream.close()
+
+
+def test_threshold_and_labels_through_the_model(engine_pt, sample_images):
+    everything = {p.key: p.detections for p in engine_pt.predict(sample_images, confidence_threshold=0.25)}
+    strict = {
+        p.key: p.detections for p in engine_pt.predict(sample_images, confidence_threshold=0.85, labels=["person"])
+    }
+    for key, d in strict.items():
+        assert set(d.class_name) <= {"person"} and (d.confidence >= 0.85).all()
+        expected = everything[key][(everything[key].class_name == "person") & (everything[key].confidence >= 0.85)]
+        assert np.allclose(d.xyxy, expected.xyxy)
+    assert sum(len(d) for d in strict.values()) > 0
+    mapped = next(iter(engine_pt.predict(sample_images[0], label_map={"bus": "vehicle", "person": None})))
+    assert set(mapped.detections.class_name) == {"vehicle"}
+
+
+def test_arrays_and_paths_give_the_same_boxes(engine_pt, sample_images):
+    image = cv2.imread(str(sample_images[0]))
+    from_array, from_path = list(engine_pt.predict([image, sample_images[0]]))
+    assert from_array.source == "<array 0>" and from_array.key == "array_000000.png"
+    assert np.allclose(from_array.detections.xyxy, from_path.detections.xyxy)
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_thousands_of_images(weights_onnx, tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(64):  # 64 distinct small images, linked 3,000 times
+        cv2.imwrite(str(folder / f"base_{i}.png"), rng.integers(0, 255, (48 + i % 5 * 8, 64, 3), dtype=np.uint8))
+    bases = sorted(folder.glob("base_*.png"))
+    for i in range(3000 - len(bases)):
+        (folder / f"img_{i:05d}.png").symlink_to(bases[i % len(bases)])
+    engine = Engine(weights_onnx, device="cpu", input_size=64, batch_size=16)
+    process = psutil.Process()
+    count, rss_at_500 = 0, 0
+    for prediction in engine.predict(folder, confidence_threshold=0.001):
+        assert prediction.ok
+        count += 1
+        if count == 500:
+            rss_at_500 = process.memory_info().rss
+    growth_mb = (process.memory_info().rss - rss_at_500) / 2**20
+    assert count == 3000
+    assert growth_mb < 40, f"RSS grew {growth_mb:.1f} MB over 2,500 more images"
+
+
+def test_stream_keeps_arrival_order_whatever_the_item_indices(engine_onnx, val_images):
+    from avala_infer.engine.sources import Item
+
+    paths = sorted(val_images.glob("*.jpg"))[:12]
+    indices = [100, 5, 42, 7, 1000, 3, 9, 11, 8, 2, 77, 6]
+    items = [Item(i, str(p), p.name) for i, p in zip(indices, paths)]
+    options = engine_onnx.predict_options()
+    out = list(engine_onnx.stream(items, options))
+    assert [p.index for p in out] == indices

@@ -1,0 +1,94 @@
+"""Every writer's output read back by the tool or format that consumes it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avala_infer import label
+
+
+@pytest.fixture(scope="module")
+def labeled(engine_pt, sample_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("labeled")
+    report = label(sample_images, engine_pt, out=out, formats=["jsonl", "coco", "yolo"])
+    predictions = {p.key: p for p in engine_pt.predict(sample_images)}
+    return out, report, predictions
+
+
+def test_jsonl_one_object_per_item_with_boxes_in_pixels(labeled):
+    out, report, predictions = labeled
+    records = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in records] == list(predictions) == ["bus.jpg", "zidane.jpg"]
+    for record in records:
+        d = predictions[record["key"]].detections
+        assert (record["width"], record["height"]) in [(810, 1080), (1280, 720)]
+        assert [a["label"] for a in record["annotations"]] == list(d.class_name)
+        assert np.allclose([a["bbox"] for a in record["annotations"]], d.xyxy, atol=0.01)
+        assert np.allclose([a["score"] for a in record["annotations"]], d.confidence, atol=1e-5)
+    bus = records[0]["annotations"]
+    assert bus[0]["label"] == "bus" and bus[0]["score"] == pytest.approx(0.94, abs=0.01)  # the assets README
+
+
+def test_coco_loads_in_pycocotools(labeled):
+    from pycocotools.coco import COCO
+
+    out, report, predictions = labeled
+    coco = COCO(str(out / "annotations.coco.json"))
+    assert len(coco.getCatIds()) == 80 and coco.loadCats(1)[0]["name"] == "person"
+    image = coco.loadImgs(coco.getImgIds())[0]
+    assert image["file_name"] == "bus.jpg" and (image["width"], image["height"]) == (810, 1080)
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+    d = predictions["bus.jpg"].detections
+    assert len(anns) == len(d)
+    x, y, w, h = anns[0]["bbox"]
+    assert np.allclose([x, y, x + w, y + h], d.xyxy[0], atol=0.01)
+    assert coco.loadCats(anns[0]["category_id"])[0]["name"] == d.class_name[0]
+    results = coco.loadRes(coco.dataset["annotations"])  # also valid as a results file
+    assert len(results.getAnnIds()) == sum(len(p.detections) for p in predictions.values())
+    assert not list(out.glob("*.part")) and not list(out.glob("*.tmp"))
+
+
+def test_yolo_folder_reads_in_ultralytics(labeled):
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    out, report, predictions = labeled
+    data = check_det_dataset(str(out / "yolo" / "data.yaml"))
+    assert data["nc"] == 80 and data["names"][5] == "bus"
+    dataset = YOLODataset(img_path=data["val"], data=data, task="detect", imgsz=640, augment=False)
+    by_name = {Path(lab["im_file"]).name: lab for lab in dataset.labels}
+    assert set(by_name) == {"bus.jpg", "zidane.jpg"}
+    for key, prediction in predictions.items():
+        d, w, h = prediction.detections, prediction.width, prediction.height
+        lab = by_name[key]
+        assert lab["cls"].flatten().tolist() == d.class_id.tolist()
+        xywh = np.stack(
+            [
+                (d.xyxy[:, 0] + d.xyxy[:, 2]) / 2 / w,
+                (d.xyxy[:, 1] + d.xyxy[:, 3]) / 2 / h,
+                (d.xyxy[:, 2] - d.xyxy[:, 0]) / w,
+                (d.xyxy[:, 3] - d.xyxy[:, 1]) / h,
+            ],
+            1,
+        )
+        assert np.allclose(lab["bboxes"], xywh, atol=1e-5)
+    assert (out / "yolo" / "classes.txt").read_text().splitlines()[0] == "person"
+    assert os.path.islink(out / "yolo" / "images" / "bus.jpg")
+
+
+def test_formats_stream_and_keep_nested_keys(engine_pt, sample_images, tmp_path):
+    nested = tmp_path / "in" / "a" / "b"
+    nested.mkdir(parents=True)
+    os.symlink(sample_images[0], nested / "x.jpg")
+    (tmp_path / "in" / "y.jpg").symlink_to(sample_images[1])
+    report = label([tmp_path / "in"], engine_pt, out=tmp_path / "out", formats=["yolo", "jsonl"], labels=["person"])
+    assert report.succeeded == 2
+    assert (tmp_path / "out" / "yolo" / "labels" / "a" / "b" / "x.txt").exists()
+    assert (tmp_path / "out" / "yolo" / "classes.txt").read_text() == "person\n"
+    lines = (tmp_path / "out" / "yolo" / "labels" / "y.txt").read_text().splitlines()
+    assert lines and all(line.split()[0] == "0" for line in lines)
