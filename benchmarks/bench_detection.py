@@ -365,7 +365,10 @@ def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None
         f"onnxruntime {m['onnxruntime']}"
     )
     load = result["load_average_1min"]
-    write(f"load average (1 min) at start {load['start']:.2f}, at end {load['end']:.2f} (other work skews the figures)")
+    write(
+        f"load average (1 min): {load['start']:.2f} before, {load['end']:.2f} after (this run adds up to "
+        f"{m['cores']}; more means other work shared the CPU and skewed the figures)"
+    )
     write(f"model: {result['weights']} -> ours: {result['model']}")
     write(
         f"images: {result['images']} from {result['images_folder']}; device {result['device']}; "
@@ -415,9 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.weights, args.images = args.weights.resolve(), args.images.resolve()
     with staged_folder(args.images, args.limit) as (folder, n_images):
         result = benchmark(args, folder, n_images)
-    report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
     return 0
 
 
