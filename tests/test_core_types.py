@@ -55,3 +55,33 @@ def test_image_size_from_headers(sample_images, tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((7, 5, 3), np.uint8))
     assert image_size((tmp_path / "a.png").read_bytes()) == (5, 7)
     assert image_size(b"GIF89a....") is None and image_size(b"\xff\xd8\xff") is None
+
+
+def test_concurrent_runner_runs_batches_side_by_side_and_returns_every_result():
+    import threading
+    import time
+
+    from avala_infer.engine.batching import ConcurrentRunner
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(batch):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return [x * 10 for x in batch]
+
+    runner = ConcurrentRunner(work, streams=2)
+    results = []
+    for i in range(8):
+        results += runner.submit([i, i])
+        assert len(runner.inflight) <= 4
+    results += runner.drain()
+    runner.close()
+    assert sorted(r[0] for r in results) == [i * 10 for i in range(8)]
+    assert peak[0] == 2
+    inline = ConcurrentRunner(work, streams=1)
+    assert inline.submit([1]) == [[10]] and inline.pool is None

@@ -19,7 +19,8 @@ def test_predict_yields_in_input_order_across_mixed_shapes(engine_onnx, val_imag
     assert {"read", "decode", "preprocess", "forward", "postprocess", "filter"} <= set(predictions[0].timings)
 
 
-def test_predict_streams_from_a_generator_without_reading_ahead_unboundedly(engine_onnx, val_images):
+def test_predict_streams_from_a_generator_without_reading_ahead_unboundedly(weights_onnx, val_images):
+    engine = Engine(weights_onnx, device="cpu", batch_size=2)
     paths = sorted(val_images.glob("*.jpg"))
     pulled = []
 
@@ -28,11 +29,13 @@ def test_predict_streams_from_a_generator_without_reading_ahead_unboundedly(engi
             pulled.append(path)
             yield path
 
-    stream = engine_onnx.predict(source())
+    stream = engine.predict(source())
     first = next(stream)
     assert first.ok
-    # bounded prefetch: the loader pool and the batch window, far from all 128
-    assert len(pulled) <= 4 * engine_onnx.batch_size + 2 * engine_onnx.workers + 2 * engine_onnx.batch_size
+    # bounded read-ahead: the loader queue, the batch window and the batches in flight; far from all 128
+    bs, streams = engine.batch_size, engine.streams
+    bound = max(2 * bs * streams, 2 * engine.workers) + 4 * bs + 2 * streams * bs + 1
+    assert len(pulled) <= bound < len(paths) / 2
     stream.close()
 
 
@@ -89,3 +92,19 @@ def test_stream_keeps_arrival_order_whatever_the_item_indices(engine_onnx, val_i
     options = engine_onnx.predict_options()
     out = list(engine_onnx.stream(items, options))
     assert [p.index for p in out] == indices
+
+
+def test_one_stream_and_several_give_the_same_predictions(weights_onnx, val_images):
+    import torch
+
+    paths = sorted(val_images.glob("*.jpg"))[:24]
+    threads_before = torch.get_num_threads()
+    single = list(Engine(weights_onnx, device="cpu", streams=1, batch_size=2).predict(paths))
+    several = Engine(weights_onnx, device="cpu", streams=3, batch_size=2)
+    assert several.cpu_threads >= 1
+    multi = list(several.predict(paths))
+    assert torch.get_num_threads() == threads_before  # restored after the stream
+    assert [p.source for p in multi] == [p.source for p in single] == [str(p) for p in paths]
+    for a, b in zip(single, multi):
+        assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
+        assert np.allclose(a.detections.xyxy, b.detections.xyxy, atol=0.05)

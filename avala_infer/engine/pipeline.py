@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from avala_infer.annotations import Prediction
-from avala_infer.engine.batching import ReorderBuffer, ShapeBatcher
+from avala_infer.engine.batching import ConcurrentRunner, ReorderBuffer, ShapeBatcher
 from avala_infer.engine.loaders import prefetch, read_image
 from avala_infer.engine.sources import Item, Source, check_sources_fit, iter_items
 from avala_infer.errors import AvalaInferError, ConfigError
@@ -21,6 +22,22 @@ from avala_infer.registry import get_predictor_class
 from avala_infer.specs import ModelSpec, find_spec, resolve_weights
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` for the block (``None``: untouched), then restored."""
+    if count is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclasses.dataclass
@@ -59,7 +76,9 @@ class Engine:
     ``model`` is a model name from the specs, a spec ``.yaml`` path, or a ``.pt``/``.onnx`` weights path.
     ``device`` is ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``. ``batch_size``,
     ``input_size``, ``precision`` and ``letterbox`` override the spec. ``workers`` is the number of
-    loader threads that read and decode ahead of the model.
+    loader threads that read and decode ahead of the model. ``streams`` is how many batches run in the model
+    at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (torch's intra-op
+    thread count is set to that while a stream runs, and restored after); on a GPU 1.
     """
 
     def __init__(
@@ -72,6 +91,7 @@ class Engine:
         precision: str | None = None,
         letterbox: str | None = None,
         workers: int | None = None,
+        streams: int | None = None,
     ) -> None:
         spec = model if isinstance(model, ModelSpec) else find_spec(model)
         self.spec = spec.with_overrides(
@@ -82,8 +102,14 @@ class Engine:
         from avala_infer.predictors.base import resolve_device
 
         self.device = resolve_device(device)
+        cores = os.cpu_count() or 1
+        on_cpu = self.device == "cpu"
+        self.streams = streams if streams is not None else (min(4, cores) if on_cpu else 1)
+        if self.streams < 1:
+            raise ConfigError(f"streams must be at least 1, got {self.streams}")
+        self.cpu_threads = max(1, cores // self.streams) if on_cpu else None
         t0 = time.perf_counter()
-        self.predictor = predictor_class(self.spec, weights, self.device)
+        self.predictor = predictor_class(self.spec, weights, self.device, threads=self.cpu_threads)
         log.info("loaded %s in %.2fs", self.predictor.describe(), time.perf_counter() - t0)
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         if self.workers < 1:
@@ -185,21 +211,29 @@ class Engine:
             lambda loaded: self.predictor.batch_key(loaded.prepared), batch_size, window=4 * batch_size
         )
         reorder: ReorderBuffer[tuple[int, Prediction]] = ReorderBuffer(lambda pair: pair[0])
-        depth = max(2 * batch_size, 2 * self.workers)
-        for loaded in prefetch(enumerate(items), self._load, self.workers, depth):
-            if loaded.error is not None:
-                reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
-            else:
-                for batch in batcher.add(loaded):
-                    self._run_into(batch, options, reorder)
-            yield from (prediction for _, prediction in reorder.ready())
-        for batch in batcher.flush():
-            self._run_into(batch, options, reorder)
-        yield from (prediction for _, prediction in reorder.ready())
-
-    def _run_into(self, batch: list[_Loaded], options: PredictOptions, reorder: ReorderBuffer) -> None:
-        for loaded, prediction in zip(batch, self._run_batch(batch, options)):
-            reorder.put((loaded.seq, prediction))
+        runner: ConcurrentRunner[list[_Loaded], list[tuple[int, Prediction]]] = ConcurrentRunner(
+            lambda batch: [(loaded.seq, p) for loaded, p in zip(batch, self._run_batch(batch, options))],
+            self.streams,
+        )
+        depth = max(2 * batch_size * self.streams, 2 * self.workers)
+        with _torch_threads(self.cpu_threads):
+            try:
+                for loaded in prefetch(enumerate(items), self._load, self.workers, depth):
+                    if loaded.error is not None:
+                        reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
+                    else:
+                        for batch in batcher.add(loaded):
+                            for finished in runner.submit(batch):
+                                reorder.put_many(finished)
+                    yield from (prediction for _, prediction in reorder.ready())
+                for batch in batcher.flush():
+                    for finished in runner.submit(batch):
+                        reorder.put_many(finished)
+                for finished in runner.drain():
+                    reorder.put_many(finished)
+                yield from (prediction for _, prediction in reorder.ready())
+            finally:
+                runner.close()
 
     def _load(self, numbered: tuple[int, Item]) -> _Loaded:
         seq, item = numbered

@@ -54,13 +54,17 @@ def resolve_device(device: str | None) -> str:
 
 
 class Predictor(abc.ABC):
-    """Base class of all predictors. Subclasses load their model in ``__init__``."""
+    """Base class of all predictors. Subclasses load their model in ``__init__``.
+
+    ``forward`` may be called from several threads at once (the engine runs CPU batches side by side).
+    """
 
     model_type: ClassVar[ModelType]
     backend: ClassVar[str]
 
-    def __init__(self, spec: ModelSpec, weights: Path, device: str) -> None:
+    def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         self.spec = spec
+        self.threads = threads  # CPU threads one forward pass may use; None: the backend's default
         self.weights = weights
         self.device = device
         self.fp16 = spec.precision == "fp16" or (spec.precision == "auto" and device.startswith("cuda"))

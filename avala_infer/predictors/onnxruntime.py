@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 TASKS = {"detect": "object_detection"}
 
 
-def open_session(weights: Path, device: str):
-    """An ``InferenceSession`` on the provider ``device`` asks for, or a clear error."""
+def open_session(weights: Path, device: str, threads: int | None = None):
+    """An ``InferenceSession`` on the provider ``device`` asks for, or a clear error; ``threads`` caps the
+    intra-op threads of one run (several runs may go at once)."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -39,6 +40,8 @@ def open_session(weights: Path, device: str):
         providers = ["CPUExecutionProvider"]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
     try:
         session = ort.InferenceSession(str(weights), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own untyped errors
@@ -53,9 +56,9 @@ def open_session(weights: Path, device: str):
 class OnnxYoloDetector(YoloDetector):
     backend = "onnxruntime"
 
-    def __init__(self, spec: ModelSpec, weights: Path, device: str) -> None:
-        super().__init__(spec, weights, device)
-        self.session = open_session(weights, device)
+    def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
+        self.session = open_session(weights, device, threads)
         self.provider = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         task = meta.get("task", "detect")

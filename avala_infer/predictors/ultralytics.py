@@ -47,8 +47,8 @@ def stack_to_device(prepared: Sequence[Letterboxed], device: str, fp16: bool):
 class UltralyticsDetector(YoloDetector):
     backend = "ultralytics"
 
-    def __init__(self, spec: ModelSpec, weights: Path, device: str) -> None:
-        super().__init__(spec, weights, device)
+    def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
         import torch
 
         model = load_ultralytics_module(weights)
