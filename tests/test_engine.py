@@ -108,3 +108,25 @@ def test_one_stream_and_several_give_the_same_predictions(weights_onnx, val_imag
     for a, b in zip(single, multi):
         assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
         assert np.allclose(a.detections.xyxy, b.detections.xyxy, atol=0.05)
+
+
+def test_concurrent_streams_do_not_share_per_shape_model_state(weights_pt, val_images):
+    """ultralytics' Detect head caches anchors for the last input shape; 448x640 and 640x448 inputs have the
+    same anchor count, so sharing one module between streams would give wrong boxes silently."""
+    from avala_infer.engine.loaders import read_image
+    from avala_infer.engine.sources import Item
+
+    engine = Engine(weights_pt, device="cpu", streams=2, batch_size=1)
+    shapes = {}
+    for path in sorted(val_images.glob("*.jpg")):
+        shape = engine.predictor.prepare(read_image(Item(0, str(path), path.name), {})).image.shape[:2]
+        shapes.setdefault(shape, []).append(path)
+    wide, tall = shapes[(448, 640)][:6], shapes[(640, 448)][:6]
+    paths = [p for pair in zip(wide, tall) for p in pair]  # alternate the two shapes
+    alone = list(Engine(weights_pt, device="cpu", streams=1, batch_size=1).predict(paths))
+    side_by_side = list(engine.predict(paths))
+    for a, b in zip(alone, side_by_side):
+        assert b.ok, b.error
+        assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
+        assert np.allclose(a.detections.xyxy, b.detections.xyxy, atol=0.05)
+    assert engine.predictor.replicas.size == 2

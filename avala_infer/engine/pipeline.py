@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
+def torch_threads(count: int | None) -> Iterator[None]:
     """torch's intra-op threads set to ``count`` for the block (``None``: untouched), then restored."""
     if count is None:
         yield
@@ -216,7 +216,7 @@ class Engine:
             self.streams,
         )
         depth = max(2 * batch_size * self.streams, 2 * self.workers)
-        with _torch_threads(self.cpu_threads):
+        with torch_threads(self.cpu_threads):
             try:
                 for loaded in prefetch(enumerate(items), self._load, self.workers, depth):
                     if loaded.error is not None:

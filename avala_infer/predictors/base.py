@@ -9,8 +9,9 @@ A predictor keeps no per-call state on ``self``: everything a batch needs travel
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -108,3 +109,40 @@ class Predictor(abc.ABC):
     def describe(self) -> str:
         precision = "fp16" if self.fp16 else "fp32"
         return f"{self.spec.name} ({self.model_type.value}, {self.backend}, {self.device}, {precision})"
+
+
+class ReplicaPool:
+    """One copy of a torch module per concurrent caller.
+
+    Modules may keep per-call state: ultralytics' ``Detect`` head caches the anchors of the last input shape on
+    itself, so two threads running different shapes through one module get each other's anchors (wrong boxes
+    when the anchor counts agree, a crash when not). Copies are made on demand from a pristine template that
+    never runs; without a template (a GPU, one stream) callers wait for the one module instead.
+    """
+
+    def __init__(self, module: Any, *, spare_copies: bool) -> None:
+        import copy
+        import queue
+
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._free.put(module)
+        self._template = copy.deepcopy(module) if spare_copies else None
+        self.size = 1
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[Any]:
+        import copy
+        import queue
+
+        try:
+            module = self._free.get_nowait()
+        except queue.Empty:
+            if self._template is None:
+                module = self._free.get()
+            else:
+                module = copy.deepcopy(self._template)
+                self.size += 1
+        try:
+            yield module
+        finally:
+            self._free.put(module)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from avala_infer.errors import ConfigError, ModelLoadError
+from avala_infer.predictors.base import ReplicaPool
 from avala_infer.predictors.yolo import Letterboxed, YoloDetector
 from avala_infer.specs import ModelSpec
 
@@ -63,10 +64,13 @@ class UltralyticsDetector(YoloDetector):
         self.stride = max(int(model.stride.max()), 32)
         model = model.to(device).to(memory_format=torch.channels_last)
         self.model = model.half() if self.fp16 else model.float()
+        # the Detect head caches anchors per input shape on itself: one copy per concurrent stream
+        self.replicas = ReplicaPool(self.model, spare_copies=threads is not None)
 
     def collate(self, prepared: Sequence[Letterboxed]):
         return stack_to_device(prepared, self.device, self.fp16)
 
     def forward(self, batch):
-        out = self.model(batch)
+        with self.replicas.acquire() as model:
+            out = model(batch)
         return out[0] if isinstance(out, (list, tuple)) else out
