@@ -38,7 +38,7 @@ class LabelFilter:
     def apply(self, detections: Detections) -> Detections:
         """Map, keep and threshold; returns detections in the output vocabulary."""
         if not len(detections):
-            return Detections.empty()
+            return detections  # keeps an empty (0, H, W) mask array when there is one
         ids = detections.class_id
         if ids.min() < 0 or ids.max() >= len(self.class_to_output):
             raise ValueError(f"class ids must be in [0, {len(self.class_to_output)}), got {ids.min()}..{ids.max()}")

@@ -57,3 +57,5 @@ def get_predictor_class(model_type: ModelType | str, backend: str) -> type[Predi
 
 register(ModelType.OBJECT_DETECTION, "ultralytics", "avala_infer.predictors.ultralytics:UltralyticsDetector")
 register(ModelType.OBJECT_DETECTION, "onnxruntime", "avala_infer.predictors.onnxruntime:OnnxYoloDetector")
+register(ModelType.INSTANCE_SEGMENTATION, "ultralytics", "avala_infer.predictors.ultralytics:UltralyticsSegmenter")
+register(ModelType.INSTANCE_SEGMENTATION, "onnxruntime", "avala_infer.predictors.onnxruntime:OnnxYoloSegmenter")

@@ -12,13 +12,16 @@ class Detections:
     """Boxes of one image, in original image pixels.
 
     ``xyxy`` is float32 ``(n, 4)``, ``confidence`` float32 ``(n,)``, ``class_id`` int64 ``(n,)`` and
-    ``class_name`` an object array of str ``(n,)``. Index with a boolean mask, an index array or a slice.
+    ``class_name`` an object array of str ``(n,)``; ``mask``, for instance segmentation, a bool ``(n, H, W)``
+    array at the original image's resolution (``None`` for boxes only). Index with a boolean mask, an index
+    array or a slice.
     """
 
     xyxy: np.ndarray
     confidence: np.ndarray
     class_id: np.ndarray
     class_name: np.ndarray
+    mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -33,6 +36,10 @@ class Detections:
             arr = getattr(self, field)
             if arr.shape != (n,):
                 raise ValueError(f"{field} must have shape ({n},) to match xyxy, got {arr.shape}")
+        if self.mask is not None:
+            object.__setattr__(self, "mask", np.asarray(self.mask, dtype=bool))
+            if self.mask.ndim != 3 or len(self.mask) != n:
+                raise ValueError(f"mask must have shape ({n}, H, W) to match xyxy, got {self.mask.shape}")
 
     @classmethod
     def empty(cls) -> Detections:
@@ -54,6 +61,7 @@ class Detections:
             confidence=self.confidence[index],
             class_id=self.class_id[index],
             class_name=self.class_name[index],
+            mask=None if self.mask is None else self.mask[index],
         )
 
     @property

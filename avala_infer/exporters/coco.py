@@ -3,6 +3,7 @@ joined into one ``annotations.coco.json`` at the end, so memory stays flat howev
 
 Categories are the output labels with ids 1..N in vocabulary order; each annotation carries ``score``,
 so the file loads as ground truth in pycocotools and as results through ``COCO.loadRes(file["annotations"])``.
+Instance masks go in ``segmentation`` as COCO compressed RLE (pycocotools), with ``area`` the mask's area.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from avala_infer.annotations import Prediction
+from avala_infer.annotations import Prediction, rle
 from avala_infer.exporters.base import round_list
 
 
@@ -47,7 +48,11 @@ class CocoWriter:
         )
         self._count_images += 1
         d = prediction.detections
-        for box, score, cid in zip(d.xyxy, d.confidence, d.class_id):
+        segmentations = rle.encode_compressed(d.mask) if d.mask is not None else [None] * len(d)
+        mask_areas = d.mask.sum((1, 2)) if d.mask is not None else [None] * len(d)
+        for box, score, cid, segmentation, mask_area in zip(
+            d.xyxy, d.confidence, d.class_id, segmentations, mask_areas
+        ):
             x1, y1, x2, y2 = (float(v) for v in box)
             w, h = x2 - x1, y2 - y1
             record = {
@@ -59,6 +64,9 @@ class CocoWriter:
                 "iscrowd": 0,
                 "score": round(float(score), 5),
             }
+            if segmentation is not None:
+                record["segmentation"] = segmentation
+                record["area"] = int(mask_area)
             self._append(self._annotations, record, self._next_annotation == 1)
             self._next_annotation += 1
 

@@ -36,9 +36,17 @@ def color_for(class_id: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: np.ndarray, detections: Detections, max_side: int = 1024) -> np.ndarray:
-    """A copy of ``image`` scaled to at most ``max_side`` with boxes, labels and scores drawn on it."""
+    """A copy of ``image`` scaled to at most ``max_side`` with masks (translucent), boxes, labels and scores."""
     scale = min(1.0, max_side / max(image.shape[:2]))
     canvas = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image.copy()
+    if detections.mask is not None and len(detections):
+        overlay = canvas.copy()
+        size = (canvas.shape[1], canvas.shape[0])
+        for mask, cid in zip(detections.mask, detections.class_id):
+            if scale < 1:
+                mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+            overlay[mask] = color_for(cid)
+        canvas = cv2.addWeighted(overlay, 0.45, canvas, 0.55, 0)
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     font_scale = max(0.4, max(canvas.shape[:2]) / 1400)
     for box, score, cid, name in zip(

@@ -1,4 +1,4 @@
-"""ONNX exports of YOLO detectors, run with onnxruntime.
+"""ONNX exports of YOLO detectors and segmenters, run with onnxruntime.
 
 CUDA provider when the device is CUDA (an error if onnxruntime-gpu is missing: never a silent CPU run),
 CPU provider otherwise; the provider in use is logged. Class names, stride and task come from the
@@ -16,11 +16,12 @@ import numpy as np
 
 from avala_infer.errors import BackendUnavailableError, ConfigError, ModelLoadError
 from avala_infer.predictors.yolo import Letterboxed, YoloDetector
+from avala_infer.predictors.yolo_seg import YoloSegmenter
 from avala_infer.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
-TASKS = {"detect": "object_detection"}
+TASKS = {"detect": "object_detection", "segment": "instance_segmentation"}
 
 
 def open_session(weights: Path, device: str, threads: int | None = None):
@@ -69,7 +70,6 @@ class OnnxYoloDetector(YoloDetector):
         self.stride = max(int(meta.get("stride", 32)), 32)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
-        self.output_name = self.session.get_outputs()[0].name
         height, width = model_input.shape[2:4]
         self.fixed_size = height if isinstance(height, int) and height == width else None
         if self.fixed_size is not None and (spec.letterbox != "square" or spec.input_size != self.fixed_size):
@@ -85,5 +85,12 @@ class OnnxYoloDetector(YoloDetector):
     def forward(self, batch: np.ndarray):
         import torch
 
-        out = torch.from_numpy(self.session.run([self.output_name], {self.input_name: batch})[0])
-        return out.to(self.device) if self.device != "cpu" else out
+        outputs = [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: batch})]
+        if self.device != "cpu":
+            outputs = [o.to(self.device) for o in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)  # segment: (raw, protos)
+
+
+class OnnxYoloSegmenter(YoloSegmenter, OnnxYoloDetector):
+    """ONNX exports of ultralytics ``-seg`` models: ``output0`` boxes, scores and mask coefficients,
+    ``output1`` prototypes."""

@@ -1,4 +1,4 @@
-"""ultralytics checkpoints (``.pt``: YOLOv5u, v8, 11) run directly with torch.
+"""ultralytics checkpoints (``.pt``: YOLOv5u, v8, 11; detection and ``-seg``) run directly with torch.
 
 ultralytics is used only to unpickle the checkpoint; pre- and post-processing are ours (see ``yolo.py``),
 batched, with the model in channels-last layout (faster on CPU and on tensor cores).
@@ -15,11 +15,12 @@ import numpy as np
 from avala_infer.errors import ConfigError, ModelLoadError
 from avala_infer.predictors.base import ReplicaPool
 from avala_infer.predictors.yolo import Letterboxed, YoloDetector
+from avala_infer.predictors.yolo_seg import YoloSegmenter
 from avala_infer.specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
-TASKS = {"detect": "object_detection"}
+TASKS = {"detect": "object_detection", "segment": "instance_segmentation"}
 
 
 def load_ultralytics_module(weights: Path):
@@ -73,4 +74,8 @@ class UltralyticsDetector(YoloDetector):
     def forward(self, batch):
         with self.replicas.acquire() as model:
             out = model(batch)
-        return out[0] if isinstance(out, (list, tuple)) else out
+        return out[0] if isinstance(out, (list, tuple)) else out  # detect: a tensor; segment: (raw, protos)
+
+
+class UltralyticsSegmenter(YoloSegmenter, UltralyticsDetector):
+    """ultralytics ``-seg`` checkpoints: boxes and instance masks."""

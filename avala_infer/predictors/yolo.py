@@ -56,18 +56,17 @@ def unletterbox_params(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -
     return new_w / orig_shape[1], new_h / orig_shape[0], pad_x, pad_y
 
 
-def batched_nms(raw: Any, score_floor: float, iou: float) -> tuple[Any, Any]:
-    """Class-aware NMS over a whole batch of raw YOLO outputs ``(B, 4 + nc, anchors)`` in one call.
+def batched_nms(raw: Any, score_floor: float, iou: float, nc: int) -> tuple[Any, Any]:
+    """Class-aware NMS over a whole batch of raw YOLO outputs ``(B, 4 + nc + extra, anchors)`` in one call.
 
-    Returns ``(rows, image_index)``: rows ``(k, 6)`` of x1, y1, x2, y2, score, class in letterboxed pixels,
-    sorted by descending score, and the batch index of each row.
+    Returns ``(rows, image_index)``: rows ``(k, 6 + extra)`` of x1, y1, x2, y2, score, class (letterboxed
+    pixels), then the extra channels (mask coefficients), sorted by descending score; and each row's image.
     """
     import torch
     import torchvision
 
     raw = raw.float()
-    nc = raw.shape[1] - 4
-    best, cls = raw[:, 4:, :].max(1)  # (B, anchors)
+    best, cls = raw[:, 4 : 4 + nc, :].max(1)  # (B, anchors)
     img_idx, anchor_idx = torch.nonzero(best > score_floor, as_tuple=True)
     scores = best[img_idx, anchor_idx]
     counts = torch.bincount(img_idx, minlength=raw.shape[0])
@@ -83,14 +82,29 @@ def batched_nms(raw: Any, score_floor: float, iou: float) -> tuple[Any, Any]:
         img_idx, anchor_idx, scores = img_idx[keep], anchor_idx[keep], scores[keep]
     classes = cls[img_idx, anchor_idx]
     xywh = raw[img_idx, :4, anchor_idx]
+    extra = raw[img_idx, 4 + nc :, anchor_idx]
     boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
     keep = torchvision.ops.batched_nms(boxes, scores, img_idx * nc + classes, iou)
-    rows = torch.cat((boxes[keep], scores[keep, None], classes[keep, None].float()), 1)
+    rows = torch.cat((boxes[keep], scores[keep, None], classes[keep, None].float(), extra[keep]), 1)
     return rows, img_idx[keep]
 
 
+def scale_boxes(boxes: Any, in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> Any:
+    """Letterboxed xyxy -> original pixels, clipped to the image (a new tensor)."""
+    import torch
+
+    gain_x, gain_y, pad_x, pad_y = unletterbox_params(in_shape, orig_shape)
+    h, w = orig_shape
+    gain = boxes.new_tensor([gain_x, gain_y, gain_x, gain_y])
+    pad = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
+    return torch.minimum(((boxes - pad) / gain).clamp(min=0), boxes.new_tensor([w, h, w, h]))
+
+
 class YoloDetector(Predictor):
-    """Letterbox in, boxes out; backends subclass it with their own loading, ``collate`` and ``forward``."""
+    """Letterbox in, boxes out; backends subclass it with their own loading, ``collate`` and ``forward``.
+
+    ``forward`` returns the raw output tensor, or for segmentation ``(raw, prototypes)``.
+    """
 
     model_type = ModelType.OBJECT_DETECTION
     stride: int = 32
@@ -106,6 +120,10 @@ class YoloDetector(Predictor):
     def batch_key(self, prepared: Letterboxed) -> Hashable:
         return prepared.image.shape
 
+    def masks_for(self, protos: Any, rows: Any, in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> Any:
+        """Instance masks of one image's rows (segmentation subclasses); detectors have none."""
+        return None
+
     def postprocess(
         self,
         raw: Any,
@@ -116,27 +134,19 @@ class YoloDetector(Predictor):
         max_det: int = 300,
         **_: Any,
     ) -> list[Detections]:
-        import torch
-
-        rows, img_idx = batched_nms(raw, score_floor, iou)
-        if len(rows):
-            in_shape = prepared[0].image.shape[:2]
-            params = torch.tensor(
-                [unletterbox_params(in_shape, p.orig_shape) for p in prepared], dtype=torch.float32, device=rows.device
-            )[img_idx]
-            limits = torch.tensor([p.orig_shape[::-1] for p in prepared], dtype=torch.float32, device=rows.device)
-            limits = limits[img_idx].repeat(1, 2)  # (w, h, w, h)
-            boxes = rows[:, :4]
-            boxes[:, 0::2] = (boxes[:, 0::2] - params[:, 2:3]) / params[:, 0:1]
-            boxes[:, 1::2] = (boxes[:, 1::2] - params[:, 3:4]) / params[:, 1:2]
-            boxes = torch.minimum(boxes.clamp(min=0), limits)
-            rows = torch.cat((boxes, rows[:, 4:]), 1)
-        rows_np = rows.cpu().numpy()
-        img_np = img_idx.cpu().numpy()
+        preds, protos = raw if isinstance(raw, tuple) else (raw, None)
+        rows, img_idx = batched_nms(preds, score_floor, iou, len(self.labels))
+        in_shape = prepared[0].image.shape[:2]
         labels = np.asarray(self.labels, dtype=object)
         results = []
-        for i in range(len(prepared)):
-            mine = rows_np[img_np == i][:max_det]  # rows are sorted by score
-            class_id = mine[:, 5].astype(np.int64)
-            results.append(Detections(mine[:, :4], mine[:, 4], class_id, labels[class_id]))
+        for i, item in enumerate(prepared):
+            mine = rows[img_idx == i][:max_det]  # rows are sorted by score
+            masks = None
+            if protos is not None:
+                masks, nonempty = self.masks_for(protos[i], mine, in_shape, item.orig_shape)
+                mine, masks = mine[nonempty], masks[nonempty].cpu().numpy()
+            boxes = scale_boxes(mine[:, :4], in_shape, item.orig_shape).cpu().numpy()
+            mine = mine[:, 4:6].cpu().numpy()
+            class_id = mine[:, 1].astype(np.int64)
+            results.append(Detections(boxes, mine[:, 0], class_id, labels[class_id], masks))
         return results

@@ -1,0 +1,113 @@
+"""Instance segmentation parity with ultralytics on the shared YOLO11n-seg weights: boxes as for detection,
+and mask IoU >= 0.95 for every matched instance (masks compared at the original image resolution)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ASSETS, need
+from tests.reference import box_iou
+
+pytestmark = pytest.mark.slow
+
+
+def _reference(weights: Path, source: Path) -> dict:
+    """{path: (xyxy, scores, classes, masks at original size)} from ultralytics' folder loop, batch 1."""
+    from ultralytics import YOLO
+    from ultralytics.utils import ops
+
+    out = {}
+    # imgsz explicit: a .pt remembers its training size (320 for this one) and ultralytics would predict at that
+    predict = YOLO(str(weights)).predict(str(source), stream=True, verbose=False, batch=1, device="cpu", imgsz=640)
+    for r in predict:
+        b = r.boxes
+        if r.masks is None:
+            masks = np.zeros((0, *r.orig_shape), bool)
+        else:
+            masks = (ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).numpy()
+        out[str(Path(r.path).resolve())] = (b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), masks)
+    return out
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+@pytest.mark.parametrize("weights_name", ["yolo11n-seg.pt", "yolo11n-seg.onnx"])
+def test_boxes_and_masks_match_ultralytics(weights_name, val_images):
+    from avala_infer import Engine
+
+    weights = need(ASSETS / "models" / weights_name)
+    engine = Engine(weights, device="cpu")
+    assert engine.model_type.value == "instance_segmentation"
+    reference = _reference(weights, val_images)
+    total = matched = 0
+    worst_mask_iou = 1.0
+    for pred in engine.predict(val_images):
+        assert pred.ok, pred.error
+        ref_boxes, ref_scores, ref_cls, ref_masks = reference[str(Path(pred.source).resolve())]
+        d = pred.detections
+        assert d.mask is not None and d.mask.shape == (len(d), pred.height, pred.width)
+        total += len(ref_boxes)
+        if not len(ref_boxes) or not len(d):
+            continue
+        iou = box_iou(ref_boxes, d.xyxy)
+        ok = (ref_cls[:, None] == d.class_id[None, :]) & (iou >= 0.99)
+        ok &= np.abs(ref_scores[:, None] - d.confidence[None, :]) <= 1e-3
+        used: set[int] = set()
+        for i in range(len(ref_boxes)):
+            candidates = [j for j in np.argsort(-iou[i]) if ok[i, j] and j not in used]
+            if candidates:
+                j = candidates[0]
+                used.add(j)
+                matched += 1
+                worst_mask_iou = min(worst_mask_iou, _mask_iou(ref_masks[i], d.mask[j]))
+    print(f"{weights_name}: {matched}/{total} reference boxes matched, worst mask IoU {worst_mask_iou:.4f}")
+    assert total > 500
+    assert matched / total >= 0.99, (matched, total)
+    assert worst_mask_iou >= 0.95, worst_mask_iou
+
+
+def test_mask_exports_round_trip(tmp_path, sample_images):
+    """JSONL masks decode to the engine's masks; COCO masks load in pycocotools (ann -> mask) equal too."""
+    import json
+
+    from pycocotools.coco import COCO
+
+    from avala_infer import Engine, label
+    from avala_infer.annotations import rle
+
+    engine = Engine(need(ASSETS / "models" / "yolo11n-seg.onnx"), device="cpu")
+    predictions = {p.key: p.detections for p in engine.predict(sample_images)}
+    label(sample_images, engine, out=tmp_path, formats=["jsonl", "coco"])
+    for line in (tmp_path / "annotations.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        masks = predictions[record["key"]].mask
+        assert len(record["annotations"]) == len(masks) > 0
+        for annotation, mask in zip(record["annotations"], masks):
+            assert annotation["segmentation"]["size"] == [record["height"], record["width"]]
+            assert np.array_equal(rle.decode(annotation["segmentation"]), mask)
+    coco = COCO(str(tmp_path / "annotations.coco.json"))
+    for image in coco.loadImgs(coco.getImgIds()):
+        masks = predictions[image["file_name"]].mask
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        assert len(anns) == len(masks)
+        for ann, mask in zip(anns, masks):
+            assert np.array_equal(coco.annToMask(ann).astype(bool), mask)
+            assert ann["area"] == int(mask.sum())
+    results = coco.loadRes(coco.dataset["annotations"])  # valid as segm results too
+    assert len(results.getAnnIds()) == sum(len(m) for m in predictions.values())
+
+
+def test_rle_encode_decode_edge_cases():
+    from avala_infer.annotations import rle
+
+    for mask in (np.zeros((3, 4), bool), np.ones((3, 4), bool), np.eye(4, 5, dtype=bool)):
+        encoded = rle.encode(mask)
+        assert sum(encoded["counts"]) == mask.size
+        assert np.array_equal(rle.decode(encoded), mask)
+    assert rle.encode(np.ones((2, 2), bool))["counts"] == [0, 4]  # COCO RLE starts with a run of zeros
