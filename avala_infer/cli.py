@@ -104,6 +104,13 @@ def cli(verbose: int) -> None:
     help="Output format (repeatable). Default: jsonl.",
 )
 @click.option(
+    "--mask-format",
+    default="rle",
+    show_default=True,
+    type=click.Choice(["rle", "polygon"]),
+    help="How COCO holds instance masks (polygon falls back to RLE for masks with holes).",
+)
+@click.option(
     "-o", "--out", default="runs/label", show_default=True, type=click.Path(file_okay=False), help="Output folder."
 )
 @click.option("--dry-run", is_flag=True, help="Write previews and summary.json only, no annotation files.")
@@ -121,6 +128,7 @@ def label_command(
     label_thresholds,
     label_map,
     formats,
+    mask_format,
     out,
     dry_run,
     preview_count,
@@ -138,6 +146,7 @@ def label_command(
             model,
             out=out,
             formats=formats or ("jsonl",),
+            mask_format=mask_format,
             dry_run=dry_run,
             preview_count=preview_count,
             confidence_threshold=confidence,

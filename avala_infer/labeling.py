@@ -43,6 +43,7 @@ def label(
     *,
     out: str | os.PathLike = "runs/label",
     formats: Sequence[str] = ("jsonl",),
+    mask_format: str = "rle",
     dry_run: bool = False,
     preview_count: int = DEFAULT_PREVIEW_COUNT,
     confidence_threshold: float = 0.25,
@@ -58,6 +59,7 @@ def label(
 ) -> LabelReport:
     """Label ``sources`` with ``model`` and write ``formats`` into ``out``.
 
+    ``mask_format`` (``rle`` or ``polygon``) chooses how COCO holds instance masks.
     With ``dry_run`` the same pipeline runs but only previews (``out/preview/``), ``summary.json`` and,
     if items failed, ``failures.jsonl`` are written: no annotation file of any format.
     Failed items never stop the run; they are counted and listed in ``out/failures.jsonl``.
@@ -68,6 +70,8 @@ def label(
         raise ConfigError(f"unknown output format(s) {unknown}; known formats: {', '.join(FORMATS)}")
     if not dry_run and not formats:
         raise ConfigError("no output format given: pass at least one of " + ", ".join(FORMATS) + " or dry_run=True")
+    if mask_format not in ("rle", "polygon"):
+        raise ConfigError(f"mask_format must be rle or polygon, got {mask_format!r}")
     if preview_count < 0:
         raise ConfigError(f"preview_count must be >= 0, got {preview_count}")
     engine = (
@@ -111,7 +115,7 @@ def label(
     if dry_run:
         sinks.append(PreviewWriter(out_dir, summary, preview_count))
     else:
-        sinks += [make_writer(fmt, out_dir, vocabulary) for fmt in formats]
+        sinks += [make_writer(fmt, out_dir, vocabulary, mask_format) for fmt in formats]
     done = reported = 0
     last_report = 0.0
     for prediction in predictions:

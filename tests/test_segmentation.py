@@ -111,3 +111,50 @@ def test_rle_encode_decode_edge_cases():
         assert sum(encoded["counts"]) == mask.size
         assert np.array_equal(rle.decode(encoded), mask)
     assert rle.encode(np.ones((2, 2), bool))["counts"] == [0, 4]  # COCO RLE starts with a run of zeros
+
+
+def test_polygon_exports_coco_and_yolo_seg_read_back(tmp_path, val_images):
+    """COCO polygons rasterised by pycocotools and YOLO-seg polygons read by ultralytics both outline our masks;
+    a mask with a hole stays RLE in COCO."""
+    import json
+
+    from pycocotools.coco import COCO
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from avala_infer import Engine, label
+    from avala_infer.exporters.coco import polygon_or_rle
+
+    engine = Engine(need(ASSETS / "models" / "yolo11n-seg.onnx"), device="cpu")
+    images = sorted(val_images.glob("*.jpg"))[:8]
+    predictions = {p.key: p.detections for p in engine.predict(images)}
+    report = label(images, engine, out=tmp_path, formats=["coco", "yolo"], mask_format="polygon")
+    assert report.succeeded == 8
+    coco = COCO(str(tmp_path / "annotations.coco.json"))
+    ious = []
+    for image in coco.loadImgs(coco.getImgIds()):
+        masks = predictions[image["file_name"]].mask
+        for ann, mask in zip(coco.loadAnns(coco.getAnnIds(imgIds=image["id"])), masks):
+            if mask.sum() >= 400:
+                ious.append(_mask_iou(coco.annToMask(ann).astype(bool), mask))
+    assert len(ious) > 20 and np.mean(ious) >= 0.85, (len(ious), np.mean(ious))
+    exported = json.loads((tmp_path / "annotations.coco.json").read_text())["annotations"]
+    assert any(isinstance(a["segmentation"], list) for a in exported)
+
+    data = check_det_dataset(str(tmp_path / "yolo" / "data.yaml"))
+    dataset = YOLODataset(img_path=data["val"], data=data, task="segment", imgsz=640, augment=False)
+    checked = 0
+    for lab in dataset.labels:
+        d = predictions[Path(lab["im_file"]).name]
+        assert len(lab["segments"]) == len(lab["cls"]) <= len(d)
+        for segment, cls in zip(lab["segments"], lab["cls"].flatten()):
+            assert int(cls) in d.class_id.tolist() and segment.shape[0] >= 3
+            assert 0 <= segment.min() and segment.max() <= 1
+            checked += 1
+    assert checked > 20
+
+    ring = np.zeros((40, 40), bool)
+    ring[5:35, 5:35] = True
+    ring[15:25, 15:25] = False
+    assert polygon_or_rle(ring, {"size": [40, 40], "counts": "x"}) == {"size": [40, 40], "counts": "x"}
+    assert isinstance(polygon_or_rle(np.pad(np.ones((10, 10), bool), 5), {}), list)

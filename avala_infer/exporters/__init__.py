@@ -9,7 +9,7 @@ from avala_infer.errors import ConfigError
 FORMATS = ("jsonl", "coco", "yolo")
 
 
-def make_writer(fmt: str, out_dir: Path, labels: tuple[str, ...]):
+def make_writer(fmt: str, out_dir: Path, labels: tuple[str, ...], mask_format: str = "rle"):
     """The annotation writer for ``fmt``; an unknown format lists the known ones."""
     if fmt == "jsonl":
         from avala_infer.exporters.jsonl import JsonlWriter
@@ -18,7 +18,7 @@ def make_writer(fmt: str, out_dir: Path, labels: tuple[str, ...]):
     if fmt == "coco":
         from avala_infer.exporters.coco import CocoWriter
 
-        return CocoWriter(out_dir, labels)
+        return CocoWriter(out_dir, labels, mask_format)
     if fmt == "yolo":
         from avala_infer.exporters.yolo import YoloWriter
 

@@ -3,7 +3,9 @@ joined into one ``annotations.coco.json`` at the end, so memory stays flat howev
 
 Categories are the output labels with ids 1..N in vocabulary order; each annotation carries ``score``,
 so the file loads as ground truth in pycocotools and as results through ``COCO.loadRes(file["annotations"])``.
-Instance masks go in ``segmentation`` as COCO compressed RLE (pycocotools), with ``area`` the mask's area.
+Instance masks go in ``segmentation`` as COCO compressed RLE (pycocotools; ``mask_format="rle"``, the default,
+lossless) or as polygons (``mask_format="polygon"``; a mask with a hole, which no polygon can hold, is written
+as RLE all the same), with ``area`` the mask's area.
 """
 
 from __future__ import annotations
@@ -14,11 +16,26 @@ import shutil
 from pathlib import Path
 
 from avala_infer.annotations import Prediction, rle
+from avala_infer.annotations.polygons import mask_to_polygons
+from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import round_list
+
+MASK_FORMATS = ("rle", "polygon")
+
+
+def polygon_or_rle(mask, compressed_rle: dict) -> dict | list:
+    """COCO polygons of ``mask`` when they hold it (no holes, at least one outline), else its RLE."""
+    polygons, has_holes = mask_to_polygons(mask)
+    if has_holes or not polygons:
+        return compressed_rle
+    return [[round(float(v), 2) for v in polygon.ravel()] for polygon in polygons]
 
 
 class CocoWriter:
-    def __init__(self, out_dir: Path, labels: tuple[str, ...]) -> None:
+    def __init__(self, out_dir: Path, labels: tuple[str, ...], mask_format: str = "rle") -> None:
+        if mask_format not in MASK_FORMATS:
+            raise ConfigError(f"mask_format {mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
+        self.mask_format = mask_format
         self.path = out_dir / "annotations.coco.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(labels)]
@@ -48,11 +65,8 @@ class CocoWriter:
         )
         self._count_images += 1
         d = prediction.detections
-        segmentations = rle.encode_compressed(d.mask) if d.mask is not None else [None] * len(d)
-        mask_areas = d.mask.sum((1, 2)) if d.mask is not None else [None] * len(d)
-        for box, score, cid, segmentation, mask_area in zip(
-            d.xyxy, d.confidence, d.class_id, segmentations, mask_areas
-        ):
+        rles = rle.encode_compressed(d.mask) if d.mask is not None else []
+        for i, (box, score, cid) in enumerate(zip(d.xyxy, d.confidence, d.class_id)):
             x1, y1, x2, y2 = (float(v) for v in box)
             w, h = x2 - x1, y2 - y1
             record = {
@@ -64,9 +78,10 @@ class CocoWriter:
                 "iscrowd": 0,
                 "score": round(float(score), 5),
             }
-            if segmentation is not None:
-                record["segmentation"] = segmentation
-                record["area"] = int(mask_area)
+            if d.mask is not None:
+                polygon = self.mask_format == "polygon"
+                record["segmentation"] = polygon_or_rle(d.mask[i], rles[i]) if polygon else rles[i]
+                record["area"] = int(d.mask[i].sum())
             self._append(self._annotations, record, self._next_annotation == 1)
             self._next_annotation += 1
 

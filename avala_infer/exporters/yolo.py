@@ -3,7 +3,9 @@
 ``yolo/labels/<key>.txt`` (``class cx cy w h`` normalised, one line per box; ``+ score`` with
 ``save_conf``), ``yolo/images/<key>`` symlinks to the sources (ultralytics finds labels by swapping
 ``images`` for ``labels`` in an image path), ``classes.txt`` and a ``data.yaml`` naming them, so
-``YOLO(...).val(data="yolo/data.yaml")`` and training read it as it is.
+``YOLO(...).val(data="yolo/data.yaml")`` and training read it as it is. Instance masks are written as
+YOLO-seg lines instead (``class x1 y1 x2 y2 ...``, normalised), one polygon per instance: the mask's largest
+outline, as ultralytics keeps one segment per box.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from avala_infer.annotations import Prediction
+from avala_infer.annotations.polygons import largest_polygon
 
 
 class YoloWriter:
@@ -32,13 +36,19 @@ class YoloWriter:
         label_path.parent.mkdir(parents=True, exist_ok=True)
         d, w, h = prediction.detections, prediction.width, prediction.height
         lines = []
-        for (x1, y1, x2, y2), score, cid in zip(d.xyxy, d.confidence, d.class_id):
-            fields = [
-                f"{(x1 + x2) / 2 / w:.6f}",
-                f"{(y1 + y2) / 2 / h:.6f}",
-                f"{(x2 - x1) / w:.6f}",
-                f"{(y2 - y1) / h:.6f}",
-            ]
+        for i, ((x1, y1, x2, y2), score, cid) in enumerate(zip(d.xyxy, d.confidence, d.class_id)):
+            if d.mask is not None:
+                polygon = largest_polygon(d.mask[i])
+                if polygon is None:
+                    continue
+                fields = [f"{v:.6f}" for v in (polygon / np.array([w, h], np.float32)).ravel()]
+            else:
+                fields = [
+                    f"{(x1 + x2) / 2 / w:.6f}",
+                    f"{(y1 + y2) / 2 / h:.6f}",
+                    f"{(x2 - x1) / w:.6f}",
+                    f"{(y2 - y1) / h:.6f}",
+                ]
             lines.append(" ".join([str(int(cid)), *fields, *([f"{score:.5f}"] if self.save_conf else [])]))
         label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         if not prediction.source.startswith("<"):  # in-memory arrays have no file to link
