@@ -158,3 +158,95 @@ def test_polygon_exports_coco_and_yolo_seg_read_back(tmp_path, val_images):
     ring[15:25, 15:25] = False
     assert polygon_or_rle(ring, {"size": [40, 40], "counts": "x"}) == {"size": [40, 40], "counts": "x"}
     assert isinstance(polygon_or_rle(np.pad(np.ones((10, 10), bool), 5), {}), list)
+
+
+def _segm_ground_truth(images: list[dict], category_ids: dict[str, int]) -> dict:
+    """COCO segm GT from coco128's YOLO-seg polygons (panoptic class ids, mapped to our categories by name)."""
+    import yaml
+    from pycocotools import mask as mask_utils
+
+    folder = need(ASSETS / "data/coco128/instance_segmentation")
+    names = yaml.safe_load((folder / "config.yaml").read_text())["names"]
+    annotations = []
+    for image in images:
+        w, h = image["width"], image["height"]
+        label_file = folder / "labels/val2017" / (Path(image["file_name"]).stem + ".txt")
+        for line in label_file.read_text().splitlines() if label_file.exists() else []:
+            values = line.split()
+            if len(values) < 7:
+                continue
+            xy = (np.asarray(values[1:], dtype=np.float64).reshape(-1, 2) * [w, h]).ravel().tolist()
+            encoded = mask_utils.merge(mask_utils.frPyObjects([xy], h, w))
+            x, y, bw, bh = mask_utils.toBbox(encoded).tolist()
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image["id"],
+                    "category_id": category_ids[names[int(values[0])]],
+                    "segmentation": [xy],
+                    "area": float(mask_utils.area(encoded)),
+                    "bbox": [x, y, bw, bh],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i, "name": n} for n, i in category_ids.items()]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def test_coco_segm_map_equals_reference(val_images, tmp_path):
+    """Our COCO export's segm mAP50-95 (pycocotools, conf 0.001) equals the reference predictions' within 0.01."""
+    import contextlib
+    import io
+    import json
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from ultralytics import YOLO
+    from ultralytics.utils import ops
+
+    from avala_infer import Engine, label
+
+    weights = need(ASSETS / "models" / "yolo11n-seg.pt")
+    engine = Engine(weights, device="cpu")
+    label([val_images], engine, out=tmp_path, formats=["coco"], confidence_threshold=0.001, max_det=100)
+    export = json.loads((tmp_path / "annotations.coco.json").read_text())
+    category_ids = {c["name"]: c["id"] for c in export["categories"]}
+    gt = _segm_ground_truth(export["images"], category_ids)
+
+    image_id = {Path(img["path"]).resolve().as_posix(): img["id"] for img in export["images"]}
+    reference = []
+    for r in YOLO(str(weights)).predict(
+        str(val_images), stream=True, verbose=False, batch=1, device="cpu", imgsz=640, conf=0.001, max_det=100
+    ):
+        if r.masks is None:
+            continue
+        masks = (ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).numpy()
+        encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        for rle, score, cls in zip(encoded, r.boxes.conf.tolist(), r.boxes.cls.tolist()):
+            rle["counts"] = rle["counts"].decode("ascii")
+            reference.append(
+                {
+                    "image_id": image_id[Path(r.path).resolve().as_posix()],
+                    "category_id": category_ids[r.names[int(cls)]],
+                    "segmentation": rle,
+                    "score": score,
+                }
+            )
+
+    def segm_map(results: list[dict]) -> float:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO()
+            coco_gt.dataset = gt
+            coco_gt.createIndex()
+            evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "segm")
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        return float(evaluator.stats[0])
+
+    ours = segm_map(export["annotations"])
+    theirs = segm_map(reference)
+    print(f"segm mAP50-95: ours {ours:.4f}, reference {theirs:.4f}")
+    assert 0.1 < theirs < 0.35  # the assets README: mask mAP50-95 0.219 at 640 (ultralytics' own val)
+    assert abs(ours - theirs) <= 0.01, (ours, theirs)
