@@ -153,14 +153,25 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_reference(model: Any, folder: Path, batch: int, device: str, half: bool) -> tuple[float, int, int]:
-    """(images/s, images, boxes) for one pass of ultralytics' own predict loop over the folder."""
+def run_reference(model: Any, folder: Path, batch: int, device: str, half: bool, imgsz: int) -> tuple[float, int, int]:
+    """(images/s, images, boxes) for one pass of ultralytics' own predict loop over the folder.
+
+    ``imgsz`` is explicit: a ``.pt`` remembers its training size and ultralytics would predict at that.
+    """
     options: dict[str, Any] = {"half": True} if half else {}  # only when asked: newer ultralytics deprecates it
     gc.collect()
     images = boxes = 0
     t0 = time.perf_counter()
     results = model.predict(
-        str(folder), stream=True, verbose=False, batch=batch, device=device, conf=CONFIDENCE, iou=IOU, **options
+        str(folder),
+        stream=True,
+        verbose=False,
+        batch=batch,
+        device=device,
+        conf=CONFIDENCE,
+        iou=IOU,
+        imgsz=imgsz,
+        **options,
     )
     for result in results:
         images += 1
@@ -276,12 +287,13 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
 
     engine = Engine(args.weights, device=device, batch_size=ours_batch)
     device = engine.device  # canonical: cpu or cuda:N (ultralytics reads cuda:N too)
-    reference = YOLO(str(args.weights), task="detect")
+    reference = YOLO(str(args.weights))  # detection or -seg, as the weights say
+    imgsz = engine.predictor.spec.input_size
     depth = max(2 * ours_batch, 2 * engine.workers)  # as the engine's own loader
 
     progress(f"warm-up: ultralytics at batch {', '.join(map(str, ref_batches))}, then ours (not timed)")
     for batch in ref_batches:
-        check_count("ultralytics", run_reference(reference, folder, batch, device, args.ref_half)[1], n_images)
+        check_count("ultralytics", run_reference(reference, folder, batch, device, args.ref_half, imgsz)[1], n_images)
     ref_threads = args.ref_threads or torch.get_num_threads()  # by default what ultralytics chose for itself
     torch.set_num_threads(ours_threads)
     check_count("avala-infer", run_ours(engine, folder)[1], n_images)
@@ -295,7 +307,7 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
     for r in range(1, args.rounds + 1):
         torch.set_num_threads(ref_threads)
         for batch, series in refs.items():
-            rate, images, boxes = run_reference(reference, folder, batch, device, args.ref_half)
+            rate, images, boxes = run_reference(reference, folder, batch, device, args.ref_half, imgsz)
             series.add(rate, images, boxes)
             progress(f"round {r}/{args.rounds}: ultralytics batch {batch}: {rate:.2f} images/s, {boxes} boxes")
         torch.set_num_threads(ours_threads)
