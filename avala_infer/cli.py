@@ -100,7 +100,7 @@ def cli(verbose: int) -> None:
     "--format",
     "formats",
     multiple=True,
-    type=click.Choice(["jsonl", "coco", "yolo"]),
+    type=click.Choice(["jsonl", "coco", "yolo", "labelstudio"]),
     help="Output format (repeatable). Default: jsonl.",
 )
 @click.option(

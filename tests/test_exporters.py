@@ -92,3 +92,61 @@ def test_formats_stream_and_keep_nested_keys(engine_pt, sample_images, tmp_path)
     assert (tmp_path / "out" / "yolo" / "classes.txt").read_text() == "person\n"
     lines = (tmp_path / "out" / "yolo" / "labels" / "y.txt").read_text().splitlines()
     assert lines and all(line.split()[0] == "0" for line in lines)
+
+
+def _label_studio_tasks(out):
+    tasks = json.loads((out / "labelstudio.json").read_text())
+    assert isinstance(tasks, list)
+    for task in tasks:  # the documented shape of a pre-annotated import task
+        assert set(task) == {"data", "predictions"} and "image" in task["data"]
+        (prediction,) = task["predictions"]
+        assert {"model_version", "score", "result"} <= set(prediction)
+        for result in prediction["result"]:
+            assert result["from_name"] == "label" and result["to_name"] == "image"
+            assert result["type"] in ("rectanglelabels", "polygonlabels")
+            assert result["type"] in result["value"]
+    return tasks
+
+
+def test_label_studio_rectangles_in_percent(engine_pt, sample_images, tmp_path):
+    predictions = {str(p.source): p for p in engine_pt.predict(sample_images)}
+    label(sample_images, engine_pt, out=tmp_path, formats=["labelstudio"])
+    tasks = _label_studio_tasks(tmp_path)
+    assert [t["data"]["image"] for t in tasks] == [str(p) for p in sample_images]
+    for task in tasks:
+        p = predictions[task["data"]["image"]]
+        results = task["predictions"][0]["result"]
+        assert len(results) == len(p.detections)
+        for r, box, name in zip(results, p.detections.xyxy, p.detections.class_name):
+            v, w, h = r["value"], r["original_width"], r["original_height"]
+            assert (w, h) == (p.width, p.height) and v["rectanglelabels"] == [name]
+            back = [
+                v["x"] * w / 100,
+                v["y"] * h / 100,
+                (v["x"] + v["width"]) * w / 100,
+                (v["y"] + v["height"]) * h / 100,
+            ]
+            assert np.allclose(back, box, atol=0.01)
+
+
+def test_label_studio_polygons_for_masks(sample_images, tmp_path):
+    import cv2
+
+    from avala_infer import Engine
+    from tests.conftest import ASSETS, need
+
+    engine = Engine(need(ASSETS / "models" / "yolo11n-seg.onnx"), device="cpu")
+    predictions = {str(p.source): p for p in engine.predict(sample_images)}
+    label(sample_images, engine, out=tmp_path, formats=["labelstudio"])
+    for task in _label_studio_tasks(tmp_path):
+        p = predictions[task["data"]["image"]]
+        drawn = np.zeros(p.detections.mask.shape, np.uint8)
+        for r in task["predictions"][0]["result"]:
+            assert r["type"] == "polygonlabels"
+            instance = int(r["id"].split("-")[1])
+            assert r["value"]["polygonlabels"] == [p.detections.class_name[instance]]
+            points = np.asarray(r["value"]["points"]) * [p.width / 100, p.height / 100]
+            cv2.fillPoly(drawn[instance], [np.round(points).astype(np.int32)], 1)
+        for instance, mask in enumerate(p.detections.mask):
+            iou = np.logical_and(drawn[instance], mask).sum() / np.logical_or(drawn[instance], mask).sum()
+            assert iou > 0.8, (instance, iou)

@@ -1,4 +1,4 @@
-"""Writers of predictions: JSONL, COCO, YOLO txt, dry-run previews, the run summary and the failure log."""
+"""Writers of predictions: JSONL, COCO, YOLO txt, Label Studio, dry-run previews, the summary, the failure log."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from avala_infer.errors import ConfigError
 
-FORMATS = ("jsonl", "coco", "yolo")
+FORMATS = ("jsonl", "coco", "yolo", "labelstudio")
 
 
 def make_writer(fmt: str, out_dir: Path, labels: tuple[str, ...], mask_format: str = "rle"):
@@ -23,4 +23,8 @@ def make_writer(fmt: str, out_dir: Path, labels: tuple[str, ...], mask_format: s
         from avala_infer.exporters.yolo import YoloWriter
 
         return YoloWriter(out_dir, labels)
+    if fmt == "labelstudio":
+        from avala_infer.exporters.labelstudio import LabelStudioWriter
+
+        return LabelStudioWriter(out_dir, labels)
     raise ConfigError(f"unknown output format {fmt!r}; known formats: {', '.join(FORMATS)}")
