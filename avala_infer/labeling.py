@@ -12,7 +12,7 @@ from avala_infer.engine import Engine
 from avala_infer.engine.sources import Source, count_items
 from avala_infer.errors import ConfigError
 from avala_infer.exporters import FORMATS, make_writer
-from avala_infer.exporters.base import FailureLog
+from avala_infer.exporters.base import FailureLog, Sink
 from avala_infer.exporters.preview import DEFAULT_PREVIEW_COUNT, PreviewWriter
 from avala_infer.exporters.summary import SummaryCollector
 
@@ -59,6 +59,8 @@ def label(
 ) -> LabelReport:
     """Label ``sources`` with ``model`` and write ``formats`` into ``out``.
 
+    ``model`` is a model name, spec or weights path, or a loaded :class:`Engine` (then ``device``,
+    ``batch_size`` and ``input_size`` are the engine's own and these arguments are not used).
     ``mask_format`` (``rle`` or ``polygon``) chooses how COCO holds instance masks.
     With ``dry_run`` the same pipeline runs but only previews (``out/preview/``), ``summary.json`` and,
     if items failed, ``failures.jsonl`` are written: no annotation file of any format.
@@ -111,7 +113,7 @@ def label(
     }
     summary = SummaryCollector(out_dir, vocabulary, settings)
     failures = FailureLog(out_dir)
-    sinks = [summary, failures]
+    sinks: list[Sink] = [summary, failures]
     if dry_run:
         sinks.append(PreviewWriter(out_dir, summary, preview_count))
     else:

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import ASSETS, VAL_LABELS, need
-from tests.reference import ultralytics_predictions
+from tests.reference import coco_map50_95, ultralytics_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -42,21 +42,6 @@ def _ground_truth(images: list[dict], names: list[str]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def _map50_95(gt: dict, results: list[dict]) -> float:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return float(evaluator.stats[0])
-
-
 def test_coco_export_map_equals_reference(engine_pt, val_images, tmp_path):
     from avala_infer import label
 
@@ -70,7 +55,7 @@ def test_coco_export_map_equals_reference(engine_pt, val_images, tmp_path):
     gt = _ground_truth(export["images"], names)
     assert len(gt["annotations"]) == 898  # the val2017 object count the assets README gives
 
-    ours = _map50_95(gt, export["annotations"])
+    ours = coco_map50_95(gt, export["annotations"], "bbox")
 
     image_id = {Path(img["path"]).resolve().as_posix(): img["id"] for img in export["images"]}
     reference = []
@@ -81,7 +66,7 @@ def test_coco_export_map_equals_reference(engine_pt, val_images, tmp_path):
             reference.append(
                 {"image_id": image_id[path], "category_id": cls + 1, "score": score, "bbox": [x1, y1, x2 - x1, y2 - y1]}
             )
-    theirs = _map50_95(gt, reference)
+    theirs = coco_map50_95(gt, reference, "bbox")
     assert 0.35 < theirs < 0.55  # the assets README: 0.445 on val2017 (ultralytics' own val)
     assert abs(ours - theirs) <= 0.01, (ours, theirs)
     # the file also loads whole in pycocotools as a dataset

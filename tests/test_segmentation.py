@@ -9,27 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import ASSETS, need
-from tests.reference import box_iou
+from tests.reference import coco_map50_95, match_pairs, ultralytics_predictions
 
 pytestmark = pytest.mark.slow
-
-
-def _reference(weights: Path, source: Path) -> dict:
-    """{path: (xyxy, scores, classes, masks at original size)} from ultralytics' folder loop, batch 1."""
-    from ultralytics import YOLO
-    from ultralytics.utils import ops
-
-    out = {}
-    # imgsz explicit: a .pt remembers its training size (320 for this one) and ultralytics would predict at that
-    predict = YOLO(str(weights)).predict(str(source), stream=True, verbose=False, batch=1, device="cpu", imgsz=640)
-    for r in predict:
-        b = r.boxes
-        if r.masks is None:
-            masks = np.zeros((0, *r.orig_shape), bool)
-        else:
-            masks = (ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).numpy()
-        out[str(Path(r.path).resolve())] = (b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), masks)
-    return out
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,28 +26,19 @@ def test_boxes_and_masks_match_ultralytics(weights_name, val_images):
     weights = need(ASSETS / "models" / weights_name)
     engine = Engine(weights, device="cpu")
     assert engine.model_type.value == "instance_segmentation"
-    reference = _reference(weights, val_images)
+    reference = ultralytics_predictions(weights, val_images, masks=True)
     total = matched = 0
     worst_mask_iou = 1.0
     for pred in engine.predict(val_images):
         assert pred.ok, pred.error
-        ref_boxes, ref_scores, ref_cls, ref_masks = reference[str(Path(pred.source).resolve())]
+        ref_boxes, ref_scores, ref_cls, _, ref_masks = reference[str(Path(pred.source).resolve())]
         d = pred.detections
         assert d.mask is not None and d.mask.shape == (len(d), pred.height, pred.width)
         total += len(ref_boxes)
-        if not len(ref_boxes) or not len(d):
-            continue
-        iou = box_iou(ref_boxes, d.xyxy)
-        ok = (ref_cls[:, None] == d.class_id[None, :]) & (iou >= 0.99)
-        ok &= np.abs(ref_scores[:, None] - d.confidence[None, :]) <= 1e-3
-        used: set[int] = set()
-        for i in range(len(ref_boxes)):
-            candidates = [j for j in np.argsort(-iou[i]) if ok[i, j] and j not in used]
-            if candidates:
-                j = candidates[0]
-                used.add(j)
-                matched += 1
-                worst_mask_iou = min(worst_mask_iou, _mask_iou(ref_masks[i], d.mask[j]))
+        pairs = match_pairs(ref_boxes, ref_scores, ref_cls, d.xyxy, d.confidence, d.class_id)
+        matched += len(pairs)
+        for i, j in pairs:
+            worst_mask_iou = min(worst_mask_iou, _mask_iou(ref_masks[i], d.mask[j]))
     print(f"{weights_name}: {matched}/{total} reference boxes matched, worst mask IoU {worst_mask_iou:.4f}")
     assert total > 500
     assert matched / total >= 0.99, (matched, total)
@@ -195,15 +168,9 @@ def _segm_ground_truth(images: list[dict], category_ids: dict[str, int]) -> dict
 
 def test_coco_segm_map_equals_reference(val_images, tmp_path):
     """Our COCO export's segm mAP50-95 (pycocotools, conf 0.001) equals the reference predictions' within 0.01."""
-    import contextlib
-    import io
     import json
 
     from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    from ultralytics import YOLO
-    from ultralytics.utils import ops
 
     from avala_infer import Engine, label
 
@@ -216,37 +183,24 @@ def test_coco_segm_map_equals_reference(val_images, tmp_path):
 
     image_id = {Path(img["path"]).resolve().as_posix(): img["id"] for img in export["images"]}
     reference = []
-    for r in YOLO(str(weights)).predict(
-        str(val_images), stream=True, verbose=False, batch=1, device="cpu", imgsz=640, conf=0.001, max_det=100
-    ):
-        if r.masks is None:
-            continue
-        masks = (ops.scale_masks(r.masks.data[None].float(), r.orig_shape)[0] > 0.5).numpy()
-        encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-        for rle, score, cls in zip(encoded, r.boxes.conf.tolist(), r.boxes.cls.tolist()):
+    names = engine.labels
+    for path, (_, scores, classes, _, masks) in ultralytics_predictions(
+        weights, val_images, conf=0.001, max_det=100, masks=True
+    ).items():
+        encoded = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8))) if len(masks) else []
+        for rle, score, cls in zip(encoded, scores.tolist(), classes.tolist()):
             rle["counts"] = rle["counts"].decode("ascii")
             reference.append(
                 {
-                    "image_id": image_id[Path(r.path).resolve().as_posix()],
-                    "category_id": category_ids[r.names[int(cls)]],
+                    "image_id": image_id[path],
+                    "category_id": category_ids[names[cls]],
                     "segmentation": rle,
                     "score": score,
                 }
             )
 
-    def segm_map(results: list[dict]) -> float:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO()
-            coco_gt.dataset = gt
-            coco_gt.createIndex()
-            evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "segm")
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-        return float(evaluator.stats[0])
-
-    ours = segm_map(export["annotations"])
-    theirs = segm_map(reference)
+    ours = coco_map50_95(gt, export["annotations"], "segm")
+    theirs = coco_map50_95(gt, reference, "segm")
     print(f"segm mAP50-95: ours {ours:.4f}, reference {theirs:.4f}")
     assert 0.1 < theirs < 0.35  # the assets README: mask mAP50-95 0.219 at 640 (ultralytics' own val)
     assert abs(ours - theirs) <= 0.01, (ours, theirs)
