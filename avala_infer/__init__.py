@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from avala_infer.annotations import Detections, Prediction
+from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
 from avala_infer.errors import (
     AvalaInferError,
     BackendUnavailableError,
@@ -20,7 +20,7 @@ from avala_infer.errors import (
     UnsupportedInputError,
     WeightsNotFoundError,
 )
-from avala_infer.types import ModelType
+from avala_infer.types import ModelType, Text
 
 if TYPE_CHECKING:
     from avala_infer.engine import Engine
@@ -31,8 +31,10 @@ __version__ = "0.1.0"
 __all__ = [
     "AvalaInferError",
     "BackendUnavailableError",
+    "Classifications",
     "ConfigError",
     "Detections",
+    "Entities",
     "Engine",
     "ItemError",
     "LabelReport",
@@ -40,6 +42,8 @@ __all__ = [
     "ModelSpecError",
     "ModelType",
     "Prediction",
+    "SemanticMask",
+    "Text",
     "UnknownLabelError",
     "UnknownModelError",
     "UnsupportedInputError",

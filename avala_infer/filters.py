@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from avala_infer.annotations import Detections
+from avala_infer.annotations import UNLABELED, Result, SemanticMask
 from avala_infer.errors import ConfigError, UnknownLabelError
 
 
@@ -35,20 +35,40 @@ class LabelFilter:
         """The lowest threshold any kept label has: backends may discard anything below it early."""
         return float(self.thresholds.min()) if len(self.thresholds) else 1.0
 
-    def apply(self, detections: Detections) -> Detections:
-        """Map, keep and threshold; returns detections in the output vocabulary."""
-        if not len(detections):
-            return detections  # keeps an empty (0, H, W) mask array when there is one
-        ids = detections.class_id
-        if ids.min() < 0 or ids.max() >= len(self.class_to_output):
-            raise ValueError(f"class ids must be in [0, {len(self.class_to_output)}), got {ids.min()}..{ids.max()}")
+    def apply(self, result: Result) -> Result:
+        """Map, keep and threshold; returns the result in the output vocabulary.
+
+        Works on any result with parallel ``class_id``/``confidence``/``class_name`` arrays (boxes, classes,
+        entities); a :class:`SemanticMask` is filtered per pixel.
+        """
+        if isinstance(result, SemanticMask):
+            return self._apply_per_pixel(result)
+        if not len(result):
+            return result  # keeps an empty (0, H, W) mask array when there is one
+        ids = result.class_id
+        self._check_ids(ids)
         out_ids = self.class_to_output[ids]
         keep = out_ids >= 0
-        keep &= detections.confidence >= self.thresholds[np.where(keep, out_ids, 0)]
+        keep &= result.confidence >= self.thresholds[np.where(keep, out_ids, 0)]
         out_ids = out_ids[keep]
-        kept = detections[keep]
+        kept = result[keep]
         names = np.asarray(self.output_labels, dtype=object)[out_ids] if len(out_ids) else np.zeros(0, object)
         return dataclasses.replace(kept, class_id=out_ids, class_name=names)
+
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.class_to_output)):
+            raise ValueError(f"class ids must be in [0, {len(self.class_to_output)}), got {ids.min()}..{ids.max()}")
+
+    def _apply_per_pixel(self, mask: SemanticMask) -> SemanticMask:
+        """Pixels of dropped classes, or below their class's threshold, become ``UNLABELED`` (-1)."""
+        class_map = mask.class_map
+        labeled = class_map >= 0
+        self._check_ids(np.unique(class_map[labeled]) if labeled.any() else np.zeros(0, np.int64))
+        lookup = np.append(self.class_to_output, UNLABELED).astype(np.int32)  # index -1 -> UNLABELED
+        out = lookup[class_map]
+        thresholds = np.append(self.thresholds, np.float32(np.inf))
+        out[mask.score_map < thresholds[out]] = UNLABELED
+        return SemanticMask(out, mask.score_map, self.output_labels)
 
 
 def _check_threshold(name: str, value: float) -> float:

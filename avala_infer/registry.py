@@ -59,3 +59,32 @@ register(ModelType.OBJECT_DETECTION, "ultralytics", "avala_infer.predictors.ultr
 register(ModelType.OBJECT_DETECTION, "onnxruntime", "avala_infer.predictors.onnxruntime:OnnxYoloDetector")
 register(ModelType.INSTANCE_SEGMENTATION, "ultralytics", "avala_infer.predictors.ultralytics:UltralyticsSegmenter")
 register(ModelType.INSTANCE_SEGMENTATION, "onnxruntime", "avala_infer.predictors.onnxruntime:OnnxYoloSegmenter")
+register(
+    ModelType.SEMANTIC_SEGMENTATION,
+    "torchvision",
+    "avala_infer.predictors.torchvision_semantic:TorchvisionSemanticSegmenter",
+)
+register(
+    ModelType.SEMANTIC_SEGMENTATION,
+    "transformers",
+    "avala_infer.predictors.transformers_semantic:TransformersSemanticSegmenter",
+)
+register(ModelType.SEMANTIC_SEGMENTATION, "onnxruntime", "avala_infer.predictors.onnx_semantic:OnnxSemanticSegmenter")
+register(ModelType.IMAGE_CLASSIFICATION, "ultralytics", "avala_infer.predictors.ultralytics_cls:UltralyticsClassifier")
+register(ModelType.IMAGE_CLASSIFICATION, "torchvision", "avala_infer.predictors.torchvision_cls:TorchvisionClassifier")
+register(
+    ModelType.IMAGE_CLASSIFICATION,
+    "transformers",
+    "avala_infer.predictors.transformers_image_cls:TransformersImageClassifier",
+)
+register(ModelType.IMAGE_CLASSIFICATION, "onnxruntime", "avala_infer.predictors.onnx_image_cls:OnnxImageClassifier")
+register(
+    ModelType.TEXT_CLASSIFICATION, "transformers", "avala_infer.predictors.transformers_text:TransformersTextClassifier"
+)
+register(ModelType.TEXT_CLASSIFICATION, "onnxruntime", "avala_infer.predictors.onnx_text:OnnxTextClassifier")
+register(
+    ModelType.NAMED_ENTITY_RECOGNITION,
+    "transformers",
+    "avala_infer.predictors.transformers_text:TransformersTokenClassifier",
+)
+register(ModelType.NAMED_ENTITY_RECOGNITION, "onnxruntime", "avala_infer.predictors.onnx_text:OnnxTokenClassifier")

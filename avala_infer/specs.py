@@ -11,6 +11,10 @@ A spec is a small YAML file (see ``models/`` in the repository)::
     batch_size: 8
     precision: auto              # auto: fp16 on CUDA, fp32 on CPU; or fp32 / fp16
     letterbox: rect              # rect: pad to a stride multiple (ultralytics predict); square: pad to input_size
+    params: {}                   # backend-specific settings, checked by the predictor (see its docstring)
+
+``weights`` may also name a folder (transformers models). Paths in ``params`` that name files (a tokenizer
+folder, say) are resolved like weights by :func:`resolve_path`.
 
 Specs are found in ``$AVALA_INFER_SPECS`` (folders, ``os.pathsep``-separated), then the specs that ship with
 the package, then ``<user config>/avala-infer/models``. Weights are found by explicit path, else by file name in
@@ -22,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -50,6 +55,7 @@ class ModelSpec:
     precision: str = "auto"
     letterbox: str = "rect"
     description: str = ""
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: str | None = None  # the YAML file this spec came from, if any
 
     def __post_init__(self) -> None:
@@ -60,6 +66,28 @@ class ModelSpec:
             raise ModelSpecError(f"letterbox {self.letterbox!r}{where} is not one of {', '.join(LETTERBOX_MODES)}")
         if int(self.input_size) < 32 or int(self.batch_size) < 1:
             raise ModelSpecError(f"input_size must be >= 32 and batch_size >= 1{where}")
+        if not isinstance(self.params, Mapping):
+            raise ModelSpecError(f"params{where} must be a mapping of settings, got {type(self.params).__name__}")
+
+    def param(self, key: str, default: Any = None, choices: tuple | None = None) -> Any:
+        """``params[key]`` or ``default``; with ``choices``, a value outside them is a :class:`ModelSpecError`."""
+        value = self.params.get(key, default)
+        if choices is not None and value not in choices:
+            where = f" in {self.source}" if self.source else ""
+            raise ModelSpecError(
+                f"params.{key} of model {self.name!r}{where} is {value!r}; use one of {', '.join(map(str, choices))}"
+            )
+        return value
+
+    def check_params(self, known: set[str] | frozenset[str]) -> None:
+        """Refuse params the predictor does not read (a typo would otherwise be ignored silently)."""
+        unknown = sorted(set(self.params) - set(known))
+        if unknown:
+            where = f" in {self.source}" if self.source else ""
+            raise ModelSpecError(
+                f"model {self.name!r}{where} has unknown params {unknown}; {self.backend} "
+                f"{self.model_type.value} reads: {', '.join(sorted(known)) or 'none'}"
+            )
 
     @property
     def labels_from_weights(self) -> bool:
@@ -128,6 +156,7 @@ def load_spec(path: str | Path) -> ModelSpec:
             precision=str(data.get("precision", "auto")),
             letterbox=str(data.get("letterbox", "rect")),
             description=str(data.get("description", "")),
+            params=data.get("params") or {},
             source=str(path),
         )
     except ModelSpecError:
@@ -191,8 +220,13 @@ def find_spec(name_or_path: str | Path) -> ModelSpec:
 
 
 def resolve_weights(spec: ModelSpec) -> Path:
-    """The weights file for ``spec``; a missing file says where it was looked for and where to put it."""
-    given = Path(spec.weights).expanduser()
+    """The weights file (or folder) for ``spec``; a missing one says where it was looked and where to put it."""
+    return resolve_path(spec, spec.weights, "weights")
+
+
+def resolve_path(spec: ModelSpec, name: str, what: str = "weights") -> Path:
+    """A file or folder a spec names (weights, a tokenizer...), found as weights are; never downloaded."""
+    given = Path(name).expanduser()
     candidates: list[Path] = []
     if given.is_absolute() or len(given.parts) > 1:
         candidates.append(given if given.is_absolute() else Path.cwd() / given)
@@ -204,7 +238,7 @@ def resolve_weights(spec: ModelSpec) -> Path:
             return candidate.resolve()
     searched = "\n  ".join(str(c) for c in candidates)
     raise WeightsNotFoundError(
-        f"weights {spec.weights!r} for model {spec.name!r} not found. Searched:\n  {searched}\n"
+        f"{what} {name!r} for model {spec.name!r} not found. Searched:\n  {searched}\n"
         f"Put the file in a folder named by AVALA_INFER_MODELS (export AVALA_INFER_MODELS=/path/to/weights) "
         f"or in {weights_dirs()[-1]}. avala-infer never downloads weights."
     )

@@ -7,6 +7,12 @@ import enum
 from avala_infer.errors import ConfigError
 
 
+class Text(str):
+    """A literal text to label (a plain ``str`` source is a path): ``engine.predict([Text("I loved it")])``."""
+
+    __slots__ = ()
+
+
 class ModelType(str, enum.Enum):
     """Model types by their Avala names (see the Avala auto-label docs)."""
 

@@ -5,39 +5,31 @@ from __future__ import annotations
 import pytest
 
 from avala_infer.registry import registered
-from avala_infer.specs import ModelSpec
-from avala_infer.types import ModelType
-from tests.conftest import ASSETS, need
+from tests import coverage_classification, coverage_detection, coverage_semantic, coverage_text
 
-# (model type, backend) -> real weights in the shared assets that exercise it
 COVERAGE = {
-    (ModelType.OBJECT_DETECTION, "ultralytics"): "yolo11n.pt",
-    (ModelType.OBJECT_DETECTION, "onnxruntime"): "yolo11n.onnx",
-    (ModelType.INSTANCE_SEGMENTATION, "ultralytics"): "yolo11n-seg.pt",
-    (ModelType.INSTANCE_SEGMENTATION, "onnxruntime"): "yolo11n-seg.onnx",
+    **coverage_detection.COVERAGE,
+    **coverage_semantic.COVERAGE,
+    **coverage_classification.COVERAGE,
+    **coverage_text.COVERAGE,
 }
 
 
 def test_every_registered_pair_is_covered():
     missing = sorted(f"{t.value}/{b}" for t, b in set(registered()) - set(COVERAGE))
-    assert not missing, f"registered without a test model: {missing}; add them to COVERAGE"
+    assert not missing, f"registered without a test model: {missing}; add them to tests/coverage_<family>.py"
 
 
 @pytest.mark.parametrize("pair", sorted(COVERAGE, key=lambda k: (k[0].value, k[1])), ids=lambda k: f"{k[0]}-{k[1]}")
-def test_pair_runs_through_the_engine(pair, sample_images):
+def test_pair_runs_through_the_engine(pair, tmp_path):
     from avala_infer import Engine
 
     model_type, backend = pair
-    weights = need(ASSETS / "models" / COVERAGE[pair])
-    spec = ModelSpec(name=f"test-{weights.name}", model_type=model_type, backend=backend, weights=str(weights))
-    engine = Engine(spec, device="cpu", batch_size=2)
+    case = COVERAGE[pair](tmp_path)
+    engine = Engine(case.spec, device="cpu", batch_size=2)
     assert type(engine.predictor).backend == backend and engine.model_type is model_type
-    predictions = list(engine.predict(sample_images, labels=["person", "bus"]))
-    assert [p.ok for p in predictions] == [True] * len(sample_images)
-    for p in predictions:
-        d = p.detections
-        assert len(d) > 0 and set(d.class_name) <= {"person", "bus"}
-        if model_type is ModelType.INSTANCE_SEGMENTATION:
-            assert d.mask is not None and d.mask.shape == (len(d), p.height, p.width) and d.mask.any((1, 2)).all()
-        else:
-            assert d.mask is None
+    predictions = list(engine.predict(case.sources, **case.predict_kwargs))
+    assert len(predictions) == len(case.sources)
+    assert [p.error for p in predictions] == [None] * len(case.sources)
+    for prediction in predictions:
+        case.check(prediction)

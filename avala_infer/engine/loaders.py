@@ -78,3 +78,31 @@ def prefetch(inputs: Iterable[T], fn: Callable[[T], R], workers: int, depth: int
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+MAX_TEXT_BYTES = 64 << 20  # 64 MiB: one item's text; longer files should be split (per_line, JSONL)
+
+
+def read_text(item: Item, timings: dict[str, float], max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """The text of one item: given in memory, or a whole UTF-8 file; failures raise :class:`ItemError`."""
+    if item.error:
+        raise ItemError(item.error)
+    if item.text is not None:
+        timings["read"] = timings["decode"] = 0.0
+        return item.text
+    t0 = time.perf_counter()
+    try:
+        with open(item.source, "rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError as exc:
+        raise ItemError(f"cannot read {item.source}: {exc.strerror or exc}") from exc
+    t1 = time.perf_counter()
+    timings["read"] = (t1 - t0) * 1e3
+    if len(data) > max_bytes:
+        raise ItemError(f"{item.source} is over {max_bytes >> 20} MiB; split it (one item per line: --per-line)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ItemError(f"{item.source} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-encode it") from exc
+    timings["decode"] = (time.perf_counter() - t1) * 1e3
+    return text

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from avala_infer.annotations import Prediction
+from avala_infer.annotations import Classifications, Prediction
 from avala_infer.engine.batching import ConcurrentRunner, ReorderBuffer, ShapeBatcher
-from avala_infer.engine.loaders import prefetch, read_image
-from avala_infer.engine.sources import Item, Source, check_sources_fit, iter_items
+from avala_infer.engine.loaders import prefetch, read_image, read_text
+from avala_infer.engine.sources import Item, Source, Text, TextReading, check_sources_fit, iter_items
 from avala_infer.errors import AvalaInferError, ConfigError
 from avala_infer.filters import LabelFilter, build_filter
 from avala_infer.registry import get_predictor_class
@@ -47,23 +47,48 @@ class _Loaded:
     prepared: Any = None
     width: int = 0
     height: int = 0
+    text: str | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     error: str | None = None
 
 
+AGGREGATIONS = ("none", "simple", "first", "average", "max")
+
+
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """Per-call settings of :meth:`Engine.predict`, validated."""
+    """Per-call settings of :meth:`Engine.predict`, validated.
+
+    ``iou_threshold`` and ``max_det`` apply to boxes, ``top_k`` to classifications (the best k classes left
+    after filtering; ``None`` keeps all), ``aggregation`` to named entities (as the transformers pipeline's
+    ``aggregation_strategy``), ``text_reading`` to how text files split into items.
+    """
 
     label_filter: LabelFilter
     iou_threshold: float = 0.7
     max_det: int = 300
+    top_k: int | None = 5
+    aggregation: str = "simple"
+    text_reading: TextReading = TextReading()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise ConfigError(f"iou_threshold must be between 0 and 1, got {self.iou_threshold}")
         if self.max_det < 1:
             raise ConfigError(f"max_det must be at least 1, got {self.max_det}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"top_k must be at least 1 (or None for all classes), got {self.top_k}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+
+    def postprocess_options(self) -> dict[str, Any]:
+        """What every predictor's ``postprocess`` receives as keyword arguments."""
+        return {
+            "score_floor": self.label_filter.score_floor,
+            "iou": self.iou_threshold,
+            "max_det": self.max_det,
+            "aggregation": self.aggregation,
+        }
 
 
 class Engine:
@@ -154,6 +179,10 @@ class Engine:
         label_thresholds: Mapping[str, float] | None = None,
         label_map: Mapping[str, str | None] | None = None,
         max_det: int = 300,
+        top_k: int | None = 5,
+        aggregation: str = "simple",
+        text_field: str = "text",
+        per_line: bool = False,
     ) -> PredictOptions:
         """Validated options for :meth:`stream`; raises on bad thresholds or unknown label names."""
         return PredictOptions(
@@ -165,6 +194,9 @@ class Engine:
             ),
             iou_threshold=float(iou_threshold),
             max_det=int(max_det),
+            top_k=None if top_k is None else int(top_k),
+            aggregation=str(aggregation).lower(),
+            text_reading=TextReading(per_line=bool(per_line), field=str(text_field)),
         )
 
     def predict(
@@ -177,10 +209,15 @@ class Engine:
         label_thresholds: Mapping[str, float] | None = None,
         label_map: Mapping[str, str | None] | None = None,
         max_det: int = 300,
+        top_k: int | None = 5,
+        aggregation: str = "simple",
+        text_field: str = "text",
+        per_line: bool = False,
     ) -> Iterator[Prediction]:
         """Stream one :class:`Prediction` per input item, in input order, as batches finish.
 
-        ``sources``: files, folders (recursive), glob patterns, or BGR uint8 arrays. Arguments are checked
+        ``sources``: files, folders (recursive), glob patterns, BGR uint8 arrays (image models), or
+        :class:`~avala_infer.Text` strings (text models; see :meth:`predict_texts`). Arguments are checked
         here, before any work; an item that cannot be read yields a prediction with ``error`` set.
         """
         options = self.predict_options(
@@ -190,16 +227,28 @@ class Engine:
             label_thresholds=label_thresholds,
             label_map=label_map,
             max_det=max_det,
+            top_k=top_k,
+            aggregation=aggregation,
+            text_field=text_field,
+            per_line=per_line,
         )
         return self.run(sources, options)
+
+    def predict_texts(self, texts: Iterable[str], **options: Any) -> Iterator[Prediction]:
+        """:meth:`predict` over literal strings (each one item), for text models."""
+        if isinstance(texts, str):
+            texts = [texts]
+        wrapped = [Text(t) for t in texts] if isinstance(texts, (list, tuple)) else (Text(t) for t in texts)
+        return self.predict(wrapped, **options)
 
     def run(self, sources: Source | Iterable[Source], options: PredictOptions) -> Iterator[Prediction]:
         """:meth:`predict` with options made by :meth:`predict_options`."""
         if isinstance(sources, (str, os.PathLike, np.ndarray)):
             sources = [sources]
+        media = self.model_type.media
         if isinstance(sources, (list, tuple)):  # generators stream through unchecked
-            check_sources_fit(sources, self.model_type.media, self.spec.name)
-        return self.stream(iter_items(sources), options)
+            check_sources_fit(sources, media, self.spec.name)
+        return self.stream(iter_items(sources, media, options.text_reading), options)
 
     def stream(self, items: Iterable[Item], options: PredictOptions) -> Iterator[Prediction]:
         """The pipeline over already enumerated items (used by :meth:`predict` and by job runners).
@@ -239,10 +288,13 @@ class Engine:
         seq, item = numbered
         loaded = _Loaded(seq, item)
         try:
-            image = read_image(item, loaded.timings)
+            if self.model_type.media == "text":
+                data = loaded.text = read_text(item, loaded.timings)
+            else:
+                data = read_image(item, loaded.timings)
+                loaded.height, loaded.width = data.shape[:2]
             t0 = time.perf_counter()
-            loaded.height, loaded.width = image.shape[:2]
-            loaded.prepared = self.predictor.prepare(image)
+            loaded.prepared = self.predictor.prepare(data)
             loaded.timings["preprocess"] = (time.perf_counter() - t0) * 1e3
         except AvalaInferError as exc:
             loaded.error = str(exc)
@@ -254,7 +306,14 @@ class Engine:
     def _failed(loaded: _Loaded, reason: str) -> Prediction:
         item = loaded.item
         return Prediction(
-            item.index, item.source, item.key, loaded.width, loaded.height, timings=loaded.timings, error=reason
+            item.index,
+            item.source,
+            item.key,
+            loaded.width,
+            loaded.height,
+            timings=loaded.timings,
+            error=reason,
+            text=loaded.text,
         )
 
     def _run_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
@@ -279,23 +338,21 @@ class Engine:
             t1 = time.perf_counter()
             raw = predictor.forward(inputs)
             t2 = time.perf_counter()
-            results = predictor.postprocess(
-                raw,
-                prepared,
-                score_floor=options.label_filter.score_floor,
-                iou=options.iou_threshold,
-                max_det=options.max_det,
-            )
+            results = predictor.postprocess(raw, prepared, **options.postprocess_options())
         t3 = time.perf_counter()
         n = len(batch)
         shared = {"collate": (t1 - t0) * 1e3 / n, "forward": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
         predictions = []
-        for loaded, detections in zip(batch, results):
+        for loaded, result in zip(batch, results):
             t4 = time.perf_counter()
-            detections = options.label_filter.apply(detections)
+            result = options.label_filter.apply(result)
+            if isinstance(result, Classifications):
+                result = result.top(options.top_k)
             timings = {**loaded.timings, **shared, "filter": (time.perf_counter() - t4) * 1e3}
             item = loaded.item
             predictions.append(
-                Prediction(item.index, item.source, item.key, loaded.width, loaded.height, detections, timings)
+                Prediction(
+                    item.index, item.source, item.key, loaded.width, loaded.height, result, timings, text=loaded.text
+                )
             )
         return predictions

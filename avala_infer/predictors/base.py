@@ -1,6 +1,7 @@
 """The predictor contract: one model, split into prepare / collate / forward / postprocess.
 
-The engine calls ``prepare`` in its loader threads (CPU, per item, must be thread-safe), groups prepared
+The engine calls ``prepare`` in its loader threads (CPU, per item, must be thread-safe) with a decoded BGR
+uint8 image (image model types) or a ``str`` (text model types), groups prepared
 items whose ``batch_key`` is equal, then calls ``collate``, ``forward`` and ``postprocess`` on its own
 thread for each batch. Only ``forward`` touches the model; the engine wraps it in inference mode.
 A predictor keeps no per-call state on ``self``: everything a batch needs travels with the prepared items.
@@ -17,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from avala_infer.annotations import Detections
+from avala_infer.annotations import Result
 from avala_infer.errors import BackendUnavailableError, ConfigError
 from avala_infer.specs import ModelSpec
 from avala_infer.types import ModelType
@@ -87,8 +88,8 @@ class Predictor(abc.ABC):
         self.labels = labels
 
     @abc.abstractmethod
-    def prepare(self, image: np.ndarray) -> Any:
-        """Per item, in a loader thread: turn a decoded BGR uint8 image into model-ready data."""
+    def prepare(self, data: np.ndarray | str) -> Any:
+        """Per item, in a loader thread: turn a decoded BGR uint8 image, or a text, into model-ready data."""
 
     def batch_key(self, prepared: Any) -> Hashable:
         """Items with equal keys can share one forward pass. Default: all can."""
@@ -103,8 +104,13 @@ class Predictor(abc.ABC):
         """Run the model; the only method that touches it."""
 
     @abc.abstractmethod
-    def postprocess(self, raw: Any, prepared: Sequence[Any], **options: Any) -> list[Detections]:
-        """Turn the raw batch output into one result per item, in original image coordinates."""
+    def postprocess(self, raw: Any, prepared: Sequence[Any], **options: Any) -> list[Result]:
+        """Turn the raw batch output into one result per item, in original image pixels / text characters.
+
+        ``options`` (see ``PredictOptions.postprocess_options``): ``score_floor`` (anything below may be
+        dropped early), ``iou`` and ``max_det`` (boxes), ``aggregation`` (entities); ignore the rest. Return
+        every class a classifier scores and unfiltered labels: the engine's filter maps and keeps them.
+        """
 
     def describe(self) -> str:
         precision = "fp16" if self.fp16 else "fp32"

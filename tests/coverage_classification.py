@@ -1,0 +1,7 @@
+"""Registry coverage: classification models (filled in as their predictors land)."""
+
+from __future__ import annotations
+
+from tests.coverage_base import Coverage
+
+COVERAGE: Coverage = {}
