@@ -43,13 +43,13 @@ class Progress:
             width = 30
             filled = int(width * done / total) if total else 0
             bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r[{bar}] {done}{of} {rate:.1f} img/s{failed_text}  ")
+            self.stream.write(f"\r[{bar}] {done}{of} {rate:.1f} items/s{failed_text}  ")
             if total and done >= total:
                 self.stream.write("\n")
             self.stream.flush()
         elif now - self.last_plain >= self.interval_s or (total and done >= total):
             self.last_plain = now
-            self.stream.write(f"labeled {done}{of} items, {rate:.1f} img/s{failed_text}\n")
+            self.stream.write(f"labeled {done}{of} items, {rate:.1f} items/s{failed_text}\n")
             self.stream.flush()
 
 
@@ -76,7 +76,7 @@ def cli(verbose: int) -> None:
 
 
 @cli.command("label")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @click.option("-m", "--model", required=True, help="Model name (see `models list`), spec .yaml, or .pt/.onnx path.")
 @click.option("--confidence", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Minimum score.")
 @click.option("--iou", default=0.7, show_default=True, type=click.FloatRange(0, 1), help="NMS IoU threshold.")
@@ -100,16 +100,31 @@ def cli(verbose: int) -> None:
     "--format",
     "formats",
     multiple=True,
-    type=click.Choice(["jsonl", "coco", "yolo", "labelstudio"]),
-    help="Output format (repeatable). Default: jsonl.",
+    type=click.Choice(["jsonl", "coco", "yolo", "labelstudio", "conll", "masks"]),
+    help="Output format (repeatable; which ones suit a model type: see the README). Default: jsonl.",
 )
 @click.option(
     "--mask-format",
     default="rle",
     show_default=True,
     type=click.Choice(["rle", "polygon"]),
-    help="How COCO holds instance masks (polygon falls back to RLE for masks with holes).",
+    help="How COCO holds masks (polygon falls back to RLE for masks with holes).",
 )
+@click.option(
+    "--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes kept per item (classifiers)."
+)
+@click.option(
+    "--aggregation",
+    default="simple",
+    show_default=True,
+    type=click.Choice(["none", "simple", "first", "average", "max"]),
+    help="How NER token predictions become entities (as transformers' aggregation_strategy).",
+)
+@click.option(
+    "--text", "texts", multiple=True, metavar="TEXT", help="A literal text to label (text models; repeatable)."
+)
+@click.option("--text-field", default="text", show_default=True, help="JSONL field / CSV column holding the text.")
+@click.option("--per-line", is_flag=True, help="One item per non-empty line of .txt files (else one per file).")
 @click.option(
     "-o", "--out", default="runs/label", show_default=True, type=click.Path(file_okay=False), help="Output folder."
 )
@@ -129,6 +144,11 @@ def label_command(
     label_map,
     formats,
     mask_format,
+    top_k,
+    aggregation,
+    texts,
+    text_field,
+    per_line,
     out,
     dry_run,
     preview_count,
@@ -137,12 +157,19 @@ def label_command(
     max_det,
     device,
 ) -> None:
-    """Label SOURCES (files, folders searched recursively, or globs) and write annotations to --out."""
-    from avala_infer.labeling import label
+    """Label SOURCES (files, folders searched recursively, or globs) and write annotations to --out.
 
+    Image models read image files; text models read .txt (whole file, or --per-line), .jsonl and .csv/.tsv
+    (--text-field) files and --text strings.
+    """
+    from avala_infer.labeling import label
+    from avala_infer.types import Text
+
+    if not sources and not texts:
+        raise click.UsageError("give SOURCES (files, folders or globs) or --text")
     try:
         report = label(
-            list(sources),
+            [*sources, *(Text(t) for t in texts)],
             model,
             out=out,
             formats=formats or ("jsonl",),
@@ -155,6 +182,10 @@ def label_command(
             label_thresholds=_pairs(label_thresholds, "--label-threshold", float),
             label_map=_pairs(label_map, "--map"),
             max_det=max_det,
+            top_k=top_k,
+            aggregation=aggregation,
+            text_field=text_field,
+            per_line=per_line,
             device=device,
             batch_size=batch_size,
             input_size=input_size,
@@ -167,7 +198,7 @@ def label_command(
     what = "previews in " + str(report.out_dir / "preview") if dry_run else "annotations in " + str(report.out_dir)
     click.echo(
         f"{report.succeeded}/{report.total} items labeled, {s['annotations']} annotations, "
-        f"{s['throughput_items_per_s']} img/s; {what}",
+        f"{s['throughput_items_per_s']} items/s; {what}",
         err=True,
     )
     if report.failed:

@@ -11,10 +11,11 @@ from pathlib import Path
 from avala_infer.engine import Engine
 from avala_infer.engine.sources import Source, count_items
 from avala_infer.errors import ConfigError
-from avala_infer.exporters import FORMATS, make_writer
+from avala_infer.exporters import FORMATS, check_formats, make_writer
 from avala_infer.exporters.base import FailureLog, Sink
 from avala_infer.exporters.preview import DEFAULT_PREVIEW_COUNT, PreviewWriter
 from avala_infer.exporters.summary import SummaryCollector
+from avala_infer.specs import find_spec
 
 ProgressFn = Callable[[int, "int | None", int], None]  # (done, total or None, failed)
 
@@ -52,6 +53,10 @@ def label(
     label_thresholds: Mapping[str, float] | None = None,
     label_map: Mapping[str, str | None] | None = None,
     max_det: int = 300,
+    top_k: int | None = 5,
+    aggregation: str = "simple",
+    text_field: str = "text",
+    per_line: bool = False,
     device: str = "auto",
     batch_size: int | None = None,
     input_size: int | None = None,
@@ -61,15 +66,17 @@ def label(
 
     ``model`` is a model name, spec or weights path, or a loaded :class:`Engine` (then ``device``,
     ``batch_size`` and ``input_size`` are the engine's own and these arguments are not used).
-    ``mask_format`` (``rle`` or ``polygon``) chooses how COCO holds instance masks.
+    ``mask_format`` (``rle`` or ``polygon``) chooses how COCO holds masks. ``top_k`` applies to classifiers,
+    ``aggregation`` to named entities, ``text_field``/``per_line`` to how text files split into items
+    (see :meth:`Engine.predict`). Formats must suit the model type (``exporters.FORMATS_FOR``).
     With ``dry_run`` the same pipeline runs but only previews (``out/preview/``), ``summary.json`` and,
     if items failed, ``failures.jsonl`` are written: no annotation file of any format.
     Failed items never stop the run; they are counted and listed in ``out/failures.jsonl``.
     """
     formats = list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ConfigError(f"unknown output format(s) {unknown}; known formats: {', '.join(FORMATS)}")
+    model_type = model.model_type if isinstance(model, Engine) else find_spec(model).model_type
+    if not dry_run:
+        check_formats(formats, model_type)  # before loading the model
     if not dry_run and not formats:
         raise ConfigError("no output format given: pass at least one of " + ", ".join(FORMATS) + " or dry_run=True")
     if mask_format not in ("rle", "polygon"):
@@ -90,12 +97,18 @@ def label(
         label_thresholds=label_thresholds,
         label_map=label_map,
         max_det=max_det,
+        top_k=top_k,
+        aggregation=aggregation,
+        text_field=text_field,
+        per_line=per_line,
     )
     vocabulary = options.label_filter.output_labels
     predictions = engine.run(sources, options)
-    total = count_items(sources) if isinstance(sources, (list, tuple)) else None
+    media = engine.model_type.media
+    total = count_items(sources, media, options.text_reading) if isinstance(sources, (list, tuple)) else None
     if total == 0:
-        raise ConfigError(f"no input items found in {[str(s) for s in sources]}: give image files, folders or globs")
+        kinds = "image files" if media == "image" else ".txt/.jsonl/.csv/.tsv files"
+        raise ConfigError(f"no input items found in {[str(s) for s in sources]}: give {kinds}, folders or globs")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -106,7 +119,7 @@ def label(
         "batch_size": engine.batch_size,
         "input_size": engine.predictor.spec.input_size,
         "confidence_threshold": confidence_threshold,
-        "iou_threshold": iou_threshold,
+        **_type_settings(engine.model_type, iou_threshold, max_det, top_k, aggregation, text_field, per_line),
         "labels": list(labels) if labels else None,
         "dry_run": dry_run,
         "formats": [] if dry_run else formats,
@@ -117,7 +130,7 @@ def label(
     if dry_run:
         sinks.append(PreviewWriter(out_dir, summary, preview_count))
     else:
-        sinks += [make_writer(fmt, out_dir, vocabulary, mask_format) for fmt in formats]
+        sinks += [make_writer(fmt, out_dir, vocabulary, mask_format, engine.model_type) for fmt in formats]
     done = reported = 0
     last_report = 0.0
     for prediction in predictions:
@@ -141,3 +154,19 @@ def label(
         summary=summary.as_dict(),
         failures_file=failures.path if failures.count else None,
     )
+
+
+def _type_settings(model_type, iou_threshold, max_det, top_k, aggregation, text_field, per_line) -> dict:
+    """The settings that matter for this model type, for ``summary.json``."""
+    from avala_infer.types import ModelType
+
+    settings: dict = {}
+    if model_type in (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION):
+        settings.update(iou_threshold=iou_threshold, max_det=max_det)
+    if model_type in (ModelType.IMAGE_CLASSIFICATION, ModelType.TEXT_CLASSIFICATION):
+        settings["top_k"] = top_k
+    if model_type is ModelType.NAMED_ENTITY_RECOGNITION:
+        settings["aggregation"] = aggregation
+    if model_type.media == "text":
+        settings.update(text_field=text_field, per_line=per_line)
+    return settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -50,17 +51,43 @@ class SemanticMask:
     def shape(self) -> tuple[int, int]:
         return self.class_map.shape  # type: ignore[return-value]
 
+    @functools.cached_property
+    def _stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(present class ids ascending, their pixel areas, their mean scores), in one pass over the map."""
+        flat = self.class_map.reshape(-1) + 1  # 0 = unlabeled
+        size = len(self.labels) + 1
+        areas = np.bincount(flat, minlength=size)[1:]
+        sums = np.bincount(flat, weights=self.score_map.reshape(-1), minlength=size)[1:]
+        ids = np.flatnonzero(areas)
+        return ids, areas[ids], (sums[ids] / areas[ids]).astype(np.float32)
+
     def present(self) -> np.ndarray:
         """Ids of the classes that own at least one pixel, ascending."""
-        ids = np.unique(self.class_map)
-        return ids[ids >= 0]
+        return self._stats[0]
+
+    @property
+    def class_id(self) -> np.ndarray:
+        """Present class ids (one per segment), as the other result types have."""
+        return self._stats[0]
+
+    @property
+    def class_name(self) -> np.ndarray:
+        return np.asarray([self.labels[i] for i in self._stats[0]], dtype=object)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Mean probability of each present class over its pixels."""
+        return self._stats[2]
+
+    @property
+    def area(self) -> np.ndarray:
+        """Pixels of each present class."""
+        return self._stats[1]
 
     def __len__(self) -> int:
-        return len(self.present())
+        return len(self._stats[0])
 
     def segments(self):
-        """One :class:`Segment` per present class, by class id; computed lazily, one mask at a time."""
-        for class_id in self.present():
-            mask = self.class_map == class_id
-            area = int(mask.sum())
-            yield Segment(int(class_id), self.labels[class_id], mask, area, float(self.score_map[mask].mean()))
+        """One :class:`Segment` per present class, by class id; masks made lazily, one at a time."""
+        for class_id, area, score in zip(*self._stats):
+            yield Segment(int(class_id), self.labels[class_id], self.class_map == class_id, int(area), float(score))

@@ -6,6 +6,10 @@ so the file loads as ground truth in pycocotools and as results through ``COCO.l
 Instance masks go in ``segmentation`` as COCO compressed RLE (pycocotools; ``mask_format="rle"``, the default,
 lossless) or as polygons (``mask_format="polygon"``; a mask with a hole, which no polygon can hold, is written
 as RLE all the same), with ``area`` the mask's area.
+
+Semantic segmentation is written as COCO-Stuff writes it: one annotation per (image, class present), its
+``segmentation`` the class's pixels (RLE or polygons as above), ``bbox`` their extent, ``area`` their count and
+``score`` their mean probability.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import os
 import shutil
 from pathlib import Path
 
-from avala_infer.annotations import Prediction, rle
+import numpy as np
+
+from avala_infer.annotations import Prediction, SemanticMask, rle
 from avala_infer.annotations.polygons import mask_to_polygons
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import round_list
@@ -64,6 +70,9 @@ class CocoWriter:
             self._count_images == 0,
         )
         self._count_images += 1
+        if isinstance(prediction.result, SemanticMask):
+            self._write_segments(image_id, prediction.result)
+            return
         d = prediction.detections
         rles = rle.encode_compressed(d.mask) if d.mask is not None else []
         for i, (box, score, cid) in enumerate(zip(d.xyxy, d.confidence, d.class_id)):
@@ -82,6 +91,27 @@ class CocoWriter:
                 polygon = self.mask_format == "polygon"
                 record["segmentation"] = polygon_or_rle(d.mask[i], rles[i]) if polygon else rles[i]
                 record["area"] = int(d.mask[i].sum())
+            self._append(self._annotations, record, self._next_annotation == 1)
+            self._next_annotation += 1
+
+    def _write_segments(self, image_id: int, semantic: SemanticMask) -> None:
+        for segment in semantic.segments():
+            compressed = rle.encode_compressed(segment.mask[None])[0]
+            rows = np.flatnonzero(segment.mask.any(1))
+            cols = np.flatnonzero(segment.mask.any(0))
+            x, y = int(cols[0]), int(rows[0])
+            record = {
+                "id": self._next_annotation,
+                "image_id": image_id,
+                "category_id": segment.class_id + 1,
+                "bbox": [x, y, int(cols[-1]) + 1 - x, int(rows[-1]) + 1 - y],
+                "area": segment.area,
+                "iscrowd": 0,
+                "score": round(segment.confidence, 5),
+                "segmentation": (
+                    polygon_or_rle(segment.mask, compressed) if self.mask_format == "polygon" else compressed
+                ),
+            }
             self._append(self._annotations, record, self._next_annotation == 1)
             self._next_annotation += 1
 

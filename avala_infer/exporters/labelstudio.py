@@ -1,36 +1,73 @@
-"""Label Studio pre-annotations: one JSON list of tasks, each with a ``predictions`` entry.
+"""Label Studio pre-annotations: one JSON list of tasks, each with a ``predictions`` entry, and the labeling
+config that reads them.
 
-Boxes are ``rectanglelabels`` and instance masks ``polygonlabels`` (one result per outline of the mask,
-ids ``<item>-<instance>-<part>``; holes are not kept: Label Studio polygons cannot hold them), both in
-percent of the original image, as Label Studio's import format documents; ``from_name="label"`` and
-``to_name="image"`` match its default object-detection labeling config. Each task's ``data.image`` is the
-source path (point Label Studio's local-files storage at the source folder). The list is streamed to disk
-item by item.
+Results, as Label Studio's import format documents them (coordinates in percent of the original image):
+
+- boxes: ``rectanglelabels``; instance masks: ``polygonlabels``, one result per outline of the mask (ids
+  ``<item>-<instance>-<part>``; holes are not kept: Label Studio polygons cannot hold them);
+- semantic segmentation: ``brushlabels``, one result per class present, the mask in Label Studio's own brush
+  RLE (``value.format = "rle"``; see ``annotations/brush_rle.py``);
+- image and text classification: one ``choices`` result (the best class; every class kept for multi-label);
+- named entities: ``labels`` results with ``start``, ``end`` and ``text`` (character offsets into the text).
+
+``from_name``/``to_name`` follow Label Studio's templates: ``label`` for rectangles, polygons and entity
+labels, ``tag`` for brushes, ``choice`` for classes; ``image`` or ``text`` for the object. Image tasks hold
+``data.image`` = the source path (point Label Studio's local-files storage at the source folder); text tasks
+``data.text``. ``labelstudio.config.xml`` beside the JSON is a labeling config with these names and the run's
+labels: paste it into the project's settings, then import ``labelstudio.json``. Streamed item by item.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from html import escape
 from pathlib import Path
 
-from avala_infer.annotations import Prediction
+from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask, brush_rle
 from avala_infer.annotations.polygons import mask_to_polygons
+from avala_infer.types import ModelType
+
+# (control tag, its name, the object it labels) per model type
+CONTROLS = {
+    ModelType.OBJECT_DETECTION: ("RectangleLabels", "label", "image"),
+    ModelType.INSTANCE_SEGMENTATION: ("PolygonLabels", "label", "image"),
+    ModelType.SEMANTIC_SEGMENTATION: ("BrushLabels", "tag", "image"),
+    ModelType.IMAGE_CLASSIFICATION: ("Choices", "choice", "image"),
+    ModelType.TEXT_CLASSIFICATION: ("Choices", "choice", "text"),
+    ModelType.NAMED_ENTITY_RECOGNITION: ("Labels", "label", "text"),
+}
 
 
-def prediction_task(prediction: Prediction, model_version: str) -> dict:
-    d, w, h = prediction.detections, prediction.width, prediction.height
+def labeling_config(model_type: ModelType, labels: tuple[str, ...], multi_label: bool = False) -> str:
+    """A Label Studio labeling config whose names match the results this writer produces."""
+    control, name, target = CONTROLS[model_type]
+    obj = '<Image name="image" value="$image"/>' if target == "image" else '<Text name="text" value="$text"/>'
+    item = "Choice" if control == "Choices" else "Label"
+    choice = f' choice="{"multiple" if multi_label else "single"}"' if control == "Choices" else ""
+    options = "\n".join(f'    <{item} value="{escape(label, quote=True)}"/>' for label in labels)
+    return (
+        f'<View>\n  {obj}\n  <{control} name="{name}" toName="{target}"{choice}>\n{options}\n  </{control}>\n</View>\n'
+    )
+
+
+def _image_common(prediction: Prediction, result_id: str, from_name: str, score: float) -> dict:
+    return {
+        "id": result_id,
+        "from_name": from_name,
+        "to_name": "image",
+        "original_width": prediction.width,
+        "original_height": prediction.height,
+        "image_rotation": 0,
+        "score": round(float(score), 5),
+    }
+
+
+def _box_results(prediction: Prediction, d: Detections) -> list[dict]:
+    w, h = prediction.width, prediction.height
     results = []
     for i, ((x1, y1, x2, y2), score, name) in enumerate(zip(d.xyxy, d.confidence, d.class_name)):
-        common = {
-            "id": f"{prediction.index}-{i}",
-            "from_name": "label",
-            "to_name": "image",
-            "original_width": w,
-            "original_height": h,
-            "image_rotation": 0,
-            "score": round(float(score), 5),
-        }
+        common = _image_common(prediction, f"{prediction.index}-{i}", "label", score)
         if d.mask is not None:
             polygons, _ = mask_to_polygons(d.mask[i])
             for part, polygon in enumerate(polygons):  # a mask in several parts: one polygon result per part
@@ -46,18 +83,93 @@ def prediction_task(prediction: Prediction, model_version: str) -> dict:
             }
             value = {**{k: round(v, 4) for k, v in box.items()}, "rotation": 0, "rectanglelabels": [str(name)]}
             results.append({**common, "type": "rectanglelabels", "value": value})
-    score = round(float(d.confidence.mean()), 5) if len(d) else 0.0
+    return results
+
+
+def _brush_results(prediction: Prediction, m: SemanticMask) -> list[dict]:
+    return [
+        {
+            **_image_common(prediction, f"{prediction.index}-{s.class_id}", "tag", s.confidence),
+            "type": "brushlabels",
+            "value": {"format": "rle", "rle": brush_rle.encode(s.mask), "brushlabels": [s.class_name]},
+        }
+        for s in m.segments()
+    ]
+
+
+def _choice_results(prediction: Prediction, c: Classifications) -> list[dict]:
+    if not len(c):
+        return []
+    kept = c if c.multi_label else c[:1]
+    to_name = "image" if prediction.text is None else "text"
+    return [
+        {
+            "id": f"{prediction.index}-0",
+            "from_name": "choice",
+            "to_name": to_name,
+            "type": "choices",
+            "value": {"choices": [str(n) for n in kept.class_name]},
+            "score": round(float(kept.confidence[0]), 5),
+        }
+    ]
+
+
+def _entity_results(prediction: Prediction, e: Entities) -> list[dict]:
+    text = prediction.text or ""
+    return [
+        {
+            "id": f"{prediction.index}-{i}",
+            "from_name": "label",
+            "to_name": "text",
+            "type": "labels",
+            "value": {"start": int(s), "end": int(t), "text": text[s:t], "labels": [str(name)]},
+            "score": round(float(score), 5),
+        }
+        for i, (s, t, score, name) in enumerate(zip(e.start, e.end, e.confidence, e.class_name))
+    ]
+
+
+def prediction_task(prediction: Prediction, model_version: str) -> dict:
+    result = prediction.result
+    if isinstance(result, Detections):
+        results = _box_results(prediction, result)
+    elif isinstance(result, SemanticMask):
+        results = _brush_results(prediction, result)
+    elif isinstance(result, Classifications):
+        results = _choice_results(prediction, result)
+    elif isinstance(result, Entities):
+        results = _entity_results(prediction, result)
+    else:
+        raise TypeError(f"no Label Studio layout for {type(result).__name__}")
+    scores = [r["score"] for r in results]
+    data = {"image": prediction.source} if prediction.text is None else {"text": prediction.text}
     return {
-        "data": {"image": prediction.source},
-        "predictions": [{"model_version": model_version, "score": score, "result": results}],
+        "data": data,
+        "predictions": [
+            {
+                "model_version": model_version,
+                "score": round(sum(scores) / len(scores), 5) if scores else 0.0,
+                "result": results,
+            }
+        ],
     }
 
 
 class LabelStudioWriter:
-    def __init__(self, out_dir: Path, labels: tuple[str, ...], model_version: str = "avala-infer") -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        labels: tuple[str, ...],
+        model_type: ModelType = ModelType.OBJECT_DETECTION,
+        model_version: str = "avala-infer",
+    ) -> None:
         self.path = out_dir / "labelstudio.json"
+        self.config_path = out_dir / "labelstudio.config.xml"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.labels = labels
+        self.model_type = model_type
         self.model_version = model_version
+        self.multi_label = False
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._file = self._tmp.open("w", encoding="utf-8")
         self._file.write("[")
@@ -66,12 +178,15 @@ class LabelStudioWriter:
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok:
             return
+        if isinstance(prediction.result, Classifications) and prediction.result.multi_label:
+            self.multi_label = True
         task = prediction_task(prediction, self.model_version)
-        self._file.write(("\n" if self._count == 0 else ",\n") + json.dumps(task))
+        self._file.write(("\n" if self._count == 0 else ",\n") + json.dumps(task, ensure_ascii=False))
         self._count += 1
 
     def close(self) -> list[Path]:
         self._file.write("\n]\n")
         self._file.close()
         os.replace(self._tmp, self.path)
-        return [self.path]
+        self.config_path.write_text(labeling_config(self.model_type, self.labels, self.multi_label), encoding="utf-8")
+        return [self.path, self.config_path]

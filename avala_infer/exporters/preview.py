@@ -2,7 +2,9 @@
 
 ``preview/index.html`` needs nothing but the ``preview/images/`` folder beside it: no scripts, fonts or
 styles from anywhere else. The gallery shows the run's summary (counts per label, score histogram, counts
-at several thresholds, speed) and one card per previewed item; failed items show their reason.
+at several thresholds, speed) and one card per previewed item; failed items show their reason. Image cards
+show boxes and instance masks, semantic masks with a legend, or class captions; text cards show the text with
+its class tags, or with its entity spans highlighted in their label's color (the first 2,000 characters).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ from pathlib import Path
 
 import cv2
 
-from avala_infer.annotations import Prediction
+from avala_infer.annotations import Entities, Prediction
 from avala_infer.engine.loaders import read_image
 from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError
-from avala_infer.exporters.drawing import color_for, draw_detections
+from avala_infer.exporters.drawing import color_for, draw_result
 from avala_infer.exporters.summary import SummaryCollector
 
 DEFAULT_PREVIEW_COUNT = 50
@@ -29,8 +31,35 @@ text-align:left}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}.card img{width:100%;height:auto}
 .card.failed{border-color:#d33;color:#a00}.tag{display:inline-block;padding:1px 6px;margin:2px;border-radius:3px;
 color:#fff;font-size:12px}.bar{display:inline-block;background:#4a7;height:12px;vertical-align:middle}
-.muted{color:#777;font-size:12px}
+.muted{color:#777;font-size:12px}.text{white-space:pre-wrap;font-size:13px;line-height:1.7}
+mark{padding:1px 2px;border-radius:3px}mark sub{font-size:10px;margin-left:2px;color:#222}
 """
+
+TEXT_SHOWN = 2000
+
+
+def _highlighted(text: str, entities: Entities | None) -> str:
+    """The text, escaped, with entity spans in ``<mark>`` tinted by label; only the first TEXT_SHOWN chars."""
+    e = html.escape
+    shown = text[:TEXT_SHOWN]
+    parts, at = [], 0
+    if entities is not None:
+        for start, end, cid, name, score in sorted(
+            zip(entities.start, entities.end, entities.class_id, entities.class_name, entities.confidence)
+        ):
+            start, end = int(start), int(end)
+            if start < at or start >= len(shown):
+                continue  # overlapping (aggregation none may repeat) or beyond what is shown
+            parts.append(e(shown[at:start]))
+            color = _hex(color_for(int(cid)))
+            parts.append(
+                f"<mark style='background:{color}55;border-bottom:2px solid {color}'>{e(shown[start:end])}"
+                f"<sub>{e(str(name))} {float(score):.2f}</sub></mark>"
+            )
+            at = end
+    parts.append(e(shown[at:]))
+    more = f"<span class='muted'> [+{len(text) - TEXT_SHOWN} characters]</span>" if len(text) > TEXT_SHOWN else ""
+    return "".join(parts) + more
 
 
 def _safe_name(index: int, key: str) -> str:
@@ -53,19 +82,20 @@ class PreviewWriter:
     def write(self, prediction: Prediction) -> None:
         if len(self.cards) >= self.count:
             return
+        result = prediction.result
         card = {
             "key": prediction.key,
             "source": prediction.source,
             "error": prediction.error,
             "image": None,
+            "text": None,
             "labels": [
-                (str(n), int(c), float(s))
-                for n, c, s in zip(
-                    prediction.detections.class_name, prediction.detections.class_id, prediction.detections.confidence
-                )
+                (str(n), int(c), float(s)) for n, c, s in zip(result.class_name, result.class_id, result.confidence)
             ],
         }
-        if prediction.ok and not prediction.source.startswith("<"):
+        if prediction.text is not None:
+            card["text"] = _highlighted(prediction.text, result if isinstance(result, Entities) else None)
+        elif prediction.ok and not prediction.source.startswith("<"):
             try:
                 image = read_image(Item(prediction.index, prediction.source, prediction.key), {})
             except AvalaInferError as exc:  # the file changed since it was labeled
@@ -74,7 +104,7 @@ class PreviewWriter:
                 name = _safe_name(prediction.index, prediction.key)
                 cv2.imwrite(
                     str(self.root / "images" / name),
-                    draw_detections(image, prediction.detections),
+                    draw_result(image, result),
                     [cv2.IMWRITE_JPEG_QUALITY, 85],
                 )
                 card["image"] = f"images/{name}"
@@ -121,6 +151,8 @@ class PreviewWriter:
             if card["image"]:
                 parts.append(f"<img loading='lazy' src='{e(card['image'])}' alt='{e(card['key'])}'>")
             parts.append(f"<div><b>{e(card['key'])}</b></div>")
+            if card["text"] is not None:
+                parts.append(f"<div class='text'>{card['text']}</div>")
             if card["error"]:
                 parts.append(f"<div>{e(card['error'])}</div>")
             tags = "".join(

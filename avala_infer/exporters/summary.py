@@ -1,4 +1,9 @@
-"""``summary.json``: counts, score distribution and speed of a run, from running counters (flat memory)."""
+"""``summary.json``: counts, score distribution and speed of a run, from running counters (flat memory).
+
+``annotations`` counts what each model type emits per item: boxes or instances, classes present in a semantic
+mask (their score is the mean probability over their pixels), classes kept for a classification, entities.
+Semantic segmentation adds ``labeled_pixel_fraction`` per label (its share of all pixels of labeled items).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avala_infer.annotations import Prediction
+from avala_infer.annotations import Prediction, SemanticMask
 from avala_infer.exporters.base import write_json_atomic
 
 SCORE_BINS = 20
@@ -26,6 +31,8 @@ class SummaryCollector:
         self.histogram = np.zeros(SCORE_BINS, dtype=np.int64)
         self.at_threshold = np.zeros(len(THRESHOLDS), dtype=np.int64)
         self.stage_ms: collections.Counter[str] = collections.Counter()
+        self.pixels = 0
+        self.pixels_per_label: collections.Counter[str] = collections.Counter()
         self.started = time.perf_counter()
         self.finished = self.started
 
@@ -36,7 +43,10 @@ class SummaryCollector:
             self.failed += 1
             return
         self.succeeded += 1
-        d = prediction.detections
+        d = prediction.result
+        if isinstance(d, SemanticMask):
+            self.pixels += d.class_map.size
+            self.pixels_per_label.update(dict(zip((str(n) for n in d.class_name), d.area.tolist())))
         self.boxes += len(d)
         self.items_with_boxes += bool(len(d))
         self.per_label.update(str(n) for n in d.class_name)
@@ -47,6 +57,13 @@ class SummaryCollector:
     def as_dict(self) -> dict:
         wall = max(self.finished - self.started, 1e-9)
         edges = np.linspace(0, 1, SCORE_BINS + 1)
+        extra = {}
+        if self.pixels:
+            extra["labeled_pixel_fraction"] = {
+                name: round(self.pixels_per_label[name] / self.pixels, 6)
+                for name in self.labels
+                if self.pixels_per_label.get(name)
+            }
         return {
             "items": self.items,
             "succeeded": self.succeeded,
@@ -62,6 +79,7 @@ class SummaryCollector:
             "throughput_items_per_s": round(self.items / wall, 2),
             "wall_s": round(wall, 3),
             "mean_stage_ms": {k: round(v / max(self.succeeded, 1), 3) for k, v in sorted(self.stage_ms.items())},
+            **extra,
             "settings": self.settings,
         }
 

@@ -1,0 +1,38 @@
+"""Class-map PNGs for semantic segmentation: ``masks/<key>.png``, one per image at its original size.
+
+Pixel value ``k + 1`` is the run's label ``k`` (the same ids as the COCO export's categories) and 0 is no class
+(below the threshold or filtered out); 8-bit for up to 255 labels, else 16-bit. ``masks/classes.txt`` lists
+``id name`` lines, ``0 unlabeled`` first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from avala_infer.annotations import Prediction, SemanticMask
+
+
+class MaskWriter:
+    def __init__(self, out_dir: Path, labels: tuple[str, ...]) -> None:
+        self.root = out_dir / "masks"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.labels = labels
+        self.dtype = np.uint8 if len(labels) < 256 else np.uint16
+
+    def write(self, prediction: Prediction) -> None:
+        if not prediction.ok or not isinstance(prediction.result, SemanticMask):
+            return
+        path = self.root / Path(prediction.key).with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = (prediction.result.class_map + 1).astype(self.dtype)
+        if not cv2.imwrite(str(path), values):
+            raise OSError(f"cannot write {path}")
+
+    def close(self) -> list[Path]:
+        classes = self.root / "classes.txt"
+        lines = ["0 unlabeled"] + [f"{i + 1} {name}" for i, name in enumerate(self.labels)]
+        classes.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return [self.root]
