@@ -7,7 +7,7 @@ A spec is a small YAML file (see ``models/`` in the repository)::
     backend: ultralytics
     weights: yolo11n.pt          # a file name looked up in the weights folders, or a path
     labels: from_weights         # or a list of names, or a path to a text file (one per line)
-    input_size: 640
+    input_size: 640              # optional; each backend has its default (YOLO 640, classifiers their own size)
     batch_size: 8
     precision: auto              # auto: fp16 on CUDA, fp32 on CPU; or fp32 / fp16
     letterbox: rect              # rect: pad to a stride multiple (ultralytics predict); square: pad to input_size
@@ -50,7 +50,7 @@ class ModelSpec:
     backend: str
     weights: str
     labels: tuple[str, ...] | str = "from_weights"
-    input_size: int = 640
+    input_size: int | None = None  # None: the predictor's default (640 for YOLO, the model's own size...)
     batch_size: int = 8
     precision: str = "auto"
     letterbox: str = "rect"
@@ -64,7 +64,7 @@ class ModelSpec:
             raise ModelSpecError(f"precision {self.precision!r}{where} is not one of {', '.join(PRECISIONS)}")
         if self.letterbox not in LETTERBOX_MODES:
             raise ModelSpecError(f"letterbox {self.letterbox!r}{where} is not one of {', '.join(LETTERBOX_MODES)}")
-        if int(self.input_size) < 32 or int(self.batch_size) < 1:
+        if (self.input_size is not None and int(self.input_size) < 32) or int(self.batch_size) < 1:
             raise ModelSpecError(f"input_size must be >= 32 and batch_size >= 1{where}")
         if not isinstance(self.params, Mapping):
             raise ModelSpecError(f"params{where} must be a mapping of settings, got {type(self.params).__name__}")
@@ -151,7 +151,7 @@ def load_spec(path: str | Path) -> ModelSpec:
             backend=str(data["backend"]),
             weights=str(data["weights"]),
             labels=labels,
-            input_size=int(data.get("input_size", 640)),
+            input_size=None if data.get("input_size") is None else int(data["input_size"]),
             batch_size=int(data.get("batch_size", 8)),
             precision=str(data.get("precision", "auto")),
             letterbox=str(data.get("letterbox", "rect")),

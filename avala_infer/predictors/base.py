@@ -63,8 +63,12 @@ class Predictor(abc.ABC):
 
     model_type: ClassVar[ModelType]
     backend: ClassVar[str]
+    # input_size when the spec gives none; None: the predictor works it out (from the weights, a processor...)
+    default_input_size: ClassVar[int | None] = None
 
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
+        if spec.input_size is None and self.default_input_size is not None:
+            spec = spec.with_overrides(input_size=self.default_input_size)
         self.spec = spec
         self.threads = threads  # CPU threads one forward pass may use; None: the backend's default
         self.weights = weights

@@ -107,6 +107,7 @@ class YoloDetector(Predictor):
     """
 
     model_type = ModelType.OBJECT_DETECTION
+    default_input_size = 640
     stride: int = 32
 
     @property
