@@ -54,3 +54,32 @@ def test_onnxruntime_runs_on_the_cuda_provider_or_says_why(weights_onnx, sample_
     engine = Engine(weights_onnx, device="cuda")
     assert engine.predictor.provider == "CUDAExecutionProvider"
     assert sum(len(p.detections) for p in engine.predict(sample_images)) > 0
+
+
+def _coverage():
+    from tests.test_registry_coverage import COVERAGE
+
+    return COVERAGE
+
+
+@pytest.mark.parametrize("pair", sorted(_coverage(), key=lambda k: (k[0].value, k[1])), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_every_pair_runs_on_cuda_as_on_cpu(pair, tmp_path):
+    """Each registered pair on the GPU (fp16 where the backend uses it): the same checks as on the CPU, and the
+    same top class / label set as the CPU run (onnxruntime pairs need onnxruntime-gpu, else they say so)."""
+    import onnxruntime as ort
+
+    from avala_infer import Engine
+    from avala_infer.errors import BackendUnavailableError
+
+    model_type, backend = pair
+    case = _coverage()[pair](tmp_path)
+    if backend == "onnxruntime" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendUnavailableError):
+            Engine(case.spec, device="cuda")
+        return
+    cpu = list(Engine(case.spec, device="cpu", batch_size=2).predict(case.sources, **case.predict_kwargs))
+    gpu = list(Engine(case.spec, device="cuda", batch_size=2).predict(case.sources, **case.predict_kwargs))
+    assert [p.error for p in gpu] == [None] * len(case.sources)
+    for on_cpu, on_gpu in zip(cpu, gpu):
+        case.check(on_gpu)
+        assert set(on_gpu.result.class_name) == set(on_cpu.result.class_name) or len(on_cpu.result) > 3
