@@ -232,7 +232,10 @@ def resolve_path(spec: ModelSpec, name: str, what: str = "weights") -> Path:
         candidates.append(given if given.is_absolute() else Path.cwd() / given)
         if spec.source and not given.is_absolute():
             candidates.append(Path(spec.source).parent / given)
-    candidates += [folder / given.name for folder in weights_dirs()]
+    for folder in weights_dirs():
+        if not given.is_absolute() and len(given.parts) > 1:
+            candidates.append(folder / given)  # a file inside a model folder: ner-model/model.onnx
+        candidates.append(folder / given.name)
     for candidate in candidates:
         if candidate.exists():
             return candidate.resolve()

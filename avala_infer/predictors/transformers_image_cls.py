@@ -24,6 +24,7 @@ import numpy as np
 from avala_infer.annotations import Classifications
 from avala_infer.errors import ConfigError, ModelLoadError
 from avala_infer.predictors.base import Predictor
+from avala_infer.predictors.hf import quiet_loading
 from avala_infer.predictors.torchvision_cls import scores_from_logits
 from avala_infer.specs import ModelSpec, resolve_path
 from avala_infer.types import ModelType
@@ -55,9 +56,10 @@ class TransformersImageClassifier(Predictor):
         if not weights.is_dir():
             raise ModelLoadError(f"{weights} must be a transformers model folder (save_pretrained), not a file")
         try:
-            model = AutoModelForImageClassification.from_pretrained(
-                str(weights), local_files_only=True, dtype=torch.float32
-            )
+            with quiet_loading():
+                model = AutoModelForImageClassification.from_pretrained(
+                    str(weights), local_files_only=True, dtype=torch.float32
+                )
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError...
             raise ModelLoadError(f"cannot load {weights} as a transformers image classifier: {exc}") from exc
         try:

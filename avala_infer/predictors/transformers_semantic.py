@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from avala_infer.errors import ModelLoadError
+from avala_infer.predictors.hf import quiet_loading
 from avala_infer.predictors.semantic import SemanticSegmenter
 from avala_infer.specs import ModelSpec
 
@@ -60,7 +61,8 @@ def load_segmentation_folder(folder: Path) -> tuple[Any, Any]:
             "processor.save_pretrained(folder)"
         ) from exc
     try:
-        model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
+        with quiet_loading():
+            model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
         raise ModelLoadError(f"cannot load a semantic segmentation model from {folder}: {exc}") from exc
     return processor, model.float().eval()

@@ -28,6 +28,7 @@ from avala_infer.types import ModelType
 
 log = logging.getLogger(__name__)
 
+
 def input_size_given(spec: ModelSpec) -> bool:
     """Whether the spec (or an override) names an input size, rather than leaving the default."""
     return spec.input_size is not None

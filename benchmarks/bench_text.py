@@ -1,0 +1,321 @@
+"""Side-by-side text benchmark: avala-infer's ``Engine`` against ``transformers.pipeline`` on the same model.
+
+Two tasks, each on its shared model and data: text classification (``sentiment-minilm-sst2`` on the 872 SST-2
+dev sentences, every class scored) and NER (``ner-minilm-conll03`` on CoNLL-2003 test sentences, tokens joined
+with spaces, aggregation ``simple``). Both tools get the same texts and the same batch size, in one process.
+One untimed warm-up pass per side, then rounds that alternate the pipeline and ours; the median items/s over
+rounds is reported for each, with the ratio. A model-only ceiling (our predictor's forward alone on
+pre-collated batches, run as the engine runs them) puts our end-to-end figure in context.
+
+    python benchmarks/bench_text.py --rounds 1 --limit 200      # smoke check
+    python benchmarks/bench_text.py                             # both tasks, 3 rounds
+    python benchmarks/bench_text.py --task ner --onnx           # NER on the ONNX export (ours), pipeline on torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TASKS = ("classification", "ner")
+
+
+@dataclasses.dataclass
+class Series:
+    """The timed runs of one tool."""
+
+    tool: str
+    rates: list[float] = dataclasses.field(default_factory=list)
+    items: int = 0
+    outputs: int = 0  # top labels or entities found, a sanity check that both sides did the same work
+
+    def add(self, rate: float, items: int, outputs: int) -> None:
+        self.rates.append(rate)
+        self.items, self.outputs = items, outputs
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+    def summary(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "median": self.median, "min": min(self.rates), "max": max(self.rates)}
+
+
+# --------------------------------------------------------------------------------------------- inputs
+
+
+def assets_dir() -> Path:
+    return Path(os.environ.get("AVALA_INFER_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
+
+
+def read_sst2(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return [line.rsplit("\t", 1)[0] for line in lines if line.strip()]
+
+
+def read_conll_sentences(path: Path) -> list[str]:
+    sentences, words = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if words:
+                sentences.append(" ".join(words))
+            words = []
+        else:
+            words.append(line.split()[0])
+    if words:
+        sentences.append(" ".join(words))
+    return sentences
+
+
+# --------------------------------------------------------------------------------------------- timed runs
+
+
+def run_pipeline(pipe: Any, texts: list[str], batch: int, task: str) -> tuple[float, int, int]:
+    """(items/s, items, outputs) for one pass of the transformers pipeline over the texts."""
+    gc.collect()
+    options = {"top_k": None} if task == "classification" else {"aggregation_strategy": "simple"}
+    t0 = time.perf_counter()
+    results = pipe(texts, batch_size=batch, **options)
+    elapsed = time.perf_counter() - t0
+    if task == "classification":
+        outputs = sum(1 for r in results if r)
+    else:
+        outputs = sum(len(r) for r in results)
+    return len(results) / elapsed, len(results), outputs
+
+
+def run_ours(engine: Any, texts: list[str], task: str) -> tuple[float, int, int]:
+    """(items/s, items, outputs) for one pass of ``Engine.predict_texts`` (all classes; entities unfiltered)."""
+    gc.collect()
+    items = outputs = 0
+    options = {"top_k": None} if task == "classification" else {"aggregation": "simple"}
+    t0 = time.perf_counter()
+    for prediction in engine.predict_texts(texts, confidence_threshold=0.0, **options):
+        if prediction.error:
+            raise SystemExit(f"avala-infer failed on {prediction.source}: {prediction.error}")
+        items += 1
+        outputs += 1 if task == "classification" else len(prediction.result)
+    return items / (time.perf_counter() - t0), items, outputs
+
+
+def collate_batches(engine: Any, texts: list[str], batch: int) -> list[tuple[Any, int]]:
+    """Every text prepared, grouped by ``batch_key`` and collated: (batch input, items)."""
+    import torch
+
+    predictor = engine.predictor
+    groups: dict[Any, list[Any]] = {}
+    for text in texts:
+        prepared = predictor.prepare(text)
+        groups.setdefault(predictor.batch_key(prepared), []).append(prepared)
+    batches = []
+    with torch.inference_mode():
+        for group in groups.values():
+            for start in range(0, len(group), batch):
+                chunk = group[start : start + batch]
+                batches.append((predictor.collate(chunk), len(chunk)))
+    return batches
+
+
+def run_forward(engine: Any, batches: list[tuple[Any, int]]) -> tuple[float, int, int]:
+    """(items/s, items, 0) for our forward alone over pre-collated batches, with the engine's streams."""
+    import torch
+
+    from avala_infer.engine.batching import ConcurrentRunner
+    from avala_infer.engine.pipeline import torch_threads
+
+    def forward(batch: Any) -> None:
+        with torch.inference_mode():
+            engine.predictor.forward(batch)
+
+    gc.collect()
+    runner = ConcurrentRunner(forward, engine.streams)
+    try:
+        with torch_threads(engine.cpu_threads):
+            t0 = time.perf_counter()
+            for batch, _ in batches:
+                runner.submit(batch)
+            runner.drain()
+            elapsed = time.perf_counter() - t0
+    finally:
+        runner.close()
+    items = sum(n for _, n in batches)
+    return items / elapsed, items, 0
+
+
+# --------------------------------------------------------------------------------------------- the benchmark
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    from avala_infer import Engine
+    from avala_infer.specs import find_spec
+
+    hf_logging.set_verbosity_error()
+    assets = assets_dir()
+    if task == "classification":
+        texts = read_sst2(assets / "data" / "sst2" / "test.tsv")
+        spec = find_spec("sentiment-minilm-sst2")
+        folder = assets / "models" / "sentiment-minilm-sst2"
+        pipe_task = "text-classification"
+    else:
+        texts = read_conll_sentences(assets / "data" / "conll2003" / "test.txt")
+        spec = find_spec("ner-minilm-conll03-onnx" if args.onnx else "ner-minilm-conll03")
+        folder = assets / "models" / "ner-minilm-conll03"
+        if args.onnx:
+            spec = dataclasses.replace(spec, weights=str(folder / "model.onnx"))
+        pipe_task = "token-classification"
+    texts = texts[: args.limit] if args.limit else texts
+
+    torch_threads = torch.get_num_threads()
+    engine = Engine(spec, device="cpu", batch_size=args.batch)
+    pipe = pipeline(pipe_task, model=str(folder), device="cpu")
+    progress(f"{task}: {len(texts)} texts, batch {args.batch}; warm-up (not timed)")
+    run_pipeline(pipe, texts, args.batch, task)
+    run_ours(engine, texts, task)
+    batches = collate_batches(engine, texts, args.batch)
+    run_forward(engine, batches[:4])
+
+    reference, ours, model = Series("transformers"), Series("avala-infer"), Series("model-only")
+    for r in range(1, args.rounds + 1):
+        torch.set_num_threads(torch_threads)
+        reference.add(*run_pipeline(pipe, texts, args.batch, task))
+        ours.add(*run_ours(engine, texts, task))
+        model.add(*run_forward(engine, batches))
+        progress(
+            f"round {r}/{args.rounds}: pipeline {reference.rates[-1]:.1f}, ours {ours.rates[-1]:.1f}, "
+            f"model-only {model.rates[-1]:.1f} items/s"
+        )
+    return {
+        "task": task,
+        "model": engine.predictor.describe(),
+        "pipeline_model": str(folder),
+        "texts": len(texts),
+        "batch": args.batch,
+        "pipeline_threads": torch_threads,
+        "ours_streams": engine.streams,
+        "ours_threads_per_stream": engine.cpu_threads,
+        "loader_workers": engine.workers,
+        "results": [reference.summary(), ours.summary()],
+        "model_only": model.summary(),
+        "ratio": ours.median / reference.median,
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    import onnxruntime
+    import tokenizers
+    import torch
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None:
+    m = result["machine"]
+    write(f"avala-infer text benchmark, {result['date']}")
+    write(f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}")
+    write(
+        f"versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+        f"tokenizers {m['tokenizers']}, onnxruntime {m['onnxruntime']}"
+    )
+    load = result["load_average_1min"]
+    write(
+        f"load average (1 min): {load['start']:.2f} before, {load['end']:.2f} after (this run adds up to "
+        f"{m['cores']}; more means other work shared the CPU and skewed the figures)"
+    )
+    for task in result["tasks"]:
+        write("")
+        write(f"== {task['task']}: {task['texts']} texts, batch {task['batch']}, {result['rounds']} round(s)")
+        write(f"ours: {task['model']}; pipeline: {task['pipeline_model']}")
+        write(
+            f"torch threads: pipeline {task['pipeline_threads']}; avala-infer {task['ours_streams']} stream(s) x "
+            f"{task['ours_threads_per_stream'] or 'default'} thread(s), +{task['loader_workers']} loader threads"
+        )
+        write(f"{'tool':<13} {'items/s':>10} {'min':>8} {'max':>8}  outputs")
+        for s in task["results"]:
+            write(f"{s['tool']:<13} {s['median']:>10.2f} {s['min']:>8.2f} {s['max']:>8.2f}  {s['outputs']}")
+        model = task["model_only"]
+        ours = task["results"][1]
+        write(
+            f"{'model-only':<13} {model['median']:>10.2f} {model['min']:>8.2f} {model['max']:>8.2f}  "
+            f"(our forward alone on pre-collated batches; ours end-to-end = {ours['median'] / model['median']:.0%})"
+        )
+        ref = task["results"][0]
+        if ref["outputs"] != ours["outputs"]:
+            write(f"NOTE: outputs differ ({ref['outputs']} pipeline, {ours['outputs']} ours)")
+        write(f"ratio ours/pipeline ({task['task']}): {task['ratio']:.2f}x")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=(*TASKS, "all"), default="all")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per tool (default 3)")
+    parser.add_argument("--batch", type=int, default=8, help="batch size of both tools (default 8)")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N texts of each data set")
+    parser.add_argument("--onnx", action="store_true", help="NER: ours runs the ONNX export (the pipeline, torch)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.batch < 1 or (args.limit is not None and args.limit < 1):
+        parser.error("--rounds, --batch and --limit must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("AVALA_INFER_MODELS", str(assets_dir() / "models"))
+    load_before = os.getloadavg()[0]
+    tasks = TASKS if args.task == "all" else (args.task,)
+    results = [benchmark_task(task, args) for task in tasks]
+    result = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
+        "rounds": args.rounds,
+        "tasks": results,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
