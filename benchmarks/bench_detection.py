@@ -20,7 +20,6 @@ import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,8 @@ from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported (our .pt backend imports it too)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import assets_dir, machine_info, progress  # noqa: E402  (benchmarks/ is on sys.path)
+
 CONFIDENCE = 0.25
 IOU = 0.7
 BOX_TOLERANCE = 0.05  # ours vs ultralytics at batch 1: a larger relative difference in box count is flagged
@@ -67,10 +67,6 @@ class Series:
 
 
 # --------------------------------------------------------------------------------------------- arguments
-
-
-def assets_dir() -> Path:
-    return Path(os.environ.get("AVALA_INFER_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 
 
 def positive_int(text: str) -> int:
@@ -263,10 +259,6 @@ def warm_forward(engine: Any, batches: list[tuple[Hashable, Any, int]], device: 
 # --------------------------------------------------------------------------------------------- the benchmark
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def check_count(tool: str, seen: int, expected: int) -> None:
     if seen != expected:
         raise SystemExit(f"{tool} saw {seen} images, expected {expected}: the two tools did not read the same inputs")
@@ -323,7 +315,7 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
     best = max(refs.values(), key=lambda s: s.median)
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine_info("ultralytics", "onnxruntime"),
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "weights": str(args.weights),
         "backend": engine.spec.backend,
@@ -344,31 +336,6 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
         "best_ref_batch": best.batch,
         "ratio": ours.median / best.median,
     }
-
-
-def machine_info() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-    import ultralytics
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ultralytics": ultralytics.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 # --------------------------------------------------------------------------------------------- report

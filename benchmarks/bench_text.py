@@ -15,13 +15,11 @@ pre-collated batches, run as the engine runs them) puts our end-to-end figure in
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,7 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from common import assets_dir, machine_info, progress  # noqa: E402  (benchmarks/ is on sys.path)
+
 TASKS = ("classification", "ner")
 
 
@@ -55,10 +54,6 @@ class Series:
 
 
 # --------------------------------------------------------------------------------------------- inputs
-
-
-def assets_dir() -> Path:
-    return Path(os.environ.get("AVALA_INFER_ASSETS", REPO_ROOT.parent / "shared" / "assets"))
 
 
 def read_sst2(path: Path) -> list[str]:
@@ -158,10 +153,6 @@ def run_forward(engine: Any, batches: list[tuple[Any, int]]) -> tuple[float, int
 # --------------------------------------------------------------------------------------------- the benchmark
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from transformers import pipeline
@@ -218,30 +209,6 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
         "results": [reference.summary(), ours.summary()],
         "model_only": model.summary(),
         "ratio": ours.median / reference.median,
-    }
-
-
-def machine_info() -> dict[str, Any]:
-    import onnxruntime
-    import tokenizers
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "onnxruntime": onnxruntime.__version__,
     }
 
 
@@ -306,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [benchmark_task(task, args) for task in tasks]
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine_info("transformers", "tokenizers", "onnxruntime"),
         "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "rounds": args.rounds,
         "tasks": results,
