@@ -23,12 +23,14 @@ from avala_infer.errors import (
 from avala_infer.types import ModelType, Text
 
 if TYPE_CHECKING:
+    from avala_infer.client import Avala
     from avala_infer.engine import Engine
     from avala_infer.labeling import LabelReport, label
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Avala",
     "AvalaInferError",
     "BackendUnavailableError",
     "Classifications",
@@ -52,7 +54,12 @@ __all__ = [
     "label",
 ]
 
-_LAZY = {"Engine": "avala_infer.engine", "label": "avala_infer.labeling", "LabelReport": "avala_infer.labeling"}
+_LAZY = {
+    "Avala": "avala_infer.client",
+    "Engine": "avala_infer.engine",
+    "label": "avala_infer.labeling",
+    "LabelReport": "avala_infer.labeling",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -275,6 +275,34 @@ def models_show(name: str) -> None:
         click.echo(f"{'weights_path:':<14} MISSING\n{exc}")
 
 
+@cli.command("worker")
+@click.option("--home", type=click.Path(file_okay=False), default=None, help="Store folder (default AVALA_INFER_HOME).")
+@click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--until-idle", is_flag=True, help="Exit when no job is waiting (default: keep polling).")
+@click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(1), help="Job lease, s.")
+@click.option("--poll", "poll_s", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Idle poll, s.")
+def worker_command(home, device, until_idle, lease_s, poll_s) -> None:
+    """Run auto-label jobs from the store: pending ones, and running ones whose worker died (resumed).
+
+    Stops after the batch in flight on SIGINT/SIGTERM; the job it held stays running and is resumed by the next
+    worker. Several workers may share one store.
+    """
+    import signal
+
+    from avala_infer.jobs import Worker
+    from avala_infer.store import default_home
+
+    worker = Worker(home or default_home(), device=device, lease_s=lease_s, poll_s=poll_s)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stopping.set())
+    try:
+        ran = worker.run(until_idle=until_idle)
+    except AvalaInferError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo(f"worker {worker.id}: ran {ran} job(s)", err=True)
+
+
 def main() -> None:
     cli()
 

@@ -11,7 +11,9 @@
     ├── WeightsNotFoundError         a weights file that is not where the spec says; says where to put it
     ├── BackendUnavailableError      a backend package or a device that is not installed / not present
     ├── ModelLoadError               weights that exist but do not load
-    └── ItemError                    one input item failed (missing, unreadable, corrupt); the run goes on
+    ├── ItemError                    one input item failed (missing, unreadable, corrupt); the run goes on
+    ├── StoreError                   the store (SQLite under the home folder) cannot be opened or written
+    └── NotFoundError                a project, dataset, task or job uid that the store does not hold
 
 Every message names what was wrong and how to fix it.
 """
@@ -57,3 +59,11 @@ class ModelLoadError(AvalaInferError):
 
 class ItemError(AvalaInferError):
     """One input item failed; the run records it and goes on with the next."""
+
+
+class StoreError(AvalaInferError):
+    """The embedded store cannot be opened or written (a read-only or full disk, a corrupt file)."""
+
+
+class NotFoundError(AvalaInferError, LookupError):
+    """No project, dataset, task or job has this uid; the message lists how to find the right one."""

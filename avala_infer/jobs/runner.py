@@ -1,0 +1,171 @@
+"""Run one auto-label job: the engine over the project's tasks the job has not finished with, committed per batch.
+
+What a job labels: every task of its project, except (real jobs only) tasks its model has labeled already, which
+count as skipped, so re-running a finished configuration labels nothing twice. The label filter is the job's
+``labels`` when given, else the project's ontology when it has one, else every model label (and the ontology
+becomes those labels). ``labels`` outside the ontology are added to it, so exports keep stable class ids.
+A dry run writes previews into ``<home>/jobs/<job uid>/preview/`` and no results; its counters still advance.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from avala_infer.annotations import Prediction
+from avala_infer.engine.sources import Item
+from avala_infer.errors import AvalaInferError, ConfigError
+from avala_infer.store import LeaseLost, Store
+
+log = logging.getLogger(__name__)
+
+COMMIT_SECONDS = 2.0  # a batch commits when it reaches the engine's batch size, or after this long
+PREVIEW_COUNT = 50
+
+
+def _outcome(task_uid: str, prediction: Prediction, keep_results: bool) -> dict[str, Any]:
+    from avala_infer.exporters.jsonl import prediction_record
+
+    if not prediction.ok:
+        return {"task_uid": task_uid, "outcome": "failed", "error": prediction.error}
+    counts = collections.Counter(str(name) for name in prediction.result.class_name)
+    outcome = {"task_uid": task_uid, "outcome": "succeeded", "label_counts": dict(counts)}
+    if keep_results:
+        record = prediction_record(prediction)
+        record.pop("source", None)
+        record.pop("text", None)  # the item holds it
+        outcome["annotations"] = record
+    return outcome
+
+
+class JobRunner:
+    """Runs jobs for one worker; keeps loaded engines between jobs (loading a model is the slow part)."""
+
+    def __init__(self, store: Store, worker: str, *, device: str = "auto", lease_s: float = 60.0) -> None:
+        self.store = store
+        self.worker = worker
+        self.device = device
+        self.lease_s = lease_s
+        self.engines: dict[str, Any] = {}
+
+    def engine(self, model: str):
+        if model not in self.engines:
+            from avala_infer.engine import Engine
+
+            self.engines[model] = Engine(model, device=self.device)
+        return self.engines[model]
+
+    def run(self, job: dict[str, Any], should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
+        """Run ``job`` (claimed by this worker) to its end; returns the finished job, or None when the lease was
+        lost or the worker was asked to stop (the job stays running, to be resumed)."""
+        try:
+            return self._run(job, should_stop)
+        except LeaseLost as exc:
+            log.warning("%s", exc)
+            return None
+        except AvalaInferError as exc:  # the model cannot load, labels are unknown, the store is unwritable...
+            log.error("job %s failed: %s", job["uid"], exc)
+            return self._fail(job, str(exc))
+        except Exception as exc:  # a job-level fault we did not foresee: fail the job, keep the worker
+            log.exception("job %s failed", job["uid"])
+            return self._fail(job, f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, job: dict[str, Any], message: str) -> dict[str, Any] | None:
+        try:
+            return self.store.finish_job(job, self.worker, "failed", error_message=message)
+        except (LeaseLost, AvalaInferError, OSError) as exc:
+            log.error("cannot record the failure of job %s: %s", job["uid"], exc)
+            return None
+
+    def _filter_labels(self, job: dict[str, Any], engine) -> list[str] | None:
+        project = self.store.get_project(job["project_uid"])
+        ontology = project["ontology"]
+        if job["labels"]:
+            keep = job["labels"]
+        elif ontology:
+            keep = [name for name in engine.labels if name in ontology]
+            if not keep:
+                raise ConfigError(
+                    f"none of {job['model']}'s labels are in project {project['uid']}'s ontology "
+                    f"({', '.join(ontology)}); add them to the ontology or pass labels="
+                )
+        else:
+            keep = None
+        return keep
+
+    def _run(self, job: dict[str, Any], should_stop: Callable[[], bool]) -> dict[str, Any] | None:
+        started = time.perf_counter()
+        engine = self.engine(job["model"])
+        if engine.model_type.value != job["model_type"]:
+            raise ConfigError(
+                f"the project's {job['model_type']} model {job['model']!r} is a {engine.model_type.value} model"
+            )
+        options = engine.predict_options(
+            confidence_threshold=job["confidence_threshold"], labels=self._filter_labels(job, engine)
+        )
+        if not job["dry_run"]:
+            self.store.extend_ontology(job["project_uid"], options.label_filter.output_labels)
+        cancel = self.store.record_batch(job, self.worker, [], self.lease_s)  # renews the lease after loading
+        sinks = self._dry_run_sinks(job, engine, options) if job["dry_run"] else []
+        keep_results = not job["dry_run"]
+        task_of: dict[int, str] = {}
+        skipped: list[dict[str, Any]] = []
+
+        def items() -> Iterator[Item]:
+            for seq, task in enumerate(self.store.remaining_tasks(job)):
+                if keep_results and task["labeled_by_model"]:
+                    skipped.append({"task_uid": task["task_uid"], "outcome": "skipped"})
+                    continue
+                task_of[seq] = task["task_uid"]
+                source = task["path"] if task["path"] is not None else f"<text {task['key']}>"
+                yield Item(seq, source, task["key"], text=task["text"])
+
+        pending: list[dict[str, Any]] = []
+        last_commit = time.monotonic()
+        done = 0
+        stream = engine.stream(items(), options)
+        try:
+            for prediction in stream:
+                pending.append(_outcome(task_of.pop(prediction.index), prediction, keep_results))
+                for sink in sinks:
+                    sink.write(prediction)
+                done += 1
+                if len(pending) >= engine.batch_size or time.monotonic() - last_commit > COMMIT_SECONDS:
+                    cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
+                    pending, skipped[:] = [], []
+                    last_commit = time.monotonic()
+                    if cancel or should_stop():
+                        break
+        finally:
+            stream.close()
+        if not cancel and not should_stop():
+            cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
+        files = [str(path) for sink in sinks for path in sink.close()]
+        if should_stop() and not cancel:
+            return None  # left running: the next worker resumes it
+        wall = time.perf_counter() - started
+        summary = {
+            "model": job["model"],
+            "per_label": self.store.job_label_counts(job["uid"]),
+            "labels": list(options.label_filter.output_labels),
+            "throughput_items_per_s": round(done / max(wall, 1e-9), 2),
+            "wall_s": round(wall, 3),
+            "failures": self.store.job_failures(job["uid"]),
+        }
+        if job["dry_run"]:
+            summary["preview"] = next((f for f in files if f.endswith("index.html")), None)
+        return self.store.finish_job(job, self.worker, "cancelled" if cancel else "completed", summary=summary)
+
+    def _dry_run_sinks(self, job: dict[str, Any], engine, options) -> list:
+        from avala_infer.exporters.preview import PreviewWriter
+        from avala_infer.exporters.summary import SummaryCollector
+
+        out = Path(self.store.home) / "jobs" / job["uid"]
+        settings = {"model": job["model"], "model_type": job["model_type"], "dry_run": True,
+                    "confidence_threshold": job["confidence_threshold"], "labels": job["labels"] or None}  # fmt: skip
+        summary = SummaryCollector(out, options.label_filter.output_labels, settings)
+        return [summary, PreviewWriter(out, summary, PREVIEW_COUNT)]

@@ -1,0 +1,74 @@
+"""What the store's parts share: the connection, uids, JSON columns, cursor pages."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from avala_infer.errors import ConfigError, NotFoundError
+from avala_infer.store.db import DB_NAME, connect
+
+JSON_COLUMNS = frozenset({"ontology", "models", "labels", "summary", "label_counts", "annotations"})
+MAX_PAGE = 1000
+
+
+def new_uid(prefix: str) -> str:
+    """``proj_``, ``ds_``, ``item_``, ``task_``, ``job_``, ``res_`` + 16 hex digits."""
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def row_dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    """A row as a dict, JSON columns decoded, the internal ``id`` dropped."""
+    if row is None:
+        return None
+    out = {}
+    for key in row.keys():
+        value = row[key]
+        if key in JSON_COLUMNS and isinstance(value, str):
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def page_args(limit: int | None, cursor: str | None) -> tuple[int, int]:
+    """(limit, id after which the page starts) from the public arguments; a bad cursor is a ConfigError."""
+    limit = 100 if limit is None else int(limit)
+    if not 1 <= limit <= MAX_PAGE:
+        raise ConfigError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if cursor in (None, ""):
+        return limit, 0
+    try:
+        after = int(cursor)
+    except ValueError:
+        raise ConfigError(f"bad cursor {cursor!r}: pass the next_cursor of the page before") from None
+    return limit, after
+
+
+def page(rows: Sequence[sqlite3.Row], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows fetched with ``LIMIT limit + 1`` -> (at most ``limit`` dicts, the cursor of the next page or None)."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [row_dict(r) for r in rows], (str(rows[-1]["id"]) if more else None)
+
+
+class StoreBase:
+    """Holds the connection; the parts add their queries. One ``Store`` per thread (connections are not shared
+    across threads by the job runner; the client's in-process worker opens its own)."""
+
+    def __init__(self, home: str | Path) -> None:
+        self.home = Path(home).expanduser()
+        self.path = self.home / DB_NAME
+        self.conn = connect(self.path)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _one(self, table: str, uid: str, what: str, hint: str) -> dict[str, Any]:
+        row = self.conn.execute(f"SELECT * FROM {table} WHERE uid = ?", (uid,)).fetchone()  # noqa: S608
+        if row is None:
+            raise NotFoundError(f"no {what} {uid!r} in the store at {self.path}; {hint}")
+        return row_dict(row)

@@ -1,0 +1,285 @@
+"""Auto-label jobs, the tasks each job has finished with, and the results (automatic drafts) they wrote.
+
+Durability rests on two rules. A job's progress for a batch (its results, its ``job_tasks`` rows, the task
+statuses, its counters) commits in one transaction, so a crash loses at most the batch in flight and never
+half of one. A job is held by one worker at a time through a lease (``worker``, ``lease_until``) taken and
+renewed in ``BEGIN IMMEDIATE`` transactions: a second worker can take it only when the lease has run out or
+its holder, on this host, is dead; the first then finds it lost the lease at its next commit and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from avala_infer.errors import ConfigError, NotFoundError
+from avala_infer.store.base import new_uid, page, page_args, row_dict
+from avala_infer.store.catalog import CatalogStore
+from avala_infer.store.db import now_iso, transaction
+from avala_infer.types import ModelType
+
+JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+FINISHED = ("completed", "failed", "cancelled")
+
+
+class LeaseLost(Exception):
+    """Another worker took this job over (our lease ran out); stop without writing more."""
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+
+
+def _holder_is_dead(worker: str | None) -> bool:
+    """True when ``worker`` ran on this host and its process is gone (then its lease needs no waiting out)."""
+    if not worker:
+        return True
+    host, _, rest = worker.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+class JobStore(CatalogStore):
+    # ------------------------------------------------------------------ create, read, cancel
+    def create_job(
+        self,
+        project_uid: str,
+        *,
+        model_type: str,
+        confidence_threshold: float = 0.5,
+        labels: Sequence[str] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        project = self.get_project(project_uid)
+        model_type = ModelType.parse(model_type).value
+        model = project["models"].get(model_type)
+        if model is None:
+            configured = ", ".join(project["models"]) or "none"
+            raise ConfigError(
+                f"project {project_uid} has no model for {model_type} (configured: {configured}); set one with "
+                f"`avala-infer projects update {project_uid} --model {model_type}=MODEL` or "
+                f"client.projects.update(..., models={{{model_type!r}: 'MODEL'}})"
+            )
+        confidence_threshold = float(confidence_threshold)
+        if not 0.0 <= confidence_threshold <= 1.0:
+            raise ConfigError(f"confidence_threshold must be between 0 and 1, got {confidence_threshold}")
+        labels = [str(x) for x in (labels or [])]
+        uid, now = new_uid("job"), now_iso()
+        with transaction(self.conn):
+            total = self.count_tasks(project_uid)
+            self.conn.execute(
+                "INSERT INTO jobs (uid, project_uid, model_type, model, confidence_threshold, labels, dry_run, "
+                "total_items, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, project_uid, model_type, model, confidence_threshold, json.dumps(labels), int(dry_run), total,
+                 now),
+            )  # fmt: skip
+        return self.get_job(uid)
+
+    def get_job(self, uid: str) -> dict[str, Any]:
+        job = self._one("jobs", uid, "auto-label job", "`avala-infer auto-label list` shows them")
+        job["dry_run"] = bool(job["dry_run"])
+        job["cancel_requested"] = bool(job["cancel_requested"])
+        return job
+
+    def list_jobs(self, *, project: str | None = None, limit: int | None = None, cursor: str | None = None):
+        limit, after = page_args(limit, cursor)
+        sql, args = "SELECT * FROM jobs WHERE id > ?", [after]
+        if project is not None:
+            sql += " AND project_uid = ?"
+            args.append(project)
+        rows, next_cursor = page(self.conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit + 1)).fetchall(), limit)
+        for job in rows:
+            job["dry_run"], job["cancel_requested"] = bool(job["dry_run"]), bool(job["cancel_requested"])
+        return rows, next_cursor
+
+    def request_cancel(self, uid: str) -> dict[str, Any]:
+        """A pending job is cancelled at once; a running one when its worker next commits (within one batch)."""
+        with transaction(self.conn):
+            row = self.conn.execute("SELECT status FROM jobs WHERE uid = ?", (uid,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no auto-label job {uid!r}; `avala-infer auto-label list` shows them")
+            if row["status"] == "pending":
+                self.conn.execute(
+                    "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, completed_at = ? WHERE uid = ?",
+                    (now_iso(), uid),
+                )
+            elif row["status"] == "running":
+                self.conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE uid = ?", (uid,))
+            else:
+                raise ConfigError(f"job {uid} is already {row['status']}; only pending or running jobs cancel")
+        return self.get_job(uid)
+
+    # ------------------------------------------------------------------ the worker's side
+    def claim_job(self, worker: str, lease_s: float, only: str | None = None) -> dict[str, Any] | None:
+        """Take the oldest pending job, or a running one whose holder is gone; None when there is none."""
+        with transaction(self.conn):
+            sql = "SELECT uid, status, worker, lease_until FROM jobs WHERE status IN ('pending', 'running')"
+            args: list[Any] = []
+            if only is not None:
+                sql += " AND uid = ?"
+                args.append(only)
+            now = time.time()
+            for row in self.conn.execute(sql + " ORDER BY id", args).fetchall():
+                held = row["status"] == "running" and (row["lease_until"] or 0) > now
+                if held and not _holder_is_dead(row["worker"]):
+                    continue
+                self.conn.execute(
+                    "UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
+                    "started_at = COALESCE(started_at, ?) WHERE uid = ?",
+                    (worker, now + lease_s, now_iso(), row["uid"]),
+                )
+                break
+            else:
+                return None
+        return self.get_job(row["uid"])
+
+    def remaining_tasks(self, job: dict[str, Any], chunk: int = 256) -> Iterator[dict[str, Any]]:
+        """The project's tasks this job has not finished with, in task order, each with ``labeled_by_model``:
+        whether a result of the job's model exists already (a real job skips those). Read in chunks."""
+        after = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT t.id, t.uid AS task_uid, i.key, i.path, i.text, "
+                "EXISTS (SELECT 1 FROM results r WHERE r.task_uid = t.uid AND r.model = ?) AS labeled_by_model "
+                "FROM tasks t JOIN items i ON i.uid = t.item_uid "
+                "WHERE t.project_uid = ? AND t.id > ? "
+                "AND NOT EXISTS (SELECT 1 FROM job_tasks j WHERE j.job_uid = ? AND j.task_uid = t.uid) "
+                "ORDER BY t.id LIMIT ?",
+                (job["model"], job["project_uid"], after, job["uid"], chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield from (dict(r) for r in rows)
+            after = rows[-1]["id"]
+
+    def record_batch(
+        self, job: dict[str, Any], worker: str, outcomes: Sequence[dict[str, Any]], lease_s: float
+    ) -> bool:
+        """Commit one batch: ``outcomes`` are dicts with task_uid, outcome, error, label_counts and (a real job's
+        successes) annotations. Results, job_tasks rows, task statuses and counters in one transaction; the lease
+        is renewed. Returns whether a cancel was requested. Raises :class:`LeaseLost` if the job is not ours."""
+        now = now_iso()
+        with transaction(self.conn):
+            self._check_lease(job["uid"], worker)
+            for o in outcomes:
+                inserted = self.conn.execute(
+                    "INSERT OR IGNORE INTO job_tasks (job_uid, task_uid, outcome, error, label_counts) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (job["uid"], o["task_uid"], o["outcome"], o.get("error"), json.dumps(o.get("label_counts", {}))),
+                ).rowcount
+                if not inserted or o.get("annotations") is None:
+                    continue
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO results (uid, task_uid, job_uid, model, model_type, annotations, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (new_uid("res"), o["task_uid"], job["uid"], job["model"], job["model_type"],
+                     json.dumps(o["annotations"]), now),
+                )  # fmt: skip
+                self.conn.execute(
+                    "UPDATE tasks SET status = 'labeled', updated_at = ? WHERE uid = ? AND status = 'pending'",
+                    (now, o["task_uid"]),
+                )
+            counts = dict(
+                self.conn.execute(
+                    "SELECT outcome, COUNT(*) FROM job_tasks WHERE job_uid = ? GROUP BY outcome", (job["uid"],)
+                ).fetchall()
+            )
+            processed = sum(counts.values())
+            self.conn.execute(
+                "UPDATE jobs SET processed_items = ?, successful_items = ?, failed_items = ?, skipped_items = ?, "
+                "total_items = MAX(total_items, ?), lease_until = ? WHERE uid = ?",
+                (processed, counts.get("succeeded", 0), counts.get("failed", 0), counts.get("skipped", 0), processed,
+                 time.time() + lease_s, job["uid"]),
+            )  # fmt: skip
+            return bool(
+                self.conn.execute("SELECT cancel_requested FROM jobs WHERE uid = ?", (job["uid"],)).fetchone()[0]
+            )
+
+    def _check_lease(self, uid: str, worker: str) -> None:
+        row = self.conn.execute("SELECT status, worker FROM jobs WHERE uid = ?", (uid,)).fetchone()
+        if row is None or row["status"] != "running" or row["worker"] != worker:
+            raise LeaseLost(f"job {uid} is no longer held by {worker}")
+
+    def finish_job(
+        self,
+        job: dict[str, Any],
+        worker: str,
+        status: str,
+        *,
+        error_message: str | None = None,
+        summary: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if status not in FINISHED:
+            raise ValueError(f"a job finishes as one of {FINISHED}, not {status!r}")
+        with transaction(self.conn):
+            self._check_lease(job["uid"], worker)
+            self.conn.execute(
+                "UPDATE jobs SET status = ?, error_message = ?, summary = ?, completed_at = ?, lease_until = NULL "
+                "WHERE uid = ?",
+                (status, error_message, json.dumps(summary) if summary is not None else None, now_iso(), job["uid"]),
+            )
+        return self.get_job(job["uid"])
+
+    def job_label_counts(self, uid: str) -> dict[str, int]:
+        """Annotations per label over everything the job recorded (summed in SQL, flat in memory)."""
+        rows = self.conn.execute(
+            "SELECT e.key, SUM(e.value) FROM job_tasks j, json_each(j.label_counts) e WHERE j.job_uid = ? "
+            "GROUP BY e.key ORDER BY SUM(e.value) DESC",
+            (uid,),
+        ).fetchall()
+        return {key: int(total) for key, total in rows}
+
+    def job_failures(self, uid: str, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT j.task_uid, i.key, j.error FROM job_tasks j JOIN tasks t ON t.uid = j.task_uid "
+            "JOIN items i ON i.uid = t.item_uid WHERE j.job_uid = ? AND j.outcome = 'failed' LIMIT ?",
+            (uid, limit),
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    # ------------------------------------------------------------------ results
+    def iter_results(self, project_uid: str, model_type: str | None = None, chunk: int = 256):
+        """Every result of the project (optionally of one model type) with its task's item, in task order."""
+        after = 0
+        while True:
+            sql = (
+                "SELECT r.id, r.uid, r.task_uid, r.model, r.model_type, r.annotations, r.is_draft, i.key, i.path, "
+                "i.text FROM results r JOIN tasks t ON t.uid = r.task_uid JOIN items i ON i.uid = t.item_uid "
+                "WHERE t.project_uid = ? AND r.id > ?"
+            )
+            args: list[Any] = [project_uid, after]
+            if model_type is not None:
+                sql += " AND r.model_type = ?"
+                args.append(ModelType.parse(model_type).value)
+            rows = self.conn.execute(sql + " ORDER BY r.id LIMIT ?", (*args, chunk)).fetchall()
+            if not rows:
+                return
+            yield from (row_dict(r) for r in rows)
+            after = rows[-1]["id"]
+
+    def task_results(self, task_uid: str) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM results WHERE task_uid = ? ORDER BY id", (task_uid,)).fetchall()
+        return [row_dict(r) for r in rows]

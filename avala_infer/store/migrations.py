@@ -1,0 +1,110 @@
+"""The store's schema as named, ordered migrations; each runs once, in its own transaction, and is recorded in
+``schema_migrations``. Never edit a released migration: add the next one."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_projects_datasets_items_tasks",
+        """
+        CREATE TABLE projects (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            data_type TEXT NOT NULL CHECK (data_type IN ('image', 'text')),
+            status TEXT NOT NULL DEFAULT 'active',
+            ontology TEXT NOT NULL DEFAULT '[]',       -- JSON list of label names; position = stable class id
+            models TEXT NOT NULL DEFAULT '{}',         -- JSON {model_type: model name / spec path}
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE datasets (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            slug TEXT NOT NULL UNIQUE,
+            data_type TEXT NOT NULL CHECK (data_type IN ('image', 'text')),
+            project_uid TEXT REFERENCES projects (uid),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE items (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            dataset_uid TEXT NOT NULL REFERENCES datasets (uid),
+            key TEXT NOT NULL,
+            path TEXT,                                  -- the file, or NULL for a text stored inline
+            text TEXT,                                  -- a text item's text when not read from a whole file
+            size INTEGER NOT NULL,
+            content_hash TEXT NOT NULL,                 -- sha256 of the bytes (of the text for inline texts)
+            created_at TEXT NOT NULL,
+            UNIQUE (dataset_uid, key)
+        );
+        CREATE TABLE tasks (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            project_uid TEXT NOT NULL REFERENCES projects (uid),
+            item_uid TEXT NOT NULL REFERENCES items (uid),
+            type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL DEFAULT 'pending',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            UNIQUE (project_uid, item_uid)
+        );
+        CREATE INDEX tasks_by_project ON tasks (project_uid, id);
+        """,
+    ),
+    (
+        "0002_jobs_and_results",
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            project_uid TEXT NOT NULL REFERENCES projects (uid),
+            model_type TEXT NOT NULL,
+            model TEXT NOT NULL,
+            confidence_threshold REAL NOT NULL,
+            labels TEXT NOT NULL DEFAULT '[]',
+            dry_run INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            total_items INTEGER NOT NULL DEFAULT 0,
+            processed_items INTEGER NOT NULL DEFAULT 0,
+            successful_items INTEGER NOT NULL DEFAULT 0,
+            failed_items INTEGER NOT NULL DEFAULT 0,
+            skipped_items INTEGER NOT NULL DEFAULT 0,
+            error_message TEXT,
+            summary TEXT,                               -- JSON
+            worker TEXT,                                -- host:pid of the worker holding the job
+            lease_until REAL,                           -- unix time; a running job whose lease ran out is taken over
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            completed_at TEXT
+        );
+        CREATE INDEX jobs_by_status ON jobs (status, id);
+        CREATE TABLE job_tasks (                        -- one row per task a job has finished with, never two
+            job_uid TEXT NOT NULL REFERENCES jobs (uid),
+            task_uid TEXT NOT NULL REFERENCES tasks (uid),
+            outcome TEXT NOT NULL CHECK (outcome IN ('succeeded', 'failed', 'skipped')),
+            error TEXT,
+            label_counts TEXT NOT NULL DEFAULT '{}',    -- JSON {label: annotations}
+            PRIMARY KEY (job_uid, task_uid)
+        ) WITHOUT ROWID;
+        CREATE TABLE results (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            task_uid TEXT NOT NULL REFERENCES tasks (uid),
+            job_uid TEXT NOT NULL REFERENCES jobs (uid),
+            model TEXT NOT NULL,
+            model_type TEXT NOT NULL,
+            annotations TEXT NOT NULL,                  -- JSON, as the JSONL export's record
+            is_draft INTEGER NOT NULL DEFAULT 1,        -- automatic pre-annotations are drafts for a person to review
+            created_at TEXT NOT NULL,
+            UNIQUE (task_uid, model)
+        );
+        """,
+    ),
+]
