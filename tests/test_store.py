@@ -1,0 +1,112 @@
+"""The embedded store: migrations, projects, imports (folders, manifests, texts), pages."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+
+from avala_infer import Text
+from avala_infer.errors import ConfigError, NotFoundError
+from avala_infer.importing import import_sources
+from avala_infer.store import Store
+from avala_infer.store.migrations import MIGRATIONS
+from tests.conftest import VAL_IMAGES, need
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "home")
+    yield store
+    store.close()
+
+
+def test_migrations_run_once_in_order_and_the_store_is_wal(tmp_path):
+    first = Store(tmp_path)
+    first.close()
+    again = Store(tmp_path)  # re-opening applies nothing twice
+    rows = again.conn.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()
+    assert [r[0] for r in rows] == [name for name, _ in MIGRATIONS]
+    assert again.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again.close()
+    raw = sqlite3.connect(tmp_path / "avala-infer.db")
+    assert {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
+        "projects", "datasets", "items", "tasks", "jobs", "job_tasks", "results", "schema_migrations",
+    }  # fmt: skip
+
+
+def test_project_settings_are_checked(store):
+    with pytest.raises(ConfigError, match="data_type"):
+        store.create_project("x", data_type="video")
+    with pytest.raises(ConfigError, match="a image project cannot use a named_entity_recognition model"):
+        store.create_project("x", models={"named_entity_recognition": "ner-minilm-conll03"})
+    with pytest.raises(ConfigError, match="unknown model type"):
+        store.create_project("x", models={"detection": "yolo11n"})
+    with pytest.raises(ConfigError, match=r"\['car'\] more than once"):
+        store.create_project("x", ontology=["car", "bus", "car"])
+    project = store.create_project("streets", ontology=["car"], models={"object_detection": "yolo11n"})
+    assert project["uid"].startswith("proj_") and project["ontology"] == ["car"] and project["task_count"] == 0
+    with pytest.raises(NotFoundError, match="projects list"):
+        store.get_project("proj_nope")
+    with pytest.raises(ConfigError, match="no model for image_classification"):
+        store.create_job(project["uid"], model_type="image_classification")
+    assert store.extend_ontology(project["uid"], ["bus", "car", "truck"]) == ["car", "bus", "truck"]
+
+
+def test_import_folder_twice_manifest_and_key_clashes(store, tmp_path):
+    images = sorted(need(VAL_IMAGES).glob("*.jpg"))[:5]
+    folder = tmp_path / "batch1"
+    folder.mkdir()
+    for image in images[:3]:
+        shutil.copy(image, folder / image.name)
+    project = store.create_project("p")
+    report = import_sources(store, project["uid"], [folder, tmp_path / "missing"])
+    assert (report.created, report.existing, report.failed_count) == (3, 0, 1)
+    assert "no such file" in report.failed[0]["error"]
+    again = import_sources(store, project["uid"], [folder])
+    assert (again.created, again.existing) == (0, 3)
+    # a different image under a name already taken gets its own key
+    other = tmp_path / "batch2"
+    other.mkdir()
+    shutil.copy(images[3], other / images[0].name)
+    assert import_sources(store, project["uid"], [other]).created == 1
+    # a manifest of paths, relative to its folder
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"# images\n{images[4]}\nbatch1/{images[1].name}\n", encoding="utf-8")
+    assert (lambda r: (r.created, r.existing))(import_sources(store, project["uid"], [manifest])) == (1, 1)
+    keys = [t["name"] for t in store.list_tasks(project=project["uid"])[0]]
+    stem, suffix = images[0].name.rsplit(".", 1)
+    assert keys == [i.name for i in images[:3]] + [f"{stem}_1.{suffix}", images[4].name]
+    items, _ = store.list_items(store.project_dataset(project["uid"])["uid"])
+    assert all(len(i["content_hash"]) == 64 and i["size"] > 0 and i["path"].startswith("/") for i in items)
+
+
+def test_text_project_imports_records_and_strings(store, tmp_path):
+    lines = tmp_path / "notes.txt"
+    lines.write_text("first\n\nsecond\n", encoding="utf-8")
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"body": "alpha"}\n{"nobody": 1}\n', encoding="utf-8")
+    project = store.create_project("texts", data_type="text", models={"text_classification": "sentiment-minilm-sst2"})
+    report = import_sources(store, project["uid"], [lines, Text("a literal")], per_line=True)
+    assert (report.created, report.failed_count) == (3, 0)
+    report = import_sources(store, project["uid"], [records], text_field="body")
+    assert (report.created, report.failed_count) == (1, 1)
+    tasks = list(store.iter_task_items(project["uid"]))
+    assert [t["text"] for t in tasks] == ["first", "second", "a literal", "alpha"]
+    assert [t["path"] for t in tasks] == [None] * 4
+
+
+def test_pages_walk_every_row_once(store):
+    uids = [store.create_project(f"p{i}")["uid"] for i in range(7)]
+    seen, cursor = [], None
+    while True:
+        rows, cursor = store.list_projects(limit=3, cursor=cursor)
+        seen += [r["uid"] for r in rows]
+        if cursor is None:
+            break
+    assert seen == uids
+    with pytest.raises(ConfigError, match="limit"):
+        store.list_projects(limit=0)
+    with pytest.raises(ConfigError, match="bad cursor"):
+        store.list_projects(cursor="abc")
