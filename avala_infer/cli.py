@@ -14,12 +14,9 @@ import time
 
 import click
 
+from avala_infer.cli_common import EXIT_ERROR, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE  # noqa: F401
+from avala_infer.cli_common import pairs as _pairs
 from avala_infer.errors import AvalaInferError
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_ITEMS_FAILED = 3
 
 log = logging.getLogger("avala_infer")
 
@@ -51,19 +48,6 @@ class Progress:
             self.last_plain = now
             self.stream.write(f"labeled {done}{of} items, {rate:.1f} items/s{failed_text}\n")
             self.stream.flush()
-
-
-def _pairs(values: tuple[str, ...], option: str, convert=str) -> dict:
-    result = {}
-    for value in values:
-        name, sep, rest = value.partition("=")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"{value!r} is not NAME=VALUE", param_hint=option)
-        try:
-            result[name.strip()] = convert(rest.strip()) if rest.strip() else None
-        except ValueError as exc:
-            raise click.BadParameter(f"{value!r}: {exc}", param_hint=option) from exc
-    return result
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -301,6 +285,11 @@ def worker_command(home, device, until_idle, lease_s, poll_s) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
     click.echo(f"worker {worker.id}: ran {ran} job(s)", err=True)
+
+
+from avala_infer.cli_projects import register  # noqa: E402  (projects, import, tasks, auto-label, export)
+
+register(cli)
 
 
 def main() -> None:

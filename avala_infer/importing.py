@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from avala_infer.engine.sources import TextReading, iter_items
+from avala_infer.engine.sources import TextReading, check_sources_fit, iter_items
 from avala_infer.store import Store
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".csv")
@@ -56,13 +56,20 @@ def _manifest_paths(path: Path) -> Iterator[str]:
             yield str(entry) if os.path.isabs(entry) else str(base / entry)
 
 
+def _is_manifest(source: Any) -> bool:
+    return (
+        isinstance(source, (str, os.PathLike))
+        and Path(source).suffix.lower() in MANIFEST_SUFFIXES
+        and Path(source).is_file()
+    )
+
+
 def _image_sources(sources: Iterable[Any]) -> Iterator[Any]:
     for source in sources:
-        if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in MANIFEST_SUFFIXES:
-            if Path(source).is_file():
-                yield from _manifest_paths(Path(source))
-                continue
-        yield source
+        if _is_manifest(source):
+            yield from _manifest_paths(Path(source))
+        else:
+            yield source
 
 
 def import_sources(
@@ -78,6 +85,9 @@ def import_sources(
     media = project["data_type"]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
+    if isinstance(sources, (list, tuple)):  # refuse an image for a text project (and the reverse) before any work
+        direct = [s for s in sources if media == "text" or not _is_manifest(s)]
+        check_sources_fit(direct, media, f"project {project_uid} ({media})")
     report = ImportReport()
     if media == "image":
         sources = _image_sources(sources)

@@ -74,6 +74,27 @@ class Projects(_Resource):
         with self._client._lock:
             return import_sources(self._client._store, uid, sources, text_field=text_field, per_line=per_line)
 
+    def export(
+        self,
+        uid: str,
+        out: str | os.PathLike,
+        formats: Sequence[str] = ("jsonl",),
+        *,
+        model_type: str | None = None,
+        model: str | None = None,
+        mask_format: str = "rle",
+    ) -> list:
+        """Write the project's stored results (automatic drafts) in ``formats`` into ``out``; class ids are the
+        ontology's positions. Returns the files written."""
+        from pathlib import Path
+
+        from avala_infer.exporting import export_project
+
+        with self._client._lock:
+            return export_project(
+                self._client._store, uid, Path(out), list(formats), model_type, mask_format, model=model
+            )
+
 
 class Datasets(_Resource):
     def list(self, *, limit: int | None = None, cursor: str | None = None) -> CursorPage[Dataset]:

@@ -22,7 +22,7 @@ def new_uid(prefix: str) -> str:
 
 
 def row_dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
-    """A row as a dict, JSON columns decoded, the internal ``id`` dropped."""
+    """A row as a dict, JSON columns decoded (``id``, the row's position, is kept: pages use it as the cursor)."""
     if row is None:
         return None
     out = {}

@@ -262,7 +262,8 @@ class JobStore(CatalogStore):
 
     # ------------------------------------------------------------------ results
     def iter_results(self, project_uid: str, model_type: str | None = None, chunk: int = 256):
-        """Every result of the project (optionally of one model type) with its task's item, in task order."""
+        """Every result of the project (optionally of one model type) with its task's item, in the order the
+        results were written, read in chunks."""
         after = 0
         while True:
             sql = (

@@ -1,0 +1,288 @@
+"""Export a project's results from the store with the writers ``label`` uses: COCO, YOLO, JSONL, Label Studio,
+CoNLL, mask PNGs.
+
+Class ids come from the project's ontology: label ``k`` of the ontology is YOLO class ``k``, COCO category
+``k + 1`` and mask pixel value ``k + 1``, whatever job wrote the result. Jobs only ever append to the ontology,
+so ids stay stable from one export to the next. Results are read from the store in chunks and written one item
+at a time: memory stays flat however large the project.
+
+A stored result is the JSONL record of its prediction (``exporters/jsonl.py``: boxes in pixels, masks as
+uncompressed COCO RLE, semantic classes as one RLE segment each, classes best first, entity spans with
+character offsets); :func:`record_to_prediction` turns one back into a :class:`~avala_infer.Prediction`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avala_infer.annotations import (
+    UNLABELED,
+    Classifications,
+    Detections,
+    Entities,
+    Prediction,
+    Result,
+    SemanticMask,
+    rle,
+)
+from avala_infer.errors import ConfigError, ItemError
+from avala_infer.exporters import FORMATS, check_formats, make_writer
+from avala_infer.types import ModelType
+
+DETECTION_TYPES = (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION)
+CLASSIFICATION_TYPES = (ModelType.IMAGE_CLASSIFICATION, ModelType.TEXT_CLASSIFICATION)
+
+
+class _Ids:
+    """Label name -> ontology position; a name the ontology lacks is an error naming the item."""
+
+    def __init__(self, ontology: Sequence[str], key: str) -> None:
+        self.index = {name: i for i, name in enumerate(ontology)}
+        self.ontology = ontology
+        self.key = key
+
+    def __call__(self, name: str) -> int:
+        try:
+            return self.index[name]
+        except KeyError:
+            raise ConfigError(
+                f"the result of item {self.key!r} has label {name!r}, which is not in the project's ontology "
+                f"({', '.join(self.ontology) or 'empty'}); add it back (`avala-infer projects update PROJECT "
+                f"--label {name}`) and export again"
+            ) from None
+
+
+def _guess_model_type(record: Mapping[str, Any], text: str | None) -> ModelType:
+    """The model type a record's annotations were made by, for callers that do not say (an empty list of an
+    image item is taken for boxes: pass ``model_type`` to get an empty semantic mask instead)."""
+    annotations = record.get("annotations") or []
+    if "multi_label" in record:
+        return ModelType.TEXT_CLASSIFICATION if text is not None else ModelType.IMAGE_CLASSIFICATION
+    if text is not None or any("start" in a for a in annotations):
+        return ModelType.NAMED_ENTITY_RECOGNITION
+    if any("bbox" not in a and "segmentation" in a for a in annotations):
+        return ModelType.SEMANTIC_SEGMENTATION
+    if any("segmentation" in a for a in annotations):
+        return ModelType.INSTANCE_SEGMENTATION
+    return ModelType.OBJECT_DETECTION
+
+
+def _detections(annotations: list[dict], ids: _Ids, masks: bool, height: int, width: int) -> Detections:
+    if not annotations:
+        empty = Detections.empty()
+        if masks:
+            return Detections(empty.xyxy, empty.confidence, empty.class_id, empty.class_name,
+                              np.zeros((0, height, width), bool))  # fmt: skip
+        return empty
+    with_masks = masks or any("segmentation" in a for a in annotations)
+    mask = None
+    if with_masks:
+        mask = np.zeros((len(annotations), height, width), bool)
+        for i, a in enumerate(annotations):
+            if "segmentation" in a:
+                mask[i] = rle.decode(a["segmentation"])
+    return Detections(
+        xyxy=np.asarray([a["bbox"] for a in annotations], np.float32).reshape(-1, 4),
+        confidence=[a["score"] for a in annotations],
+        class_id=[ids(a["label"]) for a in annotations],
+        class_name=np.asarray([a["label"] for a in annotations], dtype=object),
+        mask=mask,
+    )
+
+
+def _semantic(annotations: list[dict], ids: _Ids, height: int, width: int) -> SemanticMask:
+    """Each segment's pixels get its ontology id and, as score, the segment's mean score."""
+    class_map = np.full((height, width), UNLABELED, np.int32)
+    score_map = np.zeros((height, width), np.float32)
+    for a in annotations:
+        pixels = rle.decode(a["segmentation"])
+        class_map[pixels] = ids(a["label"])
+        score_map[pixels] = a["score"]
+    return SemanticMask(class_map, score_map, tuple(ids.ontology))
+
+
+def _classifications(record: Mapping[str, Any], ids: _Ids) -> Classifications:
+    annotations = record.get("annotations") or []
+    return Classifications(
+        class_id=[ids(a["label"]) for a in annotations],
+        confidence=[a["score"] for a in annotations],
+        class_name=np.asarray([a["label"] for a in annotations], dtype=object),
+        multi_label=bool(record.get("multi_label", False)),
+    )
+
+
+def _entities(annotations: list[dict], ids: _Ids) -> Entities:
+    return Entities.from_records(
+        [
+            {
+                "start": a["start"],
+                "end": a["end"],
+                "score": a["score"],
+                "class_id": ids(a["label"]),
+                "label": a["label"],
+                "word": a.get("word", a.get("text", "")),
+                "tag": a.get("tag"),
+            }
+            for a in annotations
+        ]
+    )
+
+
+def record_to_prediction(
+    record: Mapping[str, Any],
+    key: str,
+    path: str | None,
+    text: str | None,
+    ontology: Sequence[str],
+    *,
+    model_type: ModelType | str | None = None,
+    index: int = 0,
+) -> Prediction:
+    """The :class:`Prediction` a stored result (a JSONL record: ``exporters.jsonl.prediction_record``) stands
+    for, with class ids remapped, by label name, to positions in ``ontology``.
+
+    ``key``, ``path`` and ``text`` are the item's (``path`` None for a text stored inline; a text item with a
+    path and no inline text is read from its file). ``model_type`` says which result type to build; without it
+    the record's shape decides. ``index`` numbers the item (COCO image ids are ``index + 1``). A label the
+    ontology lacks is a :class:`ConfigError`.
+    """
+    model_type = ModelType.parse(model_type) if model_type is not None else None
+    if model_type is not None:
+        is_text = model_type.media == "text"
+    else:  # image records carry their size, text records do not
+        is_text = text is not None or "width" not in record
+    if is_text and text is None and path is not None:
+        from avala_infer.engine.loaders import read_text
+        from avala_infer.engine.sources import Item
+
+        try:
+            text = read_text(Item(index, path, key), {})
+        except ItemError as exc:
+            raise ItemError(f"cannot export text item {key!r}: {exc}") from exc
+    if model_type is None:
+        model_type = _guess_model_type(record, text if is_text else None)
+    ids = _Ids(list(ontology), key)
+    annotations = list(record.get("annotations") or [])
+    width, height = int(record.get("width") or 0), int(record.get("height") or 0)
+    result: Result
+    if model_type in DETECTION_TYPES:
+        masks = model_type is ModelType.INSTANCE_SEGMENTATION
+        result = _detections(annotations, ids, masks, height, width)
+    elif model_type is ModelType.SEMANTIC_SEGMENTATION:
+        result = _semantic(annotations, ids, height, width)
+    elif model_type in CLASSIFICATION_TYPES:
+        result = _classifications(record, ids)
+    else:
+        result = _entities(annotations, ids)
+    if model_type.media == "text":
+        source = path if path is not None else f"<text {key}>"
+        return Prediction(index, source, key, result=result, text=text or "")
+    return Prediction(index, path or f"<image {key}>", key, width=width, height=height, result=result)
+
+
+def _jobs_with_results(store, project_uid: str) -> list[dict[str, Any]]:
+    """The project's real (not dry-run) jobs that recorded results: who wrote what ``iter_results`` reads."""
+    jobs, cursor = [], None
+    while True:
+        rows, cursor = store.list_jobs(project=project_uid, limit=1000, cursor=cursor)
+        jobs += [job for job in rows if not job["dry_run"] and job["successful_items"] > 0]
+        if cursor is None:
+            return jobs
+
+
+def _pick_source(
+    store, project: dict[str, Any], model_type: str | None, model: str | None
+) -> tuple[ModelType, str | None, set[str]]:
+    """(model type, model or None for any, labels its results use), refusing an ambiguous export."""
+    uid = project["uid"]
+    jobs = _jobs_with_results(store, uid)
+    types = sorted({job["model_type"] for job in jobs})
+    if model_type is None:
+        if not types:
+            raise ConfigError(f"project {uid} has no results to export yet; run an auto-label job first")
+        if len(types) > 1:
+            raise ConfigError(
+                f"project {uid} holds results of several model types ({', '.join(types)}); choose one with "
+                "--model-type / model_type="
+            )
+        chosen = ModelType.parse(types[0])
+    else:
+        chosen = ModelType.parse(model_type)
+        if chosen.media != project["data_type"]:
+            raise ConfigError(f"project {uid} holds {project['data_type']} items; {chosen.value} reads {chosen.media}")
+    jobs = [job for job in jobs if job["model_type"] == chosen.value]
+    models = sorted({job["model"] for job in jobs})
+    if model is not None:
+        if model not in models:
+            raise ConfigError(
+                f"no {chosen.value} results of model {model!r} in project {uid}; models with results: "
+                f"{', '.join(models) or 'none'}"
+            )
+        jobs = [job for job in jobs if job["model"] == model]
+    elif len(models) > 1:
+        raise ConfigError(
+            f"project {uid} holds {chosen.value} results of several models ({', '.join(models)}), so items can have "
+            "more than one; choose one with --model / model="
+        )
+    if not jobs:
+        raise ConfigError(
+            f"project {uid} has no {chosen.value} results to export (results of: {', '.join(types) or 'none'}); "
+            f"run an auto-label job with model_type={chosen.value} first"
+        )
+    labels = {name for job in jobs for name in store.job_label_counts(job["uid"])}
+    return chosen, model, labels
+
+
+def export_project(
+    store,
+    project_uid: str,
+    out_dir: str | os.PathLike,
+    formats: Sequence[str],
+    model_type: str | ModelType | None = None,
+    mask_format: str = "rle",
+    *,
+    model: str | None = None,
+) -> list[Path]:
+    """Write the project's results as ``formats`` into ``out_dir``; returns the files (and folders) written.
+
+    The vocabulary is the project's ontology, so class ids are ontology positions, the same in every export.
+    Every item with a result of ``model_type`` is written, in the order the results were made; items without
+    one (not labeled yet, or failed) are not exported. A project with results of several model types needs
+    ``model_type``; one whose items were labeled by several models of that type needs ``model`` (else an item
+    would appear twice). ``formats`` must suit the model type (``exporters.FORMATS_FOR``); ``mask_format``
+    (``rle`` or ``polygon``) is how COCO holds masks. Results are streamed from the store: memory stays flat.
+    """
+    formats = list(dict.fromkeys(formats))
+    if not formats:
+        raise ConfigError("no export format given: pass at least one of " + ", ".join(FORMATS))
+    if mask_format not in ("rle", "polygon"):
+        raise ConfigError(f"mask_format must be rle or polygon, got {mask_format!r}")
+    project = store.get_project(project_uid)
+    chosen, model, labels = _pick_source(store, project, None if model_type is None else str(model_type), model)
+    check_formats(formats, chosen)
+    ontology = tuple(project["ontology"])
+    missing = sorted(labels - set(ontology))
+    if missing:
+        raise ConfigError(
+            f"project {project_uid}'s results use label(s) {missing} that its ontology ({', '.join(ontology)}) "
+            f"lacks; add them back (`avala-infer projects update {project_uid} --label NAME`) and export again"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    writers = [make_writer(fmt, out, ontology, mask_format, chosen) for fmt in formats]
+    index = 0
+    for row in store.iter_results(project_uid, chosen.value):
+        if model is not None and row["model"] != model:
+            continue
+        prediction = record_to_prediction(
+            row["annotations"], row["key"], row["path"], row["text"], ontology, model_type=chosen, index=index
+        )
+        for writer in writers:
+            writer.write(prediction)
+        index += 1
+    return [path for writer in writers for path in writer.close()]
