@@ -29,11 +29,27 @@ def test_shape_batcher_groups_by_key_and_flushes_oldest_when_window_is_full():
     assert batcher.add(("b", 1)) == []
     assert batcher.add(("a", 2)) == [[("a", 0), ("a", 2)]]
     assert batcher.add(("c", 3)) == []
-    assert batcher.add(("d", 4)) == []
-    # four waiting now > window 3: the bucket with the oldest item ("b") leaves early
-    assert batcher.add(("e", 5)) == [[("b", 1)]]
-    assert batcher.flush() == [[("c", 3)], [("d", 4)], [("e", 5)]]
+    # four items have arrived since "b" came (window 3): its bucket leaves early
+    assert batcher.add(("d", 4)) == [[("b", 1)]]
+    assert batcher.add(("e", 5)) == []
+    # four waiting now > window 3: the bucket with the oldest item ("c") leaves early
+    assert batcher.add(("f", 6)) == [[("c", 3)]]
+    assert batcher.flush() == [[("d", 4)], [("e", 5)], [("f", 6)]]
     assert batcher.waiting == 0
+
+
+def test_shape_batcher_never_holds_a_rare_shape_behind_a_common_one():
+    """A lone odd-shaped item leaves within ``window`` arrivals even while full batches of the common shape keep
+    leaving (without the age rule it waited for the final flush, holding every later result in the reorder
+    buffer: a job then committed nothing until its end)."""
+    batcher = ShapeBatcher(key=lambda x: x[0], batch_size=2, window=4)
+    released_at = None
+    assert batcher.add(("odd", 0)) == []
+    for i in range(1, 40):
+        for batch in batcher.add(("common", i)):
+            if batch == [("odd", 0)]:
+                released_at = i
+    assert released_at == 4 and batcher.waiting <= 2  # the 4th arrival after it lets it go
 
 
 def test_reorder_buffer_releases_in_index_order():

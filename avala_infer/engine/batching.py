@@ -13,9 +13,11 @@ R = TypeVar("R")
 class ShapeBatcher(Generic[T]):
     """Collects items into per-key buckets (a key is, for instance, the letterboxed shape).
 
-    A bucket leaves as a batch when it holds ``batch_size`` items; when more than ``window`` items wait in
-    all buckets, the bucket holding the oldest item leaves early, so no item waits for long and the
-    reorder buffer downstream stays small.
+    A bucket leaves as a batch when it holds ``batch_size`` items. The bucket holding the oldest waiting item
+    leaves early when more than ``window`` items wait in all buckets, or when ``window`` items have arrived since
+    that oldest one: so a lone item of a rare shape waits at most ``window`` arrivals (not until the end of the
+    input while the common shape's buckets keep filling and leaving), and the reorder buffer downstream, which
+    holds every result behind the oldest unfinished item, stays small.
     """
 
     def __init__(self, key: Callable[[T], Hashable], batch_size: int, window: int) -> None:
@@ -24,18 +26,26 @@ class ShapeBatcher(Generic[T]):
         self.window = max(window, batch_size)
         self.buckets: dict[Hashable, list[T]] = {}  # insertion order = age of each bucket's oldest item
         self.waiting = 0
+        self.added = 0  # items added so far
+        self.oldest: dict[Hashable, int] = {}  # bucket -> arrival number of its oldest item
 
     def add(self, value: T) -> list[list[T]]:
         """Add one item; return the batches that are ready to run (often none)."""
         k = self.key(value)
-        bucket = self.buckets.setdefault(k, [])
-        bucket.append(value)
+        if k not in self.buckets:
+            self.buckets[k] = []
+            self.oldest[k] = self.added
+        self.buckets[k].append(value)
+        self.added += 1
         self.waiting += 1
         ready = []
-        if len(bucket) >= self.batch_size:
+        if len(self.buckets[k]) >= self.batch_size:
             ready.append(self._take(k))
-        while self.waiting > self.window:
-            ready.append(self._take(next(iter(self.buckets))))
+        while self.buckets:
+            first = next(iter(self.buckets))
+            if self.waiting <= self.window and self.added - self.oldest[first] <= self.window:
+                break
+            ready.append(self._take(first))
         return ready
 
     def flush(self) -> list[list[T]]:
@@ -44,6 +54,7 @@ class ShapeBatcher(Generic[T]):
 
     def _take(self, k: Hashable) -> list[T]:
         batch = self.buckets.pop(k)
+        del self.oldest[k]
         self.waiting -= len(batch)
         return batch
 

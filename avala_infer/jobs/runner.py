@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,7 +62,14 @@ class JobRunner:
 
     def run(self, job: dict[str, Any], should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
         """Run ``job`` (claimed by this worker) to its end; returns the finished job, or None when the lease was
-        lost or the worker was asked to stop (the job stays running, to be resumed)."""
+        lost or the worker was asked to stop (the job stays running, to be resumed).
+
+        A heartbeat thread renews the lease every third of it while the job runs, so a model that loads (or a
+        batch that runs) longer than the lease does not let another worker take the job.
+        """
+        done = threading.Event()
+        heartbeat = threading.Thread(target=self._heartbeat, args=(job["uid"], done), daemon=True)
+        heartbeat.start()
         try:
             return self._run(job, should_stop)
         except LeaseLost as exc:
@@ -73,6 +81,19 @@ class JobRunner:
         except Exception as exc:  # a job-level fault we did not foresee: fail the job, keep the worker
             log.exception("job %s failed", job["uid"])
             return self._fail(job, f"{type(exc).__name__}: {exc}")
+        finally:
+            done.set()
+            heartbeat.join()
+
+    def _heartbeat(self, uid: str, done: threading.Event) -> None:
+        store = Store(self.store.home)  # its own connection: the job's thread holds the other
+        try:
+            while not done.wait(self.lease_s / 3) and store.renew_lease(uid, self.worker, self.lease_s):
+                pass
+        except Exception as exc:  # the store went away: the next commit finds out too
+            log.warning("lease heartbeat of job %s stopped: %s", uid, exc)
+        finally:
+            store.close()
 
     def _fail(self, job: dict[str, Any], message: str) -> dict[str, Any] | None:
         try:
@@ -110,6 +131,8 @@ class JobRunner:
         if not job["dry_run"]:
             self.store.extend_ontology(job["project_uid"], options.label_filter.output_labels)
         cancel = self.store.record_batch(job, self.worker, [], self.lease_s)  # renews the lease after loading
+        if cancel:
+            return self.store.finish_job(job, self.worker, "cancelled", summary={"model": job["model"]})
         sinks = self._dry_run_sinks(job, engine, options) if job["dry_run"] else []
         keep_results = not job["dry_run"]
         task_of: dict[int, str] = {}

@@ -54,6 +54,9 @@ def connect(path: Path) -> sqlite3.Connection:
 def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply the migrations not yet recorded, in order, each in its own transaction; returns their names."""
     conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    recorded = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+    if all(name in recorded for name, _ in MIGRATIONS):
+        return []  # up to date: no write lock taken (every CLI call opens the store)
     applied = []
     for name, sql in MIGRATIONS:
         with transaction(conn):

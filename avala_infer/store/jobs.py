@@ -218,6 +218,16 @@ class JobStore(CatalogStore):
                 self.conn.execute("SELECT cancel_requested FROM jobs WHERE uid = ?", (job["uid"],)).fetchone()[0]
             )
 
+    def renew_lease(self, uid: str, worker: str, lease_s: float) -> bool:
+        """Extend ``worker``'s lease on a running job; False when the job is no longer its own."""
+        with transaction(self.conn):
+            return bool(
+                self.conn.execute(
+                    "UPDATE jobs SET lease_until = ? WHERE uid = ? AND worker = ? AND status = 'running'",
+                    (time.time() + lease_s, uid, worker),
+                ).rowcount
+            )
+
     def _check_lease(self, uid: str, worker: str) -> None:
         row = self.conn.execute("SELECT status, worker FROM jobs WHERE uid = ?", (uid,)).fetchone()
         if row is None or row["status"] != "running" or row["worker"] != worker:
