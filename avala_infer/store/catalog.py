@@ -10,6 +10,7 @@ from typing import Any
 from avala_infer.errors import ConfigError
 from avala_infer.store.base import StoreBase, new_uid, page, page_args, row_dict
 from avala_infer.store.db import now_iso, transaction
+from avala_infer.store.events import emit
 from avala_infer.types import ModelType
 
 DATA_TYPES = ("image", "text")
@@ -103,6 +104,7 @@ class CatalogStore(StoreBase):
                     f"UPDATE projects SET {sets}, updated_at = ? WHERE uid = ?",  # noqa: S608
                     (*changes.values(), now_iso(), uid),
                 )
+                emit(self.conn, "project.updated", project_uid=uid, data={"changed": sorted(changes)})
         return self.get_project(uid)
 
     def extend_ontology(self, uid: str, labels: Iterable[str]) -> list[str]:
@@ -117,6 +119,7 @@ class CatalogStore(StoreBase):
                     "UPDATE projects SET ontology = ?, updated_at = ? WHERE uid = ?",
                     (json.dumps(ontology), now_iso(), uid),
                 )
+                emit(self.conn, "project.updated", project_uid=uid, data={"changed": ["ontology"], "added": added})
         return ontology
 
     # ------------------------------------------------------------------ datasets and items
@@ -155,6 +158,7 @@ class CatalogStore(StoreBase):
 
         def flush() -> None:
             now = now_iso()
+            created_before = counts["created"]
             with transaction(self.conn):
                 for item in chunk:
                     item_uid = new_uid("item")
@@ -168,12 +172,19 @@ class CatalogStore(StoreBase):
                         (item_uid, dataset["uid"], key, item.get("path"), item.get("text"), item["size"],
                          item["content_hash"], now),
                     )  # fmt: skip
+                    task_uid = new_uid("task")
                     self.conn.execute(
                         "INSERT INTO tasks (uid, project_uid, item_uid, type, name, status, created_at, updated_at) "
                         "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                        (new_uid("task"), project_uid, item_uid, dataset["data_type"], key, now, now),
+                        (task_uid, project_uid, item_uid, dataset["data_type"], key, now, now),
                     )
+                    emit(self.conn, "task.created", project_uid=project_uid, task_uid=task_uid,
+                         data={"item": item_uid, "key": key})  # fmt: skip
                     counts["created"] += 1
+                if counts["created"] > created_before:
+                    added = counts["created"] - created_before
+                    data = {"dataset": dataset["uid"], "items_added": added}
+                    emit(self.conn, "dataset.updated", project_uid=project_uid, data=data)
             chunk.clear()
 
         for item in items:

@@ -20,10 +20,13 @@ from avala_infer.errors import ConfigError, NotFoundError
 from avala_infer.store.base import new_uid, page, page_args, row_dict
 from avala_infer.store.catalog import CatalogStore
 from avala_infer.store.db import now_iso, transaction
+from avala_infer.store.events import emit
 from avala_infer.types import ModelType
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
+JOB_EVENT_FIELDS = ("uid", "model_type", "model", "status", "dry_run", "total_items", "processed_items",
+                    "successful_items", "failed_items", "skipped_items", "error_message")  # fmt: skip
 
 
 class LeaseLost(Exception):
@@ -192,12 +195,18 @@ class JobStore(CatalogStore):
                 ).rowcount
                 if not inserted or o.get("annotations") is None:
                     continue
-                self.conn.execute(
+                result_uid = new_uid("res")
+                added = self.conn.execute(
                     "INSERT OR IGNORE INTO results (uid, task_uid, job_uid, model, model_type, annotations, "
                     "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (new_uid("res"), o["task_uid"], job["uid"], job["model"], job["model_type"],
+                    (result_uid, o["task_uid"], job["uid"], job["model"], job["model_type"],
                      json.dumps(o["annotations"]), now),
-                )  # fmt: skip
+                ).rowcount  # fmt: skip
+                if added:
+                    emit(self.conn, "result.submitted", project_uid=job["project_uid"], task_uid=o["task_uid"],
+                         task_types=[job["model_type"]],
+                         data={"result": result_uid, "job": job["uid"], "model": job["model"], "is_draft": True,
+                               "label_counts": o.get("label_counts", {})})  # fmt: skip
                 self.conn.execute(
                     "UPDATE tasks SET status = 'labeled', updated_at = ? WHERE uid = ? AND status = 'pending'",
                     (now, o["task_uid"]),
@@ -251,6 +260,11 @@ class JobStore(CatalogStore):
                 "WHERE uid = ?",
                 (status, error_message, json.dumps(summary) if summary is not None else None, now_iso(), job["uid"]),
             )
+            if status in ("completed", "failed"):
+                row = self.conn.execute("SELECT * FROM jobs WHERE uid = ?", (job["uid"],)).fetchone()
+                data = {k: row[k] for k in JOB_EVENT_FIELDS}
+                emit(self.conn, f"auto_label.{status}", project_uid=job["project_uid"],
+                     task_types=[job["model_type"]], data={"job": data})  # fmt: skip
         return self.get_job(job["uid"])
 
     def job_label_counts(self, uid: str) -> dict[str, int]:

@@ -107,4 +107,68 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0003_agents_events_deliveries",
+        """
+        CREATE TABLE agents (
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            description TEXT,
+            events TEXT NOT NULL DEFAULT '[]',          -- JSON list of event types
+            callback_url TEXT,                          -- NULL: pull mode (executions wait as pending)
+            is_active INTEGER NOT NULL DEFAULT 1,
+            project_uid TEXT,                           -- NULL: every project
+            task_types TEXT NOT NULL DEFAULT '[]',      -- JSON list of model types; empty: all
+            secret TEXT NOT NULL,                       -- HMAC-SHA256 key of the signature header
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE TABLE events (                           -- the outbox: written in the transaction of its cause
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            project_uid TEXT,
+            task_uid TEXT,
+            task_types TEXT NOT NULL DEFAULT '[]',      -- JSON: the model types the event concerns
+            payload TEXT NOT NULL,                      -- JSON body sent to agents
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE deliveries (                       -- one per (agent, event): the unit that is retried
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,                   -- X-Avala-Webhook-Delivery: the same on every attempt
+            agent_uid TEXT NOT NULL,
+            event_uid TEXT NOT NULL REFERENCES events (uid),
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'running', 'succeeded', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,    -- unix time
+            lease_until REAL,                           -- a dispatcher (or a pull consumer) holds it until then
+            holder TEXT,
+            action TEXT,                                -- pull mode: approve | reject | flag | skip
+            reason TEXT,
+            created_at TEXT NOT NULL,
+            completed_at TEXT,
+            UNIQUE (agent_uid, event_uid)
+        );
+        CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+        CREATE TABLE executions (                       -- one per delivery attempt (and per pull-mode answer)
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            agent_uid TEXT NOT NULL,
+            delivery_uid TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            task_uid TEXT,
+            status TEXT NOT NULL,                       -- succeeded | failed | pending | running
+            error TEXT,
+            response_status INTEGER,
+            response_excerpt TEXT,
+            action TEXT,
+            started_at TEXT,
+            completed_at TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX executions_by_agent ON executions (agent_uid, id);
+        """,
+    ),
 ]
