@@ -265,7 +265,8 @@ def models_show(name: str) -> None:
 @click.option("--until-idle", is_flag=True, help="Exit when no job is waiting (default: keep polling).")
 @click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(1), help="Job lease, s.")
 @click.option("--poll", "poll_s", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Idle poll, s.")
-def worker_command(home, device, until_idle, lease_s, poll_s) -> None:
+@click.option("--dispatch/--no-dispatch", default=True, show_default=True, help="Also send agents' webhooks.")
+def worker_command(home, device, until_idle, lease_s, poll_s, dispatch) -> None:
     """Run auto-label jobs from the store: pending ones, and running ones whose worker died (resumed).
 
     Stops after the batch in flight on SIGINT/SIGTERM; the job it held stays running and is resumed by the next
@@ -276,7 +277,7 @@ def worker_command(home, device, until_idle, lease_s, poll_s) -> None:
     from avala_infer.jobs import Worker
     from avala_infer.store import default_home
 
-    worker = Worker(home or default_home(), device=device, lease_s=lease_s, poll_s=poll_s)
+    worker = Worker(home or default_home(), device=device, lease_s=lease_s, poll_s=poll_s, dispatch=dispatch)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stopping.set())
     try:
@@ -290,6 +291,10 @@ def worker_command(home, device, until_idle, lease_s, poll_s) -> None:
 from avala_infer.cli_projects import register  # noqa: E402  (projects, import, tasks, auto-label, export)
 
 register(cli)
+
+from avala_infer.agents.cli import register as register_dispatcher  # noqa: E402  (dispatcher)
+
+register_dispatcher(cli)
 
 
 def main() -> None:

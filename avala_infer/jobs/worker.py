@@ -1,4 +1,5 @@
-"""The worker: takes pending jobs (or running jobs whose worker died) one at a time and runs them.
+"""The worker: takes pending jobs (or running jobs whose worker died) one at a time and runs them; by default it
+also runs a webhook dispatcher thread that delivers agents' events (see ``avala_infer.agents``).
 
 ``avala-infer worker`` runs one as a process; the Python client runs one on a thread by default. Several workers
 may share a store: a job is held by one of them at a time (see ``store/jobs.py``).
@@ -24,11 +25,13 @@ class Worker:
         device: str = "auto",
         lease_s: float = 60.0,
         poll_s: float = 1.0,
+        dispatch: bool = True,
     ) -> None:
         self.home = Path(home)
         self.device = device
         self.lease_s = lease_s
         self.poll_s = poll_s
+        self.dispatch = dispatch  # also run a webhook dispatcher thread (its own connection; never blocks jobs)
         self.id = worker_id()
         self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -38,6 +41,11 @@ class Worker:
         store = Store(self.home)  # this thread's own connection
         runner = JobRunner(store, self.id, device=self.device, lease_s=self.lease_s)
         ran = 0
+        dispatcher = None
+        if self.dispatch:
+            from avala_infer.agents import Dispatcher
+
+            dispatcher = Dispatcher(self.home).start()
         try:
             while not self.stopping.is_set():
                 job = store.claim_job(self.id, self.lease_s)
@@ -50,6 +58,8 @@ class Worker:
                 runner.run(job, self.stopping.is_set)
                 ran += 1
         finally:
+            if dispatcher is not None:
+                dispatcher.stop()  # records the requests in flight; undelivered events stay pending
             store.close()
         return ran
 
