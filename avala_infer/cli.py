@@ -292,6 +292,10 @@ from avala_infer.cli_projects import register  # noqa: E402  (projects, import, 
 
 register(cli)
 
+from avala_infer.cli_agents import register as register_agents  # noqa: E402  (agents, results, task reviews)
+
+register_agents(cli)
+
 from avala_infer.agents.cli import register as register_dispatcher  # noqa: E402  (dispatcher)
 
 register_dispatcher(cli)

@@ -15,7 +15,9 @@ import os
 import threading
 from pathlib import Path
 
-from avala_infer.client.resources import AutoLabelJobs, Datasets, Projects, Tasks
+from avala_infer.client.agent_types import Agent, AgentExecution
+from avala_infer.client.agents import Agents, Results, WorkflowTasks
+from avala_infer.client.resources import AutoLabelJobs, Datasets, Projects
 from avala_infer.client.types import AutoLabelJob, CursorPage, Dataset, DatasetItem, Project, Task
 
 
@@ -46,7 +48,9 @@ class Avala:
         self._lock = threading.RLock()  # one connection, used from the caller's threads one call at a time
         self.projects = Projects(self)
         self.datasets = Datasets(self)
-        self.tasks = Tasks(self)
+        self.tasks = WorkflowTasks(self)  # list/get/results, and complete/review/reject (the human side)
+        self.agents = Agents(self)
+        self.results = Results(self)
         self.auto_label_jobs = AutoLabelJobs(self)
         self._worker = None
         if worker:
@@ -67,4 +71,14 @@ class Avala:
         self.close()
 
 
-__all__ = ["Avala", "AutoLabelJob", "CursorPage", "Dataset", "DatasetItem", "Project", "Task"]
+__all__ = [
+    "Agent",
+    "AgentExecution",
+    "AutoLabelJob",
+    "Avala",
+    "CursorPage",
+    "Dataset",
+    "DatasetItem",
+    "Project",
+    "Task",
+]
