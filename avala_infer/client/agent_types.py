@@ -78,8 +78,7 @@ class AgentExecution:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AgentExecution:
-        """From a row of the store's executions (a pull-mode answer keeps its reason in the ``error`` column)."""
-        answered = bool(row.get("action"))
+        """From a row of the store's executions."""
         return _build(
             cls,
             {
@@ -87,8 +86,8 @@ class AgentExecution:
                 "registration": row.get("agent_uid"),
                 "task": row.get("task_uid"),
                 "delivery": row.get("delivery_uid"),
-                "reason": row.get("error") if answered else None,
-                "error_message": None if answered else row.get("error"),
+                "reason": row.get("reason"),
+                "error_message": row.get("error"),
                 "updated_at": row.get("completed_at") or row.get("created_at"),
             },
         )

@@ -239,6 +239,8 @@ class AgentStore(JobStore):
         agent = self.get_agent(agent_uid)
         if agent["callback_url"]:
             raise ConfigError(f"agent {agent_uid} pushes to {agent['callback_url']}; only agents without one pull")
+        if not agent["is_active"]:
+            return []  # an inactive agent receives nothing, pulled or pushed
         now = time.time()
         with transaction(self.conn):
             rows = self.conn.execute(
@@ -277,7 +279,7 @@ class AgentStore(JobStore):
             )
             uid = new_uid("exec")
             self.conn.execute(
-                "INSERT INTO executions (uid, agent_uid, delivery_uid, event_type, task_uid, status, action, error, "
+                "INSERT INTO executions (uid, agent_uid, delivery_uid, event_type, task_uid, status, action, reason, "
                 "started_at, completed_at, created_at) VALUES (?, ?, ?, ?, ?, 'succeeded', ?, ?, ?, ?, ?)",
                 (uid, row["agent_uid"], delivery_uid, row["type"], row["task_uid"], action, reason, now, now, now),
             )

@@ -171,4 +171,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX executions_by_agent ON executions (agent_uid, id);
         """,
     ),
+    (
+        "0004_execution_reason",
+        """
+        ALTER TABLE executions ADD COLUMN reason TEXT;  -- a pull consumer's reason for its action
+        UPDATE executions SET reason = error, error = NULL WHERE action IS NOT NULL;
+        """,
+    ),
 ]
