@@ -74,7 +74,8 @@ def test_import_folder_twice_manifest_and_key_clashes(store, tmp_path):
     # a manifest of paths, relative to its folder
     manifest = tmp_path / "list.txt"
     manifest.write_text(f"# images\n{images[4]}\nbatch1/{images[1].name}\n", encoding="utf-8")
-    assert (lambda r: (r.created, r.existing))(import_sources(store, project["uid"], [manifest])) == (1, 1)
+    listed = import_sources(store, project["uid"], [manifest])
+    assert (listed.created, listed.existing) == (1, 1)
     keys = [t["name"] for t in store.list_tasks(project=project["uid"])[0]]
     stem, suffix = images[0].name.rsplit(".", 1)
     assert keys == [i.name for i in images[:3]] + [f"{stem}_1.{suffix}", images[4].name]

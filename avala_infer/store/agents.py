@@ -159,6 +159,13 @@ class AgentStore(JobStore):
         """Up to ``limit`` due deliveries of active push agents (pending and due, or running with an expired lease),
         now held by ``holder``; each with its agent's url and secret and the event's type, task and payload."""
         now = time.time()
+        due = self.conn.execute(  # a plain read first: an idle dispatcher polling takes no write lock
+            "SELECT 1 FROM deliveries WHERE (status = 'pending' AND next_attempt_at <= ?) OR "
+            "(status = 'running' AND lease_until < ?) LIMIT 1",
+            (now, now),
+        ).fetchone()
+        if due is None or limit < 1:
+            return []
         with transaction(self.conn):
             rows = self.conn.execute(
                 "SELECT d.uid, d.attempts, a.uid AS agent_uid, a.callback_url, a.secret, e.type AS event_type, "
