@@ -62,8 +62,7 @@ class LabelFilter:
     def _apply_per_pixel(self, mask: SemanticMask) -> SemanticMask:
         """Pixels of dropped classes, or below their class's threshold, become ``UNLABELED`` (-1)."""
         class_map = mask.class_map
-        labeled = class_map >= 0
-        self._check_ids(np.unique(class_map[labeled]) if labeled.any() else np.zeros(0, np.int64))
+        self._check_ids(mask.present())  # one bincount, cached on the mask (a full sort with np.unique)
         lookup = np.append(self.class_to_output, UNLABELED).astype(np.int32)  # index -1 -> UNLABELED
         out = lookup[class_map]
         thresholds = np.append(self.thresholds, np.float32(np.inf))
