@@ -14,7 +14,16 @@ import time
 
 import click
 
-from avala_infer.cli_common import EXIT_ERROR, EXIT_ITEMS_FAILED, EXIT_OK, EXIT_USAGE  # noqa: F401
+from avala_infer.cli_common import (  # noqa: F401  (EXIT_* are the documented exit codes)
+    EXIT_ERROR,
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    FORMAT_CHOICES,
+    home_folder,
+    home_option,
+    mask_format_option,
+)
 from avala_infer.cli_common import pairs as _pairs
 from avala_infer.errors import AvalaInferError
 
@@ -84,16 +93,10 @@ def cli(verbose: int) -> None:
     "--format",
     "formats",
     multiple=True,
-    type=click.Choice(["jsonl", "coco", "yolo", "labelstudio", "conll", "masks"]),
+    type=FORMAT_CHOICES,
     help="Output format (repeatable; which ones suit a model type: see the README). Default: jsonl.",
 )
-@click.option(
-    "--mask-format",
-    default="rle",
-    show_default=True,
-    type=click.Choice(["rle", "polygon"]),
-    help="How COCO holds masks (polygon falls back to RLE for masks with holes).",
-)
+@mask_format_option
 @click.option(
     "--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes kept per item (classifiers)."
 )
@@ -260,7 +263,7 @@ def models_show(name: str) -> None:
 
 
 @cli.command("worker")
-@click.option("--home", type=click.Path(file_okay=False), default=None, help="Store folder (default AVALA_INFER_HOME).")
+@home_option
 @click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--until-idle", is_flag=True, help="Exit when no job is waiting (default: keep polling).")
 @click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(1), help="Job lease, s.")
@@ -275,9 +278,8 @@ def worker_command(home, device, until_idle, lease_s, poll_s, dispatch) -> None:
     import signal
 
     from avala_infer.jobs import Worker
-    from avala_infer.store import default_home
 
-    worker = Worker(home or default_home(), device=device, lease_s=lease_s, poll_s=poll_s, dispatch=dispatch)
+    worker = Worker(home_folder(home), device=device, lease_s=lease_s, poll_s=poll_s, dispatch=dispatch)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stopping.set())
     try:

@@ -16,20 +16,19 @@ from typing import Any
 
 import click
 
-from avala_infer.cli_common import EXIT_ERROR
-from avala_infer.cli_projects import (
-    _client,
-    _echo_fields,
-    _echo_json,
-    _echo_page,
-    _errors,
+from avala_infer.cli_common import (
+    EXIT_ERROR,
     cursor_option,
+    echo_fields,
+    echo_json,
+    echo_page,
     home_option,
     json_option,
     limit_option,
+    map_errors,
+    store_client,
 )
-
-ACTIONS = ("approve", "reject", "flag", "skip")
+from avala_infer.store.agents import PULL_ACTIONS
 
 
 def _default_holder() -> str:
@@ -45,25 +44,6 @@ def _default_holder() -> str:
 holder_option = click.option(
     "--holder", default=None, help="Who holds the leases (default: cli:USER@HOST, the same for pull and answer)."
 )
-
-
-def _agents(client):
-    """The client's agents resource (``Avala`` builds one once wired; until then, one made here)."""
-    from avala_infer.client.agents import Agents
-
-    return client.agents if isinstance(getattr(client, "agents", None), Agents) else Agents(client)
-
-
-def _tasks(client):
-    from avala_infer.client.agents import WorkflowTasks
-
-    return client.tasks if isinstance(client.tasks, WorkflowTasks) else WorkflowTasks(client)
-
-
-def _results(client):
-    from avala_infer.client.agents import Results
-
-    return client.results if isinstance(getattr(client, "results", None), Results) else Results(client)
 
 
 # ---------------------------------------------------------------------------------------------------- agents
@@ -100,9 +80,9 @@ def _agent_fields(agent) -> list[tuple[str, Any]]:
 
 def _show_agent(agent, as_json: bool) -> None:
     if as_json:
-        _echo_json(agent)
+        echo_json(agent)
     else:
-        _echo_fields(_agent_fields(agent))
+        echo_fields(_agent_fields(agent))
 
 
 event_option = click.option(
@@ -124,12 +104,12 @@ task_type_option = click.option(
 @click.option("--secret", default=None, help="The signing secret (default: a random 64-hex-digit one).")
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_create(name, events, description, callback_url, project, task_types, inactive, secret, home, as_json):
     """Create agent NAME listening to --event types. Its signing secret (the HMAC-SHA256 key of the
     X-Avala-Webhook-Signature header) is printed now and never again."""
-    with _client(home) as client:
-        agent = _agents(client).create(
+    with store_client(home) as client:
+        agent = client.agents.create(
             name=name,
             events=list(events),
             description=description,
@@ -148,12 +128,12 @@ def agents_create(name, events, description, callback_url, project, task_types, 
 @cursor_option
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_list(limit, cursor, home, as_json) -> None:
     """The agents, oldest first."""
-    with _client(home) as client:
-        page = _agents(client).list(limit=limit, cursor=cursor)
-    _echo_page(
+    with store_client(home) as client:
+        page = client.agents.list(limit=limit, cursor=cursor)
+    echo_page(
         page,
         as_json,
         f"{'UID':<22} {'NAME':<24} {'ACTIVE':<6} {'MODE':<4} {'RUNS':>5}  EVENTS",
@@ -168,11 +148,11 @@ def agents_list(limit, cursor, home, as_json) -> None:
 @click.argument("uid")
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_get(uid, home, as_json) -> None:
     """One agent: events, callback URL, filters and execution counts (not its secret)."""
-    with _client(home) as client:
-        agent = _agents(client).get(uid)
+    with store_client(home) as client:
+        agent = client.agents.get(uid)
     _show_agent(agent, as_json)
 
 
@@ -187,11 +167,11 @@ def agents_get(uid, home, as_json) -> None:
 @click.option("--active/--inactive", "is_active", default=None, help="Activate or deactivate it.")
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_update(uid, name, events, description, callback_url, project, task_types, is_active, home, as_json):
     """Change an agent: the options given replace what it had (--event and --task-type replace the whole list)."""
-    with _client(home) as client:
-        agent = _agents(client).update(
+    with store_client(home) as client:
+        agent = client.agents.update(
             uid,
             name=name,
             events=list(events) or None,
@@ -207,11 +187,11 @@ def agents_update(uid, name, events, description, callback_url, project, task_ty
 @agents_group.command("delete")
 @click.argument("uid")
 @home_option
-@_errors
+@map_errors
 def agents_delete(uid, home) -> None:
     """Delete an agent (events not yet sent to it are dropped; its executions stay on record)."""
-    with _client(home) as client:
-        _agents(client).delete(uid)
+    with store_client(home) as client:
+        client.agents.delete(uid)
     click.echo(f"agent {uid} deleted")
 
 
@@ -220,15 +200,15 @@ def agents_delete(uid, home) -> None:
 @click.option("--timeout", default=10.0, show_default=True, type=click.FloatRange(0.1), help="Seconds to wait.")
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_test(uid, timeout, home, as_json) -> None:
     """Send a signed agent.test event to the agent's callback URL now; exits 1 unless it answered 2xx."""
-    with _client(home) as client:
-        result = _agents(client).test(uid, timeout=timeout)
+    with store_client(home) as client:
+        result = client.agents.test(uid, timeout=timeout)
     if as_json:
-        _echo_json(result)
+        echo_json(result)
     else:
-        _echo_fields([(k, result.get(k)) for k in ("success", "status_code", "latency_ms", "message")])
+        echo_fields([(k, result.get(k)) for k in ("success", "status_code", "latency_ms", "message")])
     if not result.get("success"):
         sys.exit(EXIT_ERROR)
 
@@ -239,18 +219,18 @@ def agents_test(uid, timeout, home, as_json) -> None:
 @cursor_option
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_executions(uid, limit, cursor, home, as_json) -> None:
     """An agent's executions, oldest first: delivery attempts, pull-mode answers and tests."""
-    with _client(home) as client:
-        page = _agents(client).list_executions(uid, limit=limit, cursor=cursor)
+    with store_client(home) as client:
+        page = client.agents.list_executions(uid, limit=limit, cursor=cursor)
 
     def row(e) -> str:
         outcome = e.action or (f"HTTP {e.response_status}" if e.response_status else "") or ""
         detail = e.reason or e.error or ""
         return f"{e.uid:<21} {e.event_type:<20} {e.status:<9} {outcome:<9} {e.task or '-':<22} {detail}"
 
-    _echo_page(page, as_json, f"{'UID':<21} {'EVENT':<20} {'STATUS':<9} {'OUTCOME':<9} {'TASK':<22} DETAIL", row)
+    echo_page(page, as_json, f"{'UID':<21} {'EVENT':<20} {'STATUS':<9} {'OUTCOME':<9} {'TASK':<22} DETAIL", row)
 
 
 @agents_group.command("pull")
@@ -262,15 +242,15 @@ def agents_executions(uid, limit, cursor, home, as_json) -> None:
 @holder_option
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_pull(agent, limit, lease, holder, home, as_json) -> None:
     """Lease pending executions of pull agent AGENT: they are yours for --lease seconds (answer each with
     `avala-infer agents answer EXECUTION --action ...`); unanswered, they go back to pending."""
     holder = holder or _default_holder()
-    with _client(home) as client:
-        leased = _agents(client).lease_executions(agent, limit=limit, lease_seconds=lease, holder=holder)
+    with store_client(home) as client:
+        leased = client.agents.lease_executions(agent, limit=limit, lease_seconds=lease, holder=holder)
     if as_json:
-        _echo_json(leased)
+        echo_json(leased)
         return
     click.echo(f"{'EXECUTION':<36} {'EVENT':<20} TASK")
     for e in leased:
@@ -280,18 +260,20 @@ def agents_pull(agent, limit, lease, holder, home, as_json) -> None:
 
 @agents_group.command("answer")
 @click.argument("execution")
-@click.option("--action", required=True, type=click.Choice(ACTIONS), help="approve/reject also review/reject the task.")
+@click.option(
+    "--action", required=True, type=click.Choice(PULL_ACTIONS), help="approve/reject also review/reject the task."
+)
 @click.option("--reason", default=None, help="Why (recorded with the answer; travels in the task's event).")
 @holder_option
 @home_option
 @json_option
-@_errors
+@map_errors
 def agents_answer(execution, action, reason, holder, home, as_json) -> None:
     """Answer a pulled EXECUTION: approve (its task becomes reviewed), reject (rejected), flag or skip."""
-    with _client(home) as client:
-        recorded = _agents(client).respond(execution, action=action, reason=reason, holder=holder or _default_holder())
+    with store_client(home) as client:
+        recorded = client.agents.respond(execution, action=action, reason=reason, holder=holder or _default_holder())
     if as_json:
-        _echo_json(recorded)
+        echo_json(recorded)
     else:
         click.echo(f"execution {execution}: {action}" + (f" (task {recorded.task})" if recorded.task else ""))
 
@@ -303,12 +285,12 @@ def _task_command(verb: str, doc: str):
     @click.option("--reason", default=None, help="Why (travels in the event).")
     @home_option
     @json_option
-    @_errors
+    @map_errors
     def command(task, reason, home, as_json) -> None:
-        with _client(home) as client:
-            updated = getattr(_tasks(client), verb)(task, reason=reason)
+        with store_client(home) as client:
+            updated = getattr(client.tasks, verb)(task, reason=reason)
         if as_json:
-            _echo_json(updated)
+            echo_json(updated)
         else:
             click.echo(f"task {updated.uid} {updated.status}")
 
@@ -331,13 +313,13 @@ def results_group() -> None:
 @click.argument("task")
 @home_option
 @json_option
-@_errors
+@map_errors
 def results_list(task, home, as_json) -> None:
     """TASK's results, one per model that labeled it."""
-    with _client(home) as client:
+    with store_client(home) as client:
         results = client.tasks.results(task)
     if as_json:
-        _echo_json(results)
+        echo_json(results)
         return
     click.echo(f"{'UID':<21} {'MODEL TYPE':<24} {'DRAFT':<5} MODEL")
     for r in results:
@@ -350,12 +332,12 @@ def _result_command(verb: str, doc: str):
     @click.option("--reason", default=None, help="Why (travels in the event).")
     @home_option
     @json_option
-    @_errors
+    @map_errors
     def command(result, reason, home, as_json) -> None:
-        with _client(home) as client:
-            outcome = getattr(_results(client), verb)(result, reason=reason)
+        with store_client(home) as client:
+            outcome = getattr(client.results, verb)(result, reason=reason)
         if as_json:
-            _echo_json(outcome)
+            echo_json(outcome)
         else:
             click.echo(f"result {result} {'accepted' if outcome['accepted'] else 'rejected'}")
 

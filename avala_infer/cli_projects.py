@@ -13,10 +13,6 @@ Exit codes, as for ``label``: 0 done; 1 an error (unknown project or job, bad co
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import functools
-import json
 import sys
 import threading
 import time
@@ -25,77 +21,25 @@ from typing import Any
 
 import click
 
-from avala_infer.cli_common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_ITEMS_FAILED, EXIT_OK, pairs
-from avala_infer.errors import AvalaInferError
-
-home_option = click.option(
-    "--home",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Store folder (default: AVALA_INFER_HOME, else ~/.local/share/avala-infer).",
+from avala_infer.cli_common import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_ITEMS_FAILED,
+    EXIT_OK,
+    FORMAT_CHOICES,
+    cursor_option,
+    echo_fields,
+    echo_json,
+    echo_page,
+    home_folder,
+    home_option,
+    json_option,
+    limit_option,
+    map_errors,
+    mask_format_option,
+    pairs,
+    store_client,
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-limit_option = click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000), help="Page size.")
-cursor_option = click.option("--cursor", default=None, help="Start after this cursor (printed under the last page).")
-
-
-def _errors(command):
-    """AvalaInferError -> ``error: ...`` on stderr and exit 1, as ``avala-infer label`` does."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except AvalaInferError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
-
-    return wrapper
-
-
-def _home(home: str | None) -> Path:
-    from avala_infer.store import default_home
-
-    return Path(home).expanduser() if home else default_home()
-
-
-def _client(home: str | None):
-    """The local client over the store, without an in-process worker (worker processes run the jobs)."""
-    from avala_infer.client import Avala
-
-    return Avala(home=_home(home), worker=False)
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(_plain(value), indent=2, ensure_ascii=False))
-
-
-def _echo_page(page, as_json: bool, header: str, row) -> None:
-    if as_json:
-        _echo_json({"items": list(page), "next_cursor": page.next_cursor})
-        return
-    click.echo(header)
-    for item in page:
-        click.echo(row(item))
-    if page.next_cursor is not None:
-        click.echo(f"more: --cursor {page.next_cursor}", err=True)
-
-
-def _echo_fields(fields: list[tuple[str, Any]]) -> None:
-    for name, value in fields:
-        click.echo(f"{name + ':':<22} {'' if value is None else value}")
 
 
 def _models(values: tuple[str, ...]) -> dict[str, str]:
@@ -136,17 +80,17 @@ def _project_fields(project) -> list[tuple[str, Any]]:
 @click.option("--model", "models", multiple=True, metavar="TYPE=MODEL", help="The model serving a model type.")
 @home_option
 @json_option
-@_errors
+@map_errors
 def projects_create(name, data_type, labels, models, home, as_json) -> None:
     """Create project NAME (with its dataset). Labels are the ontology: label k is class id k in every export;
     with none, the first job's labels become the ontology. --model object_detection=yolo11n names the model
     for a model type (a model name, spec or weights path; see `avala-infer models list`)."""
-    with _client(home) as client:
+    with store_client(home) as client:
         project = client.projects.create(name, data_type=data_type, ontology=list(labels), models=_models(models))
     if as_json:
-        _echo_json(project)
+        echo_json(project)
     else:
-        _echo_fields(_project_fields(project))
+        echo_fields(_project_fields(project))
 
 
 @projects_group.command("list")
@@ -154,13 +98,13 @@ def projects_create(name, data_type, labels, models, home, as_json) -> None:
 @cursor_option
 @home_option
 @json_option
-@_errors
+@map_errors
 def projects_list(limit, cursor, home, as_json) -> None:
     """The projects in the store, oldest first."""
-    with _client(home) as client:
+    with store_client(home) as client:
         page = client.projects.list(limit=limit, cursor=cursor)
         page.items = [client.projects.get(p.uid) for p in page]  # with their task counts
-    _echo_page(
+    echo_page(
         page,
         as_json,
         f"{'UID':<22} {'NAME':<24} {'TYPE':<6} {'TASKS':>7} {'LABELS':>6}  MODELS",
@@ -175,15 +119,15 @@ def projects_list(limit, cursor, home, as_json) -> None:
 @click.argument("uid")
 @home_option
 @json_option
-@_errors
+@map_errors
 def projects_show(uid, home, as_json) -> None:
     """One project: its models, ontology (with class ids) and task count."""
-    with _client(home) as client:
+    with store_client(home) as client:
         project = client.projects.get(uid)
     if as_json:
-        _echo_json(project)
+        echo_json(project)
     else:
-        _echo_fields(_project_fields(project))
+        echo_fields(_project_fields(project))
 
 
 @projects_group.command("update")
@@ -193,7 +137,7 @@ def projects_show(uid, home, as_json) -> None:
 @click.option("--model", "models", multiple=True, metavar="TYPE=MODEL", help="Set the model of a model type.")
 @home_option
 @json_option
-@_errors
+@map_errors
 def projects_update(uid, name, labels, models, home, as_json) -> None:
     """Rename a project, append labels to its ontology (ids of existing labels never change) or set the model
     serving a model type (other model types keep theirs)."""
@@ -203,7 +147,7 @@ def projects_update(uid, name, labels, models, home, as_json) -> None:
     labels = [name.strip() for name in labels]
     if any(not name for name in labels):
         raise click.BadParameter("labels must be non-empty names", param_hint="--label")
-    with _client(home) as client:
+    with store_client(home) as client:
         client.projects.get(uid)  # an unknown uid fails before anything changes
         if labels:
             store = Store(client.home)
@@ -213,9 +157,9 @@ def projects_update(uid, name, labels, models, home, as_json) -> None:
                 store.close()
         project = client.projects.update(uid, name=name, models=models or None)
     if as_json:
-        _echo_json(project)
+        echo_json(project)
     else:
-        _echo_fields(_project_fields(project))
+        echo_fields(_project_fields(project))
 
 
 # ---------------------------------------------------------------------------------------------------- import
@@ -227,7 +171,7 @@ def projects_update(uid, name, labels, models, home, as_json) -> None:
 @click.option("--per-line", is_flag=True, help="One item per non-empty line of .txt files (else one per file).")
 @home_option
 @json_option
-@_errors
+@map_errors
 def import_command(project, sources, texts, text_field, per_line, home, as_json) -> None:
     """Import SOURCES into PROJECT's dataset, a task per item: image files, folders (searched recursively),
     globs, and manifests (.txt of paths, .jsonl/.csv with a path field); for a text project, text files
@@ -237,14 +181,14 @@ def import_command(project, sources, texts, text_field, per_line, home, as_json)
 
     if not sources and not texts:
         raise click.UsageError("give SOURCES (files, folders, globs or manifests) or --text")
-    with _client(home) as client:
+    with store_client(home) as client:
         if texts and client.projects.get(project).data_type != "text":
             raise click.UsageError(f"--text is for text projects; project {project} holds images")
         report = client.projects.import_items(
             project, [*sources, *(Text(t) for t in texts)], text_field=text_field, per_line=per_line
         )
     if as_json:
-        _echo_json(report)
+        echo_json(report)
     else:
         click.echo(f"{report.created} created, {report.existing} existing, {report.failed_count} failed")
     for failure in report.failed:
@@ -273,13 +217,13 @@ def tasks_group() -> None:
 @cursor_option
 @home_option
 @json_option
-@_errors
+@map_errors
 def tasks_list(project, status, limit, cursor, home, as_json) -> None:
     """PROJECT's tasks in import order: pending until a job labels them (labeled: automatic drafts exist)."""
-    with _client(home) as client:
+    with store_client(home) as client:
         client.projects.get(project)
         page = client.tasks.list(project=project, status=status, limit=limit, cursor=cursor)
-    _echo_page(page, as_json, f"{'UID':<22} {'STATUS':<9} NAME", lambda t: f"{t.uid:<22} {t.status:<9} {t.name}")
+    echo_page(page, as_json, f"{'UID':<22} {'STATUS':<9} NAME", lambda t: f"{t.uid:<22} {t.status:<9} {t.name}")
 
 
 # ---------------------------------------------------------------------------------------------------- jobs
@@ -433,7 +377,7 @@ def _watch(client, uid: str, interval_s: float, foreground: _ForegroundRun | Non
     if foreground is not None:
         foreground.thread.join()
     if as_json:
-        _echo_json(job)
+        echo_json(job)
     _report_end(job)
     sys.exit(_exit_code(job))
 
@@ -450,7 +394,7 @@ def _watch(client, uid: str, interval_s: float, foreground: _ForegroundRun | Non
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05), help="Poll every s.")
 @home_option
 @json_option
-@_errors
+@map_errors
 def jobs_create(project, model_type, confidence, labels, dry_run, watch, run_here, device, interval, home, as_json):
     """Queue an auto-label job over PROJECT's tasks, labeled by the project's model for --model-type.
 
@@ -458,7 +402,7 @@ def jobs_create(project, model_type, confidence, labels, dry_run, watch, run_her
     foreground, without a separate worker (Ctrl-C stops it after the batch in flight; it stays running and the
     next worker resumes it), then exits as `auto-label watch` does.
     """
-    with _client(home) as client:
+    with store_client(home) as client:
         job = client.auto_label_jobs.create(
             project,
             model_type=model_type,
@@ -468,7 +412,7 @@ def jobs_create(project, model_type, confidence, labels, dry_run, watch, run_her
         )
         if not (watch or run_here):
             if as_json:
-                _echo_json(job)
+                echo_json(job)
             else:
                 click.echo(job.uid)
                 click.echo(
@@ -485,15 +429,15 @@ def jobs_create(project, model_type, confidence, labels, dry_run, watch, run_her
 @click.argument("uid")
 @home_option
 @json_option
-@_errors
+@map_errors
 def jobs_get(uid, home, as_json) -> None:
     """One job: status, counters, progress, error and summary (per-label counts, throughput)."""
-    with _client(home) as client:
+    with store_client(home) as client:
         job = client.auto_label_jobs.get(uid)
     if as_json:
-        _echo_json(job)
+        echo_json(job)
     else:
-        _echo_fields(_job_fields(job))
+        echo_fields(_job_fields(job))
 
 
 @auto_label_group.command("list")
@@ -502,12 +446,12 @@ def jobs_get(uid, home, as_json) -> None:
 @cursor_option
 @home_option
 @json_option
-@_errors
+@map_errors
 def jobs_list(project, limit, cursor, home, as_json) -> None:
     """Jobs, oldest first."""
-    with _client(home) as client:
+    with store_client(home) as client:
         page = client.auto_label_jobs.list(project=project, limit=limit, cursor=cursor)
-    _echo_page(
+    echo_page(
         page,
         as_json,
         f"{'UID':<21} {'PROJECT':<22} {'MODEL TYPE':<24} {'STATUS':<9} {'PROGRESS':>8}  OK/FAILED/SKIPPED",
@@ -522,14 +466,14 @@ def jobs_list(project, limit, cursor, home, as_json) -> None:
 @click.argument("uid")
 @home_option
 @json_option
-@_errors
+@map_errors
 def jobs_cancel(uid, home, as_json) -> None:
     """Cancel a job: a pending one at once, a running one when its worker next commits (within one batch)."""
-    with _client(home) as client:
+    with store_client(home) as client:
         client.auto_label_jobs.cancel(uid)
         job = client.auto_label_jobs.get(uid)
     if as_json:
-        _echo_json(job)
+        echo_json(job)
     elif job.status == "cancelled":
         click.echo(f"job {uid} cancelled")
     else:
@@ -541,11 +485,11 @@ def jobs_cancel(uid, home, as_json) -> None:
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05), help="Poll every s.")
 @home_option
 @json_option
-@_errors
+@map_errors
 def jobs_watch(uid, interval, home, as_json) -> None:
     """Show a live progress bar until job UID ends. Exits 0 when it completed with every item labeled, 1 when it
     failed, 3 when it was cancelled or completed with failed items (their reasons are listed)."""
-    with _client(home) as client:
+    with store_client(home) as client:
         _watch(client, uid, interval, as_json=as_json)
 
 
@@ -558,28 +502,22 @@ def jobs_watch(uid, interval, home, as_json) -> None:
     "formats",
     multiple=True,
     required=True,
-    type=click.Choice(["jsonl", "coco", "yolo", "labelstudio", "conll", "masks"]),
+    type=FORMAT_CHOICES,
     help="Output format (repeatable; which ones suit a model type: see the README).",
 )
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--model-type", default=None, help="Whose results (needed when the project has several kinds).")
 @click.option("--model", default=None, help="Whose results (needed when several models labeled one model type).")
-@click.option(
-    "--mask-format",
-    default="rle",
-    show_default=True,
-    type=click.Choice(["rle", "polygon"]),
-    help="How COCO holds masks (polygon falls back to RLE for masks with holes).",
-)
+@mask_format_option
 @home_option
-@_errors
+@map_errors
 def export_command(project, formats, out, model_type, model, mask_format, home) -> None:
     """Write PROJECT's results (the automatic drafts in the store) as annotation files in --out. Class ids are
     the project's ontology positions, stable across jobs and exports; items without results are left out."""
     from avala_infer.exporting import export_project
     from avala_infer.store import Store
 
-    store = Store(_home(home))
+    store = Store(home_folder(home))
     try:
         store.get_project(project)
         files = export_project(store, project, out, formats, model_type, mask_format, model=model)

@@ -8,12 +8,12 @@ import sys
 
 import click
 
-from avala_infer.cli_common import EXIT_ERROR
+from avala_infer.cli_common import EXIT_ERROR, home_folder, home_option
 from avala_infer.errors import AvalaInferError
 
 
 @click.command("dispatcher")
-@click.option("--home", type=click.Path(file_okay=False), default=None, help="Store folder (default AVALA_INFER_HOME).")
+@home_option
 @click.option(
     "--until-idle", is_flag=True, help="Exit when every delivery has succeeded or failed (default: keep polling)."
 )
@@ -41,11 +41,10 @@ def dispatcher_command(home, until_idle, lease_s, poll_s, timeout_s, max_attempt
     Several dispatchers may share one store.
     """
     from avala_infer.agents.dispatcher import Dispatcher
-    from avala_infer.store import default_home
 
     try:
         dispatcher = Dispatcher(
-            home or default_home(),
+            home_folder(home),
             concurrency=concurrency,
             lease_s=lease_s,
             poll_s=poll_s,
