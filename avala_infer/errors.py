@@ -7,12 +7,16 @@
     │   ├── ModelSpecError           a model spec file that cannot be read or is incomplete
     │   ├── UnknownModelError        a model name that no spec and no file answers to
     │   ├── UnknownLabelError        a label name the model (after mapping) does not have
-    │   └── UnsupportedInputError    an input the model type cannot take (text to a detector, ...)
+    │   ├── UnsupportedInputError    an input the model type cannot take (text to a detector, ...)
+    │   ├── UntrustedWeightsError    a pickled checkpoint (.pt) from outside the model folders, not trusted
+    │   │   └── WeightsHashMismatchError  weights whose sha256 differs from the one the spec pins
+    │   └── UnsafeURLError           a callback URL the policy refuses (scheme, link-local, metadata)
     ├── WeightsNotFoundError         a weights file that is not where the spec says; says where to put it
     ├── BackendUnavailableError      a backend package or a device that is not installed / not present
     ├── ModelLoadError               weights that exist but do not load
     ├── ItemError                    one input item failed (missing, unreadable, corrupt); the run goes on
     ├── StoreError                   the store (SQLite under the home folder) cannot be opened or written
+    │   └── LeaseLost                another worker holds the job now (our lease ran out); stop writing
     └── NotFoundError                a project, dataset, task or job uid that the store does not hold
 
 Every message names what was wrong and how to fix it.
@@ -45,6 +49,19 @@ class UnsupportedInputError(ConfigError):
     """An input kind that this model type cannot take."""
 
 
+class UntrustedWeightsError(ConfigError):
+    """A pickled checkpoint (``.pt``: loading it runs code) that is not in a model folder, not registered with
+    ``avala-infer models add``, and not trusted for this run (``trust_weights=True`` / ``--trust-weights``)."""
+
+
+class WeightsHashMismatchError(UntrustedWeightsError):
+    """Weights whose sha256 differs from the ``sha256:`` the model spec pins; nothing was loaded."""
+
+
+class UnsafeURLError(ConfigError):
+    """A callback URL refused by the URL policy (not http(s), a link-local or cloud metadata address...)."""
+
+
 class WeightsNotFoundError(AvalaInferError, FileNotFoundError):
     """The weights file named by a spec is not in any of the searched places."""
 
@@ -63,6 +80,10 @@ class ItemError(AvalaInferError):
 
 class StoreError(AvalaInferError):
     """The embedded store cannot be opened or written (a read-only or full disk, a corrupt file)."""
+
+
+class LeaseLost(StoreError):
+    """Another worker took this job over (our lease ran out); stop without writing more."""
 
 
 class NotFoundError(AvalaInferError, LookupError):

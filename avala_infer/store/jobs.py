@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from avala_infer.errors import ConfigError, NotFoundError
+from avala_infer.errors import ConfigError, LeaseLost, NotFoundError
 from avala_infer.store.base import new_uid, page, page_args, row_dict
 from avala_infer.store.catalog import CatalogStore
 from avala_infer.store.db import now_iso, transaction
@@ -27,10 +27,6 @@ JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
 JOB_EVENT_FIELDS = ("uid", "model_type", "model", "status", "dry_run", "total_items", "processed_items",
                     "successful_items", "failed_items", "skipped_items", "error_message")  # fmt: skip
-
-
-class LeaseLost(Exception):
-    """Another worker took this job over (our lease ran out); stop without writing more."""
 
 
 def worker_id() -> str:
