@@ -102,7 +102,7 @@ def cli(verbose: int) -> None:
 )
 @click.option(
     "--aggregation",
-    default="simple",
+    default="first",
     show_default=True,
     type=click.Choice(["none", "simple", "first", "average", "max"]),
     help="How NER token predictions become entities (as transformers' aggregation_strategy).",

@@ -54,7 +54,7 @@ def label(
     label_map: Mapping[str, str | None] | None = None,
     max_det: int = 300,
     top_k: int | None = 5,
-    aggregation: str = "simple",
+    aggregation: str = "first",
     text_field: str = "text",
     per_line: bool = False,
     device: str = "auto",

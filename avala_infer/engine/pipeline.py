@@ -53,6 +53,9 @@ class _Loaded:
 
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
+# whole words, as labeling tools expect: "simple" groups sub-tokens by their own tags and can cut a word in two
+# ("Nad" + "im"); "first" tags each word by its first sub-token, as the CoNLL scorers do
+DEFAULT_AGGREGATION = "first"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,7 @@ class PredictOptions:
     iou_threshold: float = 0.7
     max_det: int = 300
     top_k: int | None = 5
-    aggregation: str = "simple"
+    aggregation: str = DEFAULT_AGGREGATION
     text_reading: TextReading = TextReading()
 
     def __post_init__(self) -> None:
@@ -180,7 +183,7 @@ class Engine:
         label_map: Mapping[str, str | None] | None = None,
         max_det: int = 300,
         top_k: int | None = 5,
-        aggregation: str = "simple",
+        aggregation: str = DEFAULT_AGGREGATION,
         text_field: str = "text",
         per_line: bool = False,
     ) -> PredictOptions:
@@ -210,7 +213,7 @@ class Engine:
         label_map: Mapping[str, str | None] | None = None,
         max_det: int = 300,
         top_k: int | None = 5,
-        aggregation: str = "simple",
+        aggregation: str = DEFAULT_AGGREGATION,
         text_field: str = "text",
         per_line: bool = False,
     ) -> Iterator[Prediction]:

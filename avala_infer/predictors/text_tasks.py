@@ -186,7 +186,7 @@ class TokenClassifierBase(TextPredictor):
         return dataclasses.replace(tokenized, tokens=None, extra=pre)
 
     def postprocess(self, raw: np.ndarray, prepared: Sequence[TokenizedText], **options: Any) -> list[Result]:
-        strategy = options.get("aggregation", "simple")
+        strategy = options.get("aggregation", "first")
         probabilities = softmax(raw)
         first = len(self.encoder.prefix)
         names = np.asarray(self.labels, dtype=object)
