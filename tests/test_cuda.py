@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tests.reference import count_matches
+from tests.skip_guard import NO_GPU_REASON
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU_REASON)
 
 
 def _reference_cuda(weights: Path, source: Path) -> dict:
