@@ -211,3 +211,36 @@ def assert_job_consistent(reader: Reader, job_uid: str, project_uid: str) -> dic
     if job["status"] == "completed":
         assert job["processed_items"] == job["total_items"] == len(reader.task_statuses(project_uid))
     return job
+
+
+# ------------------------------------------------------------------ issue 9: results independent of batch composition
+TRAIN_IMAGES = VAL_IMAGES.parent / "train2017"
+# coco128 train2017 images that letterbox to 480x640 (one batch bucket) where the old whole-batch NMS changed
+# 000000000164.jpg's boxes: 12 alone, 13 as the 8th of this batch (see tests/test_batch_independence.py)
+NMS_REPRO_BATCH = [f"000000000{n}.jpg" for n in ("009", "042", "077", "089", "110", "133", "136", "164")]
+
+
+def train_images_of_shape(height: int = 480, width: int = 640, size: int = INPUT_SIZE) -> list[Path]:
+    """coco128 train2017 images that letterbox (``rect``: padding to a multiple of 32) to ``height`` x ``width``."""
+    images = []
+    for path in sorted(TRAIN_IMAGES.glob("*.jpg")):
+        w, h = image_size(path.read_bytes()[:65536]) or (0, 0)
+        if not w or not h:
+            continue
+        gain = min(size / h, size / w)
+        new_h, new_w = round(h * gain), round(w * gain)
+        if (-(-new_h // 32) * 32, -(-new_w // 32) * 32) == (height, width):
+            images.append(path)
+    return images
+
+
+def write_batch_spec(folder: Path, batch_size: int, *, name: str = "batch-yolo", weights: str = "yolo11n.onnx") -> Path:
+    """``write_spec``'s YOLO11n ONNX spec with another batch size (rewrites the file when it exists)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nmodel_type: {MODEL_TYPE}\nbackend: onnxruntime\nweights: {weights}\n"
+        f"input_size: {INPUT_SIZE}\nbatch_size: {batch_size}\n",
+        encoding="utf-8",
+    )
+    return path

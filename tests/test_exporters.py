@@ -138,6 +138,7 @@ def test_label_studio_polygons_for_masks(sample_images, tmp_path):
     engine = Engine(need(ASSETS / "models" / "yolo11n-seg.onnx"), device="cpu")
     predictions = {str(p.source): p for p in engine.predict(sample_images)}
     label(sample_images, engine, out=tmp_path, formats=["labelstudio"])
+    ious = []
     for task in _label_studio_tasks(tmp_path):
         p = predictions[task["data"]["image"]]
         drawn = np.zeros(p.detections.mask.shape, np.uint8)
@@ -147,6 +148,12 @@ def test_label_studio_polygons_for_masks(sample_images, tmp_path):
             assert r["value"]["polygonlabels"] == [p.detections.class_name[instance]]
             points = np.asarray(r["value"]["points"]) * [p.width / 100, p.height / 100]
             cv2.fillPoly(drawn[instance], [np.round(points).astype(np.int32)], 1)
+        outlined = {int(r["id"].split("-")[1]) for r in task["predictions"][0]["result"]}
+        assert outlined == set(range(len(p.detections)))  # every instance, none lost
         for instance, mask in enumerate(p.detections.mask):
-            iou = np.logical_and(drawn[instance], mask).sum() / np.logical_or(drawn[instance], mask).sum()
-            assert iou > 0.8, (instance, iou)
+            ious.append(np.logical_and(drawn[instance], mask).sum() / np.logical_or(drawn[instance], mask).sum())
+    # measured per instance (bus.jpg and zidane.jpg, 8 instances): at worst 0.895 (holes are filled, outlines run
+    # through border pixels' centres); the bound is that minus a small margin
+    print(f"Label Studio polygons: {len(ious)} instances, IoU with their masks min {min(ious):.4f}")
+    assert len(ious) == sum(len(p.detections) for p in predictions.values()) >= 6
+    assert min(ious) >= 0.88, sorted(ious)[:3]

@@ -1,5 +1,6 @@
-"""Instance segmentation parity with ultralytics on the shared YOLO11n-seg weights: boxes as for detection,
-and mask IoU >= 0.95 for every matched instance (masks compared at the original image resolution)."""
+"""Instance segmentation parity with ultralytics on the shared YOLO11n-seg weights: every reference box found,
+and the masks the reference's pixel for pixel (compared at the original image resolution); exports that keep
+every instance and outline it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+# Measured on coco128 val2017 (710 reference instances): the ONNX export's 710 masks equal the reference's pixel
+# for pixel; the .pt's 706 of 710 do, and 4 pixels differ in all (worst mask IoU 0.9999: our torch forward runs
+# batched and channels-last, ultralytics' one image at a time, so raw outputs differ in their last bits).
+# The bounds: those figures, with a little room for the .pt on other CPUs.
+MASK_PIXELS_DIFFERING = {"yolo11n-seg.onnx": 0, "yolo11n-seg.pt": 40}
+
+
 @pytest.mark.parametrize("weights_name", ["yolo11n-seg.pt", "yolo11n-seg.onnx"])
 def test_boxes_and_masks_match_ultralytics(weights_name, val_images):
     from avala_infer import Engine
@@ -27,7 +35,7 @@ def test_boxes_and_masks_match_ultralytics(weights_name, val_images):
     engine = Engine(weights, device="cpu")
     assert engine.model_type.value == "instance_segmentation"
     reference = ultralytics_predictions(weights, val_images, masks=True)
-    total = matched = 0
+    total = matched = identical = pixels_differ = 0
     worst_mask_iou = 1.0
     for pred in engine.predict(val_images):
         assert pred.ok, pred.error
@@ -39,16 +47,24 @@ def test_boxes_and_masks_match_ultralytics(weights_name, val_images):
         matched += len(pairs)
         for i, j in pairs:
             worst_mask_iou = min(worst_mask_iou, _mask_iou(ref_masks[i], d.mask[j]))
-    print(f"{weights_name}: {matched}/{total} reference boxes matched, worst mask IoU {worst_mask_iou:.4f}")
+            identical += bool(np.array_equal(ref_masks[i], d.mask[j]))
+            pixels_differ += int((ref_masks[i] != d.mask[j]).sum())
+    print(
+        f"{weights_name}: {matched}/{total} reference boxes matched, {identical} masks identical pixel for pixel, "
+        f"{pixels_differ} pixels differ in all, worst mask IoU {worst_mask_iou:.4f}"
+    )
     assert total > 500
-    assert matched / total >= 0.99, (matched, total)
-    assert worst_mask_iou >= 0.95, worst_mask_iou
+    assert matched == total, (matched, total)
+    assert pixels_differ <= MASK_PIXELS_DIFFERING[weights_name], (pixels_differ, identical, worst_mask_iou)
+    assert worst_mask_iou >= 0.999, worst_mask_iou
 
 
 def test_mask_exports_round_trip(tmp_path, sample_images):
-    """JSONL masks decode to the engine's masks; COCO masks load in pycocotools (ann -> mask) equal too."""
+    """JSONL masks decode to the engine's masks, with our decoder and with pycocotools'; COCO masks load in
+    pycocotools (ann -> mask) equal too."""
     import json
 
+    from pycocotools import mask as mask_utils
     from pycocotools.coco import COCO
 
     from avala_infer import Engine, label
@@ -62,8 +78,13 @@ def test_mask_exports_round_trip(tmp_path, sample_images):
         masks = predictions[record["key"]].mask
         assert len(record["annotations"]) == len(masks) > 0
         for annotation, mask in zip(record["annotations"], masks):
-            assert annotation["segmentation"]["size"] == [record["height"], record["width"]]
-            assert np.array_equal(rle.decode(annotation["segmentation"]), mask)
+            segmentation = annotation["segmentation"]
+            assert segmentation["size"] == [record["height"], record["width"]]
+            assert np.array_equal(rle.decode(segmentation), mask)
+            # COCO's own decoder reads the same uncompressed RLE (frPyObjects compresses it as COCO tools do)
+            compressed = mask_utils.frPyObjects(segmentation, *segmentation["size"])
+            assert np.array_equal(mask_utils.decode(compressed).astype(bool), mask)
+            assert int(mask_utils.area(compressed)) == int(mask.sum())
     coco = COCO(str(tmp_path / "annotations.coco.json"))
     for image in coco.loadImgs(coco.getImgIds()):
         masks = predictions[image["file_name"]].mask
@@ -86,11 +107,30 @@ def test_rle_encode_decode_edge_cases():
     assert rle.encode(np.ones((2, 2), bool))["counts"] == [0, 4]  # COCO RLE starts with a run of zeros
 
 
+# Per-instance IoU of an exported polygon, rasterised, with its mask (8 val2017 images, 32 instances, measured
+# with yolo11n-seg.onnx): COCO polygons (pycocotools' rasteriser; masks with holes stay exact RLE) at worst 0.837
+# (a 1779 px mask: outlines run through pixel centres, so a small or ragged mask loses part of its border);
+# YOLO-seg, one outline per instance (the largest part, as ultralytics keeps one segment per box), against the
+# part of the mask it outlines at worst 0.884 (holes filled). The bounds are those minus a small margin.
+COCO_POLYGON_IOU = 0.82
+YOLO_POLYGON_IOU = 0.86
+
+
+def _outlined_part(mask: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """The connected part of ``mask`` that the rasterised outline ``drawn`` covers most."""
+    import cv2
+
+    count, parts = cv2.connectedComponents(mask.astype(np.uint8))
+    best = max(range(1, count), key=lambda k: int(np.logical_and(parts == k, drawn).sum()))
+    return parts == best
+
+
 def test_polygon_exports_coco_and_yolo_seg_read_back(tmp_path, val_images):
-    """COCO polygons rasterised by pycocotools and YOLO-seg polygons read by ultralytics both outline our masks;
-    a mask with a hole stays RLE in COCO."""
+    """COCO polygons rasterised by pycocotools and YOLO-seg polygons read by ultralytics both outline our masks,
+    instance for instance (counts exact, each instance's IoU bounded); a mask with a hole stays RLE in COCO."""
     import json
 
+    import cv2
     from pycocotools.coco import COCO
     from ultralytics.data.dataset import YOLODataset
     from ultralytics.data.utils import check_det_dataset
@@ -100,31 +140,40 @@ def test_polygon_exports_coco_and_yolo_seg_read_back(tmp_path, val_images):
 
     engine = Engine(need(ASSETS / "models" / "yolo11n-seg.onnx"), device="cpu")
     images = sorted(val_images.glob("*.jpg"))[:8]
-    predictions = {p.key: p.detections for p in engine.predict(images)}
+    predictions = {p.key: p for p in engine.predict(images)}
     report = label(images, engine, out=tmp_path, formats=["coco", "yolo"], mask_format="polygon")
     assert report.succeeded == 8
     coco = COCO(str(tmp_path / "annotations.coco.json"))
     ious = []
     for image in coco.loadImgs(coco.getImgIds()):
-        masks = predictions[image["file_name"]].mask
-        for ann, mask in zip(coco.loadAnns(coco.getAnnIds(imgIds=image["id"])), masks):
-            if mask.sum() >= 400:
-                ious.append(_mask_iou(coco.annToMask(ann).astype(bool), mask))
-    assert len(ious) > 20 and np.mean(ious) >= 0.85, (len(ious), np.mean(ious))
+        d = predictions[image["file_name"]].detections
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+        assert len(anns) == len(d)  # every instance exported, none lost
+        for ann, mask, name in zip(anns, d.mask, d.class_name):
+            assert coco.loadCats(ann["category_id"])[0]["name"] == name
+            ious.append(_mask_iou(coco.annToMask(ann).astype(bool), mask))
+    print(f"COCO polygons: {len(ious)} instances, IoU with their masks min {min(ious):.4f}, mean {np.mean(ious):.4f}")
+    assert len(ious) == sum(len(p.detections) for p in predictions.values()) > 20
+    assert min(ious) >= COCO_POLYGON_IOU, sorted(ious)[:3]
     exported = json.loads((tmp_path / "annotations.coco.json").read_text())["annotations"]
     assert any(isinstance(a["segmentation"], list) for a in exported)
 
     data = check_det_dataset(str(tmp_path / "yolo" / "data.yaml"))
     dataset = YOLODataset(img_path=data["val"], data=data, task="segment", imgsz=640, augment=False)
-    checked = 0
+    yolo_ious = []
     for lab in dataset.labels:
-        d = predictions[Path(lab["im_file"]).name]
-        assert len(lab["segments"]) == len(lab["cls"]) <= len(d)
-        for segment, cls in zip(lab["segments"], lab["cls"].flatten()):
-            assert int(cls) in d.class_id.tolist() and segment.shape[0] >= 3
-            assert 0 <= segment.min() and segment.max() <= 1
-            checked += 1
-    assert checked > 20
+        p = predictions[Path(lab["im_file"]).name]
+        d = p.detections
+        assert len(lab["segments"]) == len(lab["cls"]) == len(d)  # one segment per instance, in order
+        assert lab["cls"].flatten().astype(int).tolist() == d.class_id.tolist()
+        for segment, mask in zip(lab["segments"], d.mask):
+            assert segment.shape[0] >= 3 and 0 <= segment.min() and segment.max() <= 1
+            drawn = np.zeros(mask.shape, np.uint8)
+            cv2.fillPoly(drawn, [np.round(segment * [p.width, p.height]).astype(np.int32)], 1)
+            yolo_ious.append(_mask_iou(drawn.astype(bool), _outlined_part(mask, drawn.astype(bool))))
+    print(f"YOLO-seg polygons: {len(yolo_ious)} instances, IoU with the part they outline min {min(yolo_ious):.4f}")
+    assert len(yolo_ious) == len(ious)
+    assert min(yolo_ious) >= YOLO_POLYGON_IOU, sorted(yolo_ious)[:3]
 
     ring = np.zeros((40, 40), bool)
     ring[5:35, 5:35] = True
@@ -167,7 +216,8 @@ def _segm_ground_truth(images: list[dict], category_ids: dict[str, int]) -> dict
 
 
 def test_coco_segm_map_equals_reference(val_images, tmp_path):
-    """Our COCO export's segm mAP50-95 (pycocotools, conf 0.001) equals the reference predictions' within 0.01."""
+    """Our COCO export's segm mAP50-95 (pycocotools, conf 0.001) equals the reference predictions' (measured:
+    0.199644 both; the bound leaves room only for the .pt's few differing mask pixels)."""
     import json
 
     from pycocotools import mask as mask_utils
@@ -201,6 +251,6 @@ def test_coco_segm_map_equals_reference(val_images, tmp_path):
 
     ours = coco_map50_95(gt, export["annotations"], "segm")
     theirs = coco_map50_95(gt, reference, "segm")
-    print(f"segm mAP50-95: ours {ours:.4f}, reference {theirs:.4f}")
+    print(f"segm mAP50-95: ours {ours:.6f}, reference {theirs:.6f}")
     assert 0.1 < theirs < 0.35  # the assets README: mask mAP50-95 0.219 at 640 (ultralytics' own val)
-    assert abs(ours - theirs) <= 0.01, (ours, theirs)
+    assert abs(ours - theirs) <= 1e-4, (ours, theirs)

@@ -1,8 +1,9 @@
 """YOLO detection pre- and post-processing shared by every backend that runs YOLO weights.
 
 Pre-processing mirrors ultralytics' ``LetterBox`` (same rounding, same 114 grey, same INTER_LINEAR resize)
-so that our boxes equal the reference's. Post-processing is one batched, class-aware NMS over the whole
-batch on the model's device, then boxes go back to original pixels with ultralytics' ``scale_boxes`` rule.
+so that our boxes equal the reference's. Post-processing is ultralytics' class-aware NMS, image by image on
+the model's device (an image's boxes never depend on its batch), then boxes go back to original pixels with
+ultralytics' ``scale_boxes`` rule.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from avala_infer.types import ModelType
 
 PAD_VALUE = 114
 MAX_NMS_CANDIDATES = 30000  # per image, as ultralytics
+MAX_WH = 7680  # ultralytics' per-class box offset in class-aware NMS (its non_max_suppression max_wh)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,37 +58,49 @@ def unletterbox_params(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -
     return new_w / orig_shape[1], new_h / orig_shape[0], pad_x, pad_y
 
 
-def batched_nms(raw: Any, score_floor: float, iou: float, nc: int) -> tuple[Any, Any]:
-    """Class-aware NMS over a whole batch of raw YOLO outputs ``(B, 4 + nc + extra, anchors)`` in one call.
+def batched_nms(raw: Any, score_floor: float, iou: float, nc: int, max_det: int | None = None) -> tuple[Any, list[int]]:
+    """Class-aware NMS of a batch of raw YOLO outputs ``(B, 4 + nc + extra, anchors)``, image by image.
 
-    Returns ``(rows, image_index)``: rows ``(k, 6 + extra)`` of x1, y1, x2, y2, score, class (letterboxed
-    pixels), then the extra channels (mask coefficients), sorted by descending score; and each row's image.
+    Each image goes through its own ``torchvision.ops.nms`` with ultralytics' per-class offset (``class * MAX_WH``
+    added to the box, as its ``non_max_suppression``), so an image's result is the reference's and cannot
+    depend on the other images of its batch or on its position in it. (One ``batched_nms`` over the whole
+    batch with ``image * nc + class`` groups shifted boxes by up to ~4e5 px in float32, and the rounding flipped
+    IoU decisions near the threshold: an image's boxes changed with its batch neighbours.)
+
+    Returns ``(rows, counts)``: rows ``(k, 6 + extra)`` of x1, y1, x2, y2, score, class (letterboxed pixels),
+    then the extra channels (mask coefficients), image after image, each image's rows by descending score
+    (at most ``max_det`` of them); and how many rows each image has (host ints, for ``rows.split(counts)``).
     """
     import torch
     import torchvision
 
     raw = raw.float()
     best, cls = raw[:, 4 : 4 + nc, :].max(1)  # (B, anchors)
-    img_idx, anchor_idx = torch.nonzero(best > score_floor, as_tuple=True)
+    img_idx, anchor_idx = torch.nonzero(best > score_floor, as_tuple=True)  # image by image, anchors in order
+    counts = torch.bincount(img_idx, minlength=raw.shape[0]).tolist()
     scores = best[img_idx, anchor_idx]
-    counts = torch.bincount(img_idx, minlength=raw.shape[0])
-    if len(counts) and int(counts.max()) > MAX_NMS_CANDIDATES:  # rare: keep each image's best, as ultralytics
-        keep = torch.cat(
-            [
-                torch.nonzero(img_idx == i).flatten()[
-                    scores[img_idx == i].argsort(descending=True)[:MAX_NMS_CANDIDATES]
-                ]
-                for i in range(raw.shape[0])
-            ]
-        )
-        img_idx, anchor_idx, scores = img_idx[keep], anchor_idx[keep], scores[keep]
-    classes = cls[img_idx, anchor_idx]
+    classes = cls[img_idx, anchor_idx].float()
     xywh = raw[img_idx, :4, anchor_idx]
-    extra = raw[img_idx, 4 + nc :, anchor_idx]
     boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
-    keep = torchvision.ops.batched_nms(boxes, scores, img_idx * nc + classes, iou)
-    rows = torch.cat((boxes[keep], scores[keep, None], classes[keep, None].float(), extra[keep]), 1)
-    return rows, img_idx[keep]
+    offset_boxes = boxes + classes[:, None] * MAX_WH  # exactly ultralytics' float32 values, image by image
+    keep, kept, start = [], [], 0
+    for n in counts:
+        if n:
+            image_boxes, image_scores = offset_boxes[start : start + n], scores[start : start + n]
+            order = None
+            if n > MAX_NMS_CANDIDATES:  # rare: keep the image's best, as ultralytics
+                order = image_scores.argsort(descending=True)[:MAX_NMS_CANDIDATES]
+                image_boxes, image_scores = image_boxes[order], image_scores[order]
+            mine = torchvision.ops.nms(image_boxes, image_scores, iou)[:max_det]
+            keep.append((mine if order is None else order[mine]) + start)
+            kept.append(len(mine))
+        else:
+            kept.append(0)
+        start += n
+    keep = torch.cat(keep) if keep else img_idx[:0]
+    extra = raw[img_idx[keep], 4 + nc :, anchor_idx[keep]]
+    rows = torch.cat((boxes[keep], scores[keep, None], classes[keep, None], extra), 1)
+    return rows, kept
 
 
 def scale_boxes(boxes: Any, in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> Any:
@@ -136,18 +150,21 @@ class YoloDetector(Predictor):
         **_: Any,
     ) -> list[Detections]:
         preds, protos = raw if isinstance(raw, tuple) else (raw, None)
-        rows, img_idx = batched_nms(preds, score_floor, iou, len(self.labels))
+        rows, counts = batched_nms(preds, score_floor, iou, len(self.labels), max_det)
+        host = rows[:, :6].cpu().split(counts)  # one device-to-host copy of the batch's boxes
         in_shape = prepared[0].image.shape[:2]
         labels = np.asarray(self.labels, dtype=object)
         results = []
-        for i, item in enumerate(prepared):
-            mine = rows[img_idx == i][:max_det]  # rows are sorted by score
+        for i, (item, mine, on_device) in enumerate(zip(prepared, host, rows.split(counts))):
             masks = None
             if protos is not None:
-                masks, nonempty = self.masks_for(protos[i], mine, in_shape, item.orig_shape)
-                mine, masks = mine[nonempty], masks[nonempty].cpu().numpy()
-            boxes = scale_boxes(mine[:, :4], in_shape, item.orig_shape).cpu().numpy()
-            mine = mine[:, 4:6].cpu().numpy()
+                masks, nonempty = self.masks_for(protos[i], on_device, in_shape, item.orig_shape)
+                on_host = nonempty.cpu()
+                if not bool(on_host.all()):  # a copy of the masks: only when one must go
+                    masks, mine = masks[nonempty], mine[on_host]
+                masks = masks.cpu().numpy()
+            boxes = scale_boxes(mine[:, :4], in_shape, item.orig_shape).numpy()
+            mine = mine[:, 4:6].numpy()
             class_id = mine[:, 1].astype(np.int64)
             results.append(Detections(boxes, mine[:, 0], class_id, labels[class_id], masks))
         return results
