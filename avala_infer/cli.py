@@ -121,6 +121,11 @@ def cli(verbose: int) -> None:
 @click.option("--imgsz", "input_size", type=click.IntRange(32), default=None, help="Model input size.")
 @click.option("--max-det", default=300, show_default=True, type=click.IntRange(1), help="Max boxes per image.")
 @click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--trust-weights",
+    is_flag=True,
+    help="Load a pickled .pt from outside the model folders for this run (a .pt runs code when loaded).",
+)
 def label_command(
     sources,
     model,
@@ -143,6 +148,7 @@ def label_command(
     input_size,
     max_det,
     device,
+    trust_weights,
 ) -> None:
     """Label SOURCES (files, folders searched recursively, or globs) and write annotations to --out.
 
@@ -177,6 +183,7 @@ def label_command(
             batch_size=batch_size,
             input_size=input_size,
             progress=Progress(),
+            trust_weights=trust_weights,
         )
     except AvalaInferError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -201,40 +208,68 @@ def label_command(
 
 @cli.group("models")
 def models_group() -> None:
-    """List and inspect model specs."""
+    """List, inspect and add models."""
+
+
+def _model_rows() -> list[dict]:
+    """One row per model name the spec folders answer to (the first spec of a name wins), broken specs included
+    with their problem."""
+    from avala_infer.specs import scan_specs, weights_present
+
+    rows: dict[str, dict] = {}
+    for found in scan_specs():
+        if found.name in rows:
+            continue
+        spec = found.spec
+        path = weights_present(spec) if spec is not None else None
+        rows[found.name] = {
+            "name": found.name,
+            "model_type": spec.model_type.value if spec else None,
+            "backend": spec.backend if spec else None,
+            "weights": spec.weights if spec else None,
+            "weights_path": str(path) if path else None,
+            "spec": str(found.path),
+            "problem": str(found.error) if found.error else None,
+        }
+    return list(rows.values())
 
 
 @models_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def models_list(as_json: bool) -> None:
-    """Every model spec found, and whether its weights are present."""
-    from avala_infer.specs import iter_specs, weights_present
-
+    """Every model spec found, whether its weights are present, and the problem of any spec that cannot be read."""
     try:
-        rows = [(spec, weights_present(spec)) for spec in iter_specs()]
+        rows = _model_rows()
     except AvalaInferError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "name": s.name,
-                        "model_type": s.model_type.value,
-                        "backend": s.backend,
-                        "weights": s.weights,
-                        "weights_path": str(p) if p else None,
-                    }
-                    for s, p in rows
-                ],
-                indent=2,
-            )
-        )
+        click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"{'NAME':<24} {'MODEL TYPE':<26} {'BACKEND':<12} WEIGHTS")
-    for spec, path in rows:
-        state = str(path) if path else f"missing ({spec.weights})"
-        click.echo(f"{spec.name:<24} {spec.model_type.value:<26} {spec.backend:<12} {state}")
+    for row in rows:
+        if row["problem"]:
+            problem = " ".join(row["problem"].split())  # one line (YAML errors span several)
+            click.echo(f"{row['name']:<24} {'BROKEN SPEC':<26} {'-':<12} {problem}")
+            continue
+        state = row["weights_path"] or f"missing ({row['weights']})"
+        click.echo(f"{row['name']:<24} {row['model_type']:<26} {row['backend']:<12} {state}")
+
+
+@models_group.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace a different file of the same name in the model folder.")
+def models_add(file: str, force: bool) -> None:
+    """Trust FILE (a .pt runs code when loaded): copy it into the user model folder and record its sha256.
+
+    Then `-m NAME.pt` (or the printed path) loads it without --trust-weights, as long as its hash is unchanged.
+    """
+    from avala_infer.trust import add_weights
+
+    try:
+        target, digest = add_weights(file, force=force)
+    except AvalaInferError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"added {target} (sha256 {digest}); use it with: avala-infer label -m {target.name} ...")
 
 
 @models_group.command("show")

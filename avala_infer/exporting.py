@@ -32,6 +32,7 @@ from avala_infer.annotations import (
 )
 from avala_infer.errors import ConfigError, ItemError
 from avala_infer.exporters import FORMATS, check_formats, make_writer
+from avala_infer.exporters.base import aborting_on_error, close_sinks
 from avala_infer.types import ModelType
 
 DETECTION_TYPES = (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION)
@@ -274,15 +275,18 @@ def export_project(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    writers = [make_writer(fmt, out, ontology, mask_format, chosen) for fmt in formats]
+    writers: list = []
     index = 0
-    for row in store.iter_results(project_uid, chosen.value):
-        if model is not None and row["model"] != model:
-            continue
-        prediction = record_to_prediction(
-            row["annotations"], row["key"], row["path"], row["text"], ontology, model_type=chosen, index=index
-        )
-        for writer in writers:
-            writer.write(prediction)
-        index += 1
-    return [path for writer in writers for path in writer.close()]
+    with aborting_on_error(writers):  # an error (a result, a text file gone, a writer) leaves no temporary file
+        for fmt in formats:
+            writers.append(make_writer(fmt, out, ontology, mask_format, chosen))
+        for row in store.iter_results(project_uid, chosen.value):
+            if model is not None and row["model"] != model:
+                continue
+            prediction = record_to_prediction(
+                row["annotations"], row["key"], row["path"], row["text"], ontology, model_type=chosen, index=index
+            )
+            for writer in writers:
+                writer.write(prediction)
+            index += 1
+    return close_sinks(writers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -12,7 +13,7 @@ from avala_infer.engine import Engine
 from avala_infer.engine.sources import Source, count_items
 from avala_infer.errors import ConfigError
 from avala_infer.exporters import FORMATS, check_formats, make_writer
-from avala_infer.exporters.base import FailureLog, Sink
+from avala_infer.exporters.base import FailureLog, Sink, aborting_on_error, close_sinks
 from avala_infer.exporters.preview import DEFAULT_PREVIEW_COUNT, PreviewWriter
 from avala_infer.exporters.summary import SummaryCollector
 from avala_infer.specs import find_spec
@@ -61,6 +62,7 @@ def label(
     batch_size: int | None = None,
     input_size: int | None = None,
     progress: ProgressFn | None = None,
+    trust_weights: bool = False,
 ) -> LabelReport:
     """Label ``sources`` with ``model`` and write ``formats`` into ``out``.
 
@@ -72,6 +74,7 @@ def label(
     With ``dry_run`` the same pipeline runs but only previews (``out/preview/``), ``summary.json`` and,
     if items failed, ``failures.jsonl`` are written: no annotation file of any format.
     Failed items never stop the run; they are counted and listed in ``out/failures.jsonl``.
+    ``trust_weights=True`` loads a pickled ``.pt`` from outside the model folders (see :class:`Engine`).
     """
     formats = list(dict.fromkeys(formats))
     model_type = model.model_type if isinstance(model, Engine) else find_spec(model).model_type
@@ -83,11 +86,39 @@ def label(
         raise ConfigError(f"mask_format must be rle or polygon, got {mask_format!r}")
     if preview_count < 0:
         raise ConfigError(f"preview_count must be >= 0, got {preview_count}")
-    engine = (
-        model
-        if isinstance(model, Engine)
-        else Engine(model, device=device, batch_size=batch_size, input_size=input_size)
-    )
+    arguments = dict(
+        sources=sources, out=out, formats=formats, mask_format=mask_format, dry_run=dry_run,
+        preview_count=preview_count, confidence_threshold=confidence_threshold, iou_threshold=iou_threshold,
+        labels=labels, label_thresholds=label_thresholds, label_map=label_map, max_det=max_det, top_k=top_k,
+        aggregation=aggregation, text_field=text_field, per_line=per_line, progress=progress,
+    )  # fmt: skip
+    if isinstance(model, Engine):
+        return _label(engine=model, **arguments)
+    engine = Engine(model, device=device, batch_size=batch_size, input_size=input_size, trust_weights=trust_weights)
+    with engine:  # ours: its model is released when the run ends, however it ends
+        return _label(engine=engine, **arguments)
+
+
+def _label(
+    engine: Engine,
+    sources,
+    out,
+    formats: list[str],
+    mask_format: str,
+    dry_run: bool,
+    preview_count: int,
+    confidence_threshold: float,
+    iou_threshold: float,
+    labels,
+    label_thresholds,
+    label_map,
+    max_det: int,
+    top_k: int | None,
+    aggregation: str,
+    text_field: str,
+    per_line: bool,
+    progress: ProgressFn | None,
+) -> LabelReport:
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     options = engine.predict_options(  # checks every argument before any work
@@ -110,7 +141,10 @@ def label(
         kinds = "image files" if media == "image" else ".txt/.jsonl/.csv/.tsv files"
         raise ConfigError(f"no input items found in {[str(s) for s in sources]}: give {kinds}, folders or globs")
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {out_dir} as the output folder: {exc.strerror or exc}; pass a folder") from exc
     settings = {
         "model": engine.spec.name,
         "model_type": engine.model_type.value,
@@ -127,23 +161,27 @@ def label(
     summary = SummaryCollector(out_dir, vocabulary, settings)
     failures = FailureLog(out_dir)
     sinks: list[Sink] = [summary, failures]
-    if dry_run:
-        sinks.append(PreviewWriter(out_dir, summary, preview_count))
-    else:
-        sinks += [make_writer(fmt, out_dir, vocabulary, mask_format, engine.model_type) for fmt in formats]
     done = reported = 0
     last_report = 0.0
-    for prediction in predictions:
-        for sink in sinks:
-            sink.write(prediction)
-        done += 1
-        now = time.monotonic()
-        if progress is not None and (now - last_report > 0.2 or done == total):
+    # on any error (the inputs, the model, a writer, the progress callback) every sink is aborted: files closed,
+    # temporary files removed; then the error goes on to the caller
+    with contextlib.closing(predictions), aborting_on_error(sinks):
+        if dry_run:
+            sinks.append(PreviewWriter(out_dir, summary, preview_count))
+        else:
+            for fmt in formats:
+                sinks.append(make_writer(fmt, out_dir, vocabulary, mask_format, engine.model_type))
+        for prediction in predictions:
+            for sink in sinks:
+                sink.write(prediction)
+            done += 1
+            now = time.monotonic()
+            if progress is not None and (now - last_report > 0.2 or done == total):
+                progress(done, total, failures.count)
+                last_report, reported = now, done
+        if progress is not None and reported != done:
             progress(done, total, failures.count)
-            last_report, reported = now, done
-    if progress is not None and reported != done:
-        progress(done, total, failures.count)
-    files = [path for sink in sinks for path in sink.close()]
+    files = close_sinks(sinks)
     return LabelReport(
         out_dir=out_dir,
         total=done,

@@ -12,20 +12,26 @@ A spec is a small YAML file (see ``models/`` in the repository)::
     precision: auto              # auto: fp16 on CUDA, fp32 on CPU; or fp32 / fp16
     letterbox: rect              # rect: pad to a stride multiple (ultralytics predict); square: pad to input_size
     params: {}                   # backend-specific settings, checked by the predictor (see its docstring)
+    sha256: <64 hex digits>      # optional: the weights file must have this hash, else nothing is loaded
 
 ``weights`` may also name a folder (transformers models). Paths in ``params`` that name files (a tokenizer
 folder, say) are resolved like weights by :func:`resolve_path`.
 
 Specs are found in ``$AVALA_INFER_SPECS`` (folders, ``os.pathsep``-separated), then the specs that ship with
-the package, then ``<user config>/avala-infer/models``. Weights are found by explicit path, else by file name in
-``$AVALA_INFER_MODELS`` (folders, ``os.pathsep``-separated), else ``<user data>/avala-infer/models``.
-Nothing is ever downloaded.
+the package (the repository's ``models/`` when running from a source checkout), then
+``<user config>/avala-infer/models``. A spec file that cannot be read is an error only when that model is asked
+for (by its ``name:`` or its file name); listings show it with its problem. Weights are found by explicit path,
+else by file name in ``$AVALA_INFER_MODELS`` (folders, ``os.pathsep``-separated), else
+``<user data>/avala-infer/models``. Nothing is ever downloaded. Whether pickled weights may be loaded, and the
+``sha256`` check, are :mod:`avala_infer.trust`'s business.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,8 @@ import yaml
 
 from avala_infer.errors import ModelSpecError, UnknownModelError, WeightsNotFoundError
 from avala_infer.types import ModelType
+
+log = logging.getLogger(__name__)
 
 SPEC_SUFFIXES = (".yaml", ".yml")
 WEIGHT_BACKENDS = {".pt": "ultralytics", ".onnx": "onnxruntime"}
@@ -57,6 +65,7 @@ class ModelSpec:
     description: str = ""
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: str | None = None  # the YAML file this spec came from, if any
+    sha256: str | None = None  # the weights file's pinned hash (hex); a mismatch is refused before loading
 
     def __post_init__(self) -> None:
         where = f" in {self.source}" if self.source else ""
@@ -64,10 +73,21 @@ class ModelSpec:
             raise ModelSpecError(f"precision {self.precision!r}{where} is not one of {', '.join(PRECISIONS)}")
         if self.letterbox not in LETTERBOX_MODES:
             raise ModelSpecError(f"letterbox {self.letterbox!r}{where} is not one of {', '.join(LETTERBOX_MODES)}")
-        if (self.input_size is not None and int(self.input_size) < 32) or int(self.batch_size) < 1:
+        try:
+            too_small = (self.input_size is not None and int(self.input_size) < 32) or int(self.batch_size) < 1
+        except (TypeError, ValueError):
+            raise ModelSpecError(
+                f"input_size and batch_size must be whole numbers{where}, got {self.input_size!r}, {self.batch_size!r}"
+            ) from None
+        if too_small:
             raise ModelSpecError(f"input_size must be >= 32 and batch_size >= 1{where}")
         if not isinstance(self.params, Mapping):
             raise ModelSpecError(f"params{where} must be a mapping of settings, got {type(self.params).__name__}")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            raise ModelSpecError(
+                f"sha256 {self.sha256!r}{where} is not a sha256 hash: give the 64 lower-case hex digits "
+                "that `sha256sum WEIGHTS` prints"
+            )
 
     def param(self, key: str, default: Any = None, choices: tuple | None = None) -> Any:
         """``params[key]`` or ``default``; with ``choices``, a value outside them is a :class:`ModelSpecError`."""
@@ -107,12 +127,25 @@ def _user_dir(xdg_var: str, fallback: str) -> Path:
     return Path(base) / "avala-infer" / "models"
 
 
+def _is_source_checkout(root: Path) -> bool:
+    """Whether ``root`` is this project's repository (its ``pyproject.toml`` names avala-infer), not, say, the
+    site-packages folder a wheel was installed into."""
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False
+    return re.search(r"""^name\s*=\s*["']avala-infer["']""", text, re.MULTILINE) is not None
+
+
 def spec_dirs() -> list[Path]:
-    """Folders searched for ``*.yaml`` model specs, in priority order."""
+    """Folders searched for ``*.yaml`` model specs, in priority order: ``$AVALA_INFER_SPECS``, the specs shipped
+    with the package (a wheel's ``_bundled_models``; in a source checkout or editable install the repository's
+    ``models/``), then the user config folder. Nothing else: a wheel's ``site-packages/models`` is not ours."""
     package = Path(__file__).resolve().parent
-    bundled = package / "_bundled_models"  # wheels ship the repository's models/ here
-    repo = package.parent / "models"  # editable installs and source checkouts
-    return [*_env_dirs("AVALA_INFER_SPECS"), bundled, repo, _user_dir("XDG_CONFIG_HOME", ".config")]
+    shipped = [package / "_bundled_models"]  # wheels ship the repository's models/ here
+    if _is_source_checkout(package.parent):
+        shipped.append(package.parent / "models")
+    return [*_env_dirs("AVALA_INFER_SPECS"), *shipped, _user_dir("XDG_CONFIG_HOME", ".config")]
 
 
 def weights_dirs() -> list[Path]:
@@ -125,7 +158,7 @@ def load_spec(path: str | Path) -> ModelSpec:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
         raise ModelSpecError(f"cannot read model spec {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelSpecError(f"model spec {path} must be a YAML mapping of fields, got {type(data).__name__}")
@@ -143,7 +176,11 @@ def load_spec(path: str | Path) -> ModelSpec:
         labels_path = (path.parent / str(labels)).resolve()
         if not labels_path.is_file():
             raise ModelSpecError(f"labels file {labels_path} named by model spec {path} does not exist")
-        labels = tuple(line.strip() for line in labels_path.read_text().splitlines() if line.strip())
+        try:
+            lines = labels_path.read_text(encoding="utf-8").splitlines()
+        except (OSError, ValueError) as exc:
+            raise ModelSpecError(f"cannot read labels file {labels_path} named by model spec {path}: {exc}") from exc
+        labels = tuple(line.strip() for line in lines if line.strip())
     try:
         return ModelSpec(
             name=str(data["name"]),
@@ -158,6 +195,7 @@ def load_spec(path: str | Path) -> ModelSpec:
             description=str(data.get("description", "")),
             params=data.get("params") or {},
             source=str(path),
+            sha256=None if data.get("sha256") is None else str(data["sha256"]).strip().lower().removeprefix("sha256:"),
         )
     except ModelSpecError:
         raise
@@ -165,18 +203,61 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise ModelSpecError(f"model spec {path}: {exc}") from exc
 
 
-def iter_specs() -> Iterator[ModelSpec]:
-    """Every spec found, first one wins for a given name."""
-    seen: set[str] = set()
+@dataclasses.dataclass(frozen=True)
+class SpecFile:
+    """One spec file found in the spec folders: its spec, or the error that reading it raised."""
+
+    path: Path
+    spec: ModelSpec | None = None
+    error: ModelSpecError | None = None
+    declared_name: str | None = None  # the ``name:`` of a broken spec, when the YAML could be read that far
+
+    @property
+    def name(self) -> str:
+        """The model name it answers to: its spec's name, else the name it declares, else the file name stem."""
+        if self.spec is not None:
+            return self.spec.name
+        return self.declared_name or self.path.stem
+
+    def answers_to(self, name: str) -> bool:
+        if self.spec is not None:
+            return self.spec.name == name
+        return name in (self.path.stem, self.declared_name)
+
+
+def _declared_name(path: Path) -> str | None:
+    """The ``name:`` a spec file declares, if it can be read that far (for naming a broken spec)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name) if isinstance(name, (str, int, float)) and str(name) else None
+
+
+def scan_specs() -> Iterator[SpecFile]:
+    """Every spec file in :func:`spec_dirs`, in priority order, each read on its own: a broken one comes with
+    its error instead of stopping the scan. Names may repeat (the first one wins in :func:`find_spec`)."""
     for folder in spec_dirs():
-        if not folder.is_dir():
+        try:
+            paths = sorted(p for p in folder.iterdir() if p.suffix in SPEC_SUFFIXES and p.is_file())
+        except OSError:  # absent or unreadable folder
             continue
-        for path in sorted(folder.iterdir()):
-            if path.suffix in SPEC_SUFFIXES:
-                spec = load_spec(path)
-                if spec.name not in seen:
-                    seen.add(spec.name)
-                    yield spec
+        for path in paths:
+            try:
+                yield SpecFile(path, spec=load_spec(path))
+            except ModelSpecError as exc:
+                log.debug("skipping broken model spec %s: %s", path, exc)
+                yield SpecFile(path, error=exc, declared_name=_declared_name(path))
+
+
+def iter_specs() -> Iterator[ModelSpec]:
+    """Every readable spec found, first one wins for a given name (broken ones: :func:`scan_specs`)."""
+    seen: set[str] = set()
+    for found in scan_specs():
+        if found.spec is not None and found.spec.name not in seen:
+            seen.add(found.spec.name)
+            yield found.spec
 
 
 def spec_from_weights(path: Path) -> ModelSpec:
@@ -205,14 +286,21 @@ def find_spec(name_or_path: str | Path) -> ModelSpec:
         return load_spec(path)
     if path.suffix.lower() in WEIGHT_BACKENDS and path.is_file():
         return spec_from_weights(path)
-    specs = list(iter_specs())
-    for spec in specs:
-        if spec.name == text:
-            return spec
+    if path.suffix.lower() in WEIGHT_BACKENDS and len(path.parts) == 1:  # a file name: look in the model folders
+        for folder in weights_dirs():
+            if (folder / path.name).is_file():
+                return spec_from_weights(folder / path.name)
+    found = list(scan_specs())
+    for entry in found:
+        if entry.answers_to(text):
+            if entry.spec is None:
+                raise ModelSpecError(str(entry.error)) from entry.error  # only now, when it is asked for
+            return entry.spec
+    specs = [entry.spec for entry in found if entry.spec is not None]
     hint = ""
     if path.suffix.lower() in WEIGHT_BACKENDS or path.suffix in SPEC_SUFFIXES:
         hint = f" (no file at {path.resolve()})"
-    names = ", ".join(s.name for s in specs) or "none"
+    names = ", ".join(dict.fromkeys(s.name for s in specs)) or "none"
     raise UnknownModelError(
         f"unknown model {text!r}{hint}. Known model names: {names}. "
         "Pass a model name, a spec .yaml, or a .pt/.onnx weights path; `avala-infer models list` shows them all"

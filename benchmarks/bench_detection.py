@@ -277,7 +277,8 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
     ours_batch = args.ours_batch or (32 if on_cuda else 8)
     ref_batches = args.ref_batches or ([1, 8, 32] if on_cuda else [1, 8])
 
-    engine = Engine(args.weights, device=device, batch_size=ours_batch)
+    # the file given is loaded by YOLO() below as well: trusted as the reference trusts it
+    engine = Engine(args.weights, device=device, batch_size=ours_batch, trust_weights=True)
     device = engine.device  # canonical: cpu or cuda:N (ultralytics reads cuda:N too)
     reference = YOLO(str(args.weights))  # detection or -seg, as the weights say
     imgsz = engine.predictor.spec.input_size

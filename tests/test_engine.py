@@ -1,6 +1,9 @@
-"""The Python API: order, streaming, arrays, filters through the real model, flat memory."""
+"""The Python API: order, streaming, arrays, filters through the real model, flat memory, close()."""
 
 from __future__ import annotations
+
+import gc
+import weakref
 
 import cv2
 import numpy as np
@@ -8,6 +11,7 @@ import psutil
 import pytest
 
 from avala_infer import Engine
+from avala_infer.errors import AvalaInferError
 
 
 def test_predict_yields_in_input_order_across_mixed_shapes(engine_onnx, val_images):
@@ -130,3 +134,21 @@ def test_concurrent_streams_do_not_share_per_shape_model_state(weights_pt, val_i
         assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
         assert np.allclose(a.detections.xyxy, b.detections.xyxy, atol=0.05)
     assert engine.predictor.replicas.size == 2
+
+
+@pytest.mark.parametrize("weights, held", [("weights_onnx", "session"), ("weights_pt", "replicas")])
+def test_close_releases_the_model_and_refuses_to_predict(weights, held, request, sample_images):
+    with Engine(request.getfixturevalue(weights), device="cpu") as engine:
+        assert [p.ok for p in engine.predict(sample_images)] == [True, True]
+        predictor = weakref.ref(engine.predictor)
+        resource = weakref.ref(getattr(engine.predictor, held))
+        options = engine.predict_options()
+    assert engine.closed
+    gc.collect()
+    assert predictor() is None and resource() is None  # nothing keeps the model alive
+    with pytest.raises(AvalaInferError, match="closed and its model released; create a new Engine"):
+        engine.predict(sample_images)
+    with pytest.raises(AvalaInferError, match="closed"):
+        engine.stream([], options)  # the job runners' entry
+    engine.close()  # again: nothing happens
+    assert engine.closed

@@ -14,6 +14,7 @@ import pytest
 
 from avala_infer import Avala, ConfigError, Text, label
 from avala_infer.annotations import rle
+from avala_infer.errors import ItemError
 from avala_infer.exporters.jsonl import prediction_record
 from avala_infer.exporting import export_project, record_to_prediction
 from avala_infer.jobs import Worker
@@ -289,3 +290,26 @@ def test_semantic_project_export_equals_a_direct_run(tmp_path):
         theirs = cv2.imread(str(tmp_path / "direct" / "masks" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
         assert ours.shape == theirs.shape and np.array_equal(ours, theirs)
     assert (tmp_path / "export" / "masks" / "classes.txt").read_text() == "0 unlabeled\n1 text\n"
+
+
+def test_an_export_that_fails_mid_way_leaves_no_temporary_files(tmp_path):
+    """A text item whose file is gone fails the export part-way: the writers are aborted, no scratch file
+    (``*.part``, ``*.tmp``) and no half-written export stays, and the error names the item."""
+    need(ASSETS / "models" / "sentiment-minilm-sst2")
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    sentences = ["A wonderful surprise .", "Boring from start to end .", "A fine cast .", "I hated it ."]
+    for i, sentence in enumerate(sentences):
+        (folder / f"{i}.txt").write_text(sentence, encoding="utf-8")
+    with Avala(home=tmp_path / "home", worker=False) as client:
+        project = client.projects.create(
+            "reviews", data_type="text", models={"text_classification": "sentiment-minilm-sst2"}
+        )
+        assert client.projects.import_items(project.uid, [folder]).created == len(sentences)
+        client.auto_label_jobs.create(project.uid, model_type="text_classification")
+        _run_jobs(client.home)
+        (folder / "3.txt").unlink()  # read again at export: the last item fails after three were written
+        out = tmp_path / "out"
+        with pytest.raises(ItemError, match="3.txt"):
+            export_project(client._store, project.uid, out, ["jsonl", "labelstudio"])
+    assert sorted(p.name for p in out.iterdir()) == []  # no annotations.jsonl(.part), labelstudio.json(.tmp)

@@ -17,6 +17,9 @@ from tests.coverage_semantic import TINY_LABELS, ppocr_spec, tiny_segformer_fold
 
 SKIMAGE = ASSETS / "images" / "skimage"
 INPUT_SIZE = 160  # chelsea (300x451) and coffee (400x600) both resize to 160x240: one batch of two sizes
+# the README: class maps equal the references "on >= 99.999% of pixels" (measured: every pixel, 0 differ)
+CLASS_MAP_AGREEMENT = 0.99999
+SCORE_TOLERANCE = 1e-4  # measured: within 5.3e-6 (torchvision), 3e-8 (transformers)
 
 
 def _rgb(path) -> np.ndarray:
@@ -34,6 +37,19 @@ def _torchvision_spec(weights, architecture: str, **changes) -> ModelSpec:
         "params": {"architecture": architecture},
     }
     return ModelSpec(**{**fields, **changes})
+
+
+def _agreement(mask: SemanticMask, class_id: np.ndarray, score: np.ndarray, what: str) -> tuple[float, float]:
+    """The share of pixels whose class equals the reference's, and the largest score difference (printed)."""
+    assert mask.class_map.shape == class_id.shape
+    differ = int((mask.class_map != class_id).sum())
+    same = 1 - differ / class_id.size
+    worst = float(np.abs(mask.score_map - score).max())
+    print(
+        f"{what}: class maps equal on {same:.7%} of pixels ({differ} of {class_id.size} differ), "
+        f"score maps within {worst:.2e}"
+    )
+    return same, worst
 
 
 def _photos() -> list:
@@ -66,7 +82,7 @@ def test_torchvision_matches_its_preset_and_model(architecture, aux, tmp_path):
     from avala_infer import Engine
 
     model, weights = tiny_torchvision_model(tmp_path, architecture, len(TINY_LABELS), aux=aux)
-    engine = Engine(_torchvision_spec(weights, architecture), device="cpu", batch_size=2, streams=1)
+    engine = Engine(_torchvision_spec(weights, architecture), device="cpu", batch_size=2, streams=1, trust_weights=True)
     assert engine.labels == TINY_LABELS
     photos = _photos()
     keys = {engine.predictor.batch_key(engine.predictor.prepare(cv2.imread(str(p)))) for p in photos}
@@ -82,10 +98,8 @@ def test_torchvision_matches_its_preset_and_model(architecture, aux, tmp_path):
             score, class_id = logits.softmax(1)[0].max(0)
         mask = prediction.result
         assert mask.shape == image.shape[:2]
-        same = float((mask.class_map == class_id.numpy()).mean())
-        worst = float(np.abs(mask.score_map - score.numpy()).max())
-        print(f"{architecture} {path.name}: class maps equal on {same:.6f} of pixels, score maps within {worst:.2e}")
-        assert same >= 0.999 and worst <= 1e-4
+        same, worst = _agreement(mask, class_id.numpy(), score.numpy(), f"{architecture} {path.name}")
+        assert same >= CLASS_MAP_AGREEMENT and worst <= SCORE_TOLERANCE
         classes_seen |= set(np.unique(class_id.numpy()).tolist())
     assert len(classes_seen) >= 2  # the random model is not trivially one class
 
@@ -102,7 +116,7 @@ def test_torchvision_voc_label_set(tmp_path):
         labels="from_weights",
         params={"architecture": "lraspp_mobilenet_v3_large", "label_set": "voc"},
     )
-    engine = Engine(spec, device="cpu")
+    engine = Engine(spec, device="cpu", trust_weights=True)  # a .pth the test built
     voc = torchvision.models.segmentation.LRASPP_MobileNet_V3_Large_Weights.DEFAULT.meta["categories"]
     assert engine.labels == tuple(voc) and len(voc) == 21
 
@@ -112,22 +126,27 @@ def test_torchvision_spec_errors(lraspp):
 
     _, weights = lraspp
     with pytest.raises(ModelSpecError, match="deeplabv3_resnet50, .*lraspp_mobilenet_v3_large"):
-        Engine(_torchvision_spec(weights, "x", params={}), device="cpu")
+        Engine(_torchvision_spec(weights, "x", params={}), device="cpu", trust_weights=True)
     with pytest.raises(ModelSpecError, match="unknown params"):
-        Engine(_torchvision_spec(weights, "x", params={"architecture": "fcn_resnet50", "arch": 1}), device="cpu")
+        spec = _torchvision_spec(weights, "x", params={"architecture": "fcn_resnet50", "arch": 1})
+        Engine(spec, device="cpu", trust_weights=True)
     with pytest.raises(ConfigError, match="label_set: voc"):
-        Engine(_torchvision_spec(weights, "lraspp_mobilenet_v3_large", labels="from_weights"), device="cpu")
+        spec = _torchvision_spec(weights, "lraspp_mobilenet_v3_large", labels="from_weights")
+        Engine(spec, device="cpu", trust_weights=True)
     with pytest.raises(ModelLoadError, match="3 classes"):
-        Engine(_torchvision_spec(weights, "lraspp_mobilenet_v3_large", labels=("a", "b", "c")), device="cpu")
+        spec = _torchvision_spec(weights, "lraspp_mobilenet_v3_large", labels=("a", "b", "c"))
+        Engine(spec, device="cpu", trust_weights=True)
     with pytest.raises(ModelLoadError, match="does not fit deeplabv3_mobilenet_v3_large"):
-        Engine(_torchvision_spec(weights, "deeplabv3_mobilenet_v3_large"), device="cpu")
+        Engine(_torchvision_spec(weights, "deeplabv3_mobilenet_v3_large"), device="cpu", trust_weights=True)
 
 
 def test_labels_filter_and_per_pixel_threshold(lraspp):
     from avala_infer import Engine
 
     _, weights = lraspp
-    engine = Engine(_torchvision_spec(weights, "lraspp_mobilenet_v3_large"), device="cpu", batch_size=2)
+    engine = Engine(
+        _torchvision_spec(weights, "lraspp_mobilenet_v3_large"), device="cpu", batch_size=2, trust_weights=True
+    )
     photos = _photos()
     everything = [p.result for p in engine.predict(photos, confidence_threshold=0.0)]
     present = np.unique(np.concatenate([m.class_map.ravel() for m in everything]))
@@ -176,10 +195,8 @@ def test_transformers_matches_post_process_semantic_segmentation(tmp_path):
         class_id = reference.segmentation.numpy()
         score = reference.segmentation_scores.softmax(0).max(0).values.numpy()
         mask = prediction.result
-        same = float((mask.class_map == class_id).mean())
-        worst = float(np.abs(mask.score_map - score).max())
-        print(f"segformer {path.name}: class maps equal on {same:.6f} of pixels, score maps within {worst:.2e}")
-        assert same >= 0.999 and worst <= 1e-4
+        same, worst = _agreement(mask, class_id, score, f"segformer {path.name}")
+        assert same >= CLASS_MAP_AGREEMENT and worst <= SCORE_TOLERANCE
         classes_seen |= set(np.unique(class_id).tolist())
     assert len(classes_seen) >= 2
 
@@ -194,7 +211,7 @@ def test_ppocr_text_pixels(ppocr_engine):
             assert p.result.shape == (p.height, p.width)
             share[threshold, p.key] = float((p.result.class_map == 0).mean()) * 100
     print(f"text pixels: {share}")
-    assert abs(share[0.3, "page.png"] - 17.7) <= 0.5
+    assert round(share[0.3, "page.png"], 1) == 17.7  # the README's and the assets README's figure
     assert share[0.3, "astronaut.png"] < 0.1
     assert 0 < share[0.9, "page.png"] < share[0.3, "page.png"]
 
@@ -260,8 +277,8 @@ def test_onnx_multi_class_logits_and_fixed_input(tmp_path):
         logits = torch.from_numpy(np.einsum("chw,kc->khw", x.transpose(2, 0, 1), kernel).astype(np.float32))
         up = F.interpolate(logits[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
         score, class_id = up.softmax(0).max(0)
-        assert (p.result.class_map == class_id.numpy()).mean() >= 0.999
-        assert np.abs(p.result.score_map - score.numpy()).max() <= 1e-4
+        same, worst = _agreement(p.result, class_id.numpy(), score.numpy(), f"conv {path.name}")
+        assert same >= CLASS_MAP_AGREEMENT and worst <= SCORE_TOLERANCE
         assert len(np.unique(p.result.class_map)) == 3
     # a graph with a fixed input size is fed that size whatever the spec says
     _conv_model(tmp_path / "fixed.onnx", kernel, fixed=64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,59 @@ def test_specs_from_env_folder_override_and_models_cli(tmp_path, monkeypatch, we
     shown = runner.invoke(cli, ["models", "show", "mine"])
     assert shown.exit_code == 0 and "MISSING" in shown.output and "AVALA_INFER_MODELS" in shown.output
     assert runner.invoke(cli, ["models", "show", "nope"]).exit_code == 1
+
+
+def test_one_broken_spec_breaks_only_itself(tmp_path, monkeypatch):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    _write(folder / "good.yaml", "name: good\nmodel_type: object_detection\nbackend: onnxruntime\nweights: good.onnx\n")
+    _write(folder / "mine.yaml", "name: broken\nmodel_type: object_detection\nbackend: onnxruntime\nbatch: 4\n")
+    _write(folder / "garbled.yml", "name: [unclosed\n")
+    monkeypatch.setenv("AVALA_INFER_SPECS", str(folder))
+
+    assert find_spec("good").weights == "good.onnx"
+    assert find_spec("yolo11n").backend == "ultralytics"  # the shipped specs still resolve
+    for asked in ("broken", "mine"):  # by its name: and by its file name
+        with pytest.raises(ModelSpecError, match=r"mine\.yaml lacks required field\(s\): weights"):
+            find_spec(asked)
+    with pytest.raises(ModelSpecError, match=r"garbled\.yml"):
+        find_spec("garbled")  # unreadable YAML: by its file name
+
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["models", "list"])
+    print(listed.output)
+    assert listed.exit_code == 0, listed.output
+    lines = {line.split()[0]: line for line in listed.output.splitlines()[1:]}
+    assert "missing (good.onnx)" in lines["good"]
+    assert "BROKEN SPEC" in lines["broken"] and "lacks required field(s): weights" in lines["broken"]
+    assert "BROKEN SPEC" in lines["garbled"] and "cannot read model spec" in lines["garbled"]
+    assert "yolo11n" in lines
+    as_json = runner.invoke(cli, ["models", "list", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    rows = {row["name"]: row for row in json.loads(as_json.output)}
+    assert rows["good"]["problem"] is None and rows["good"]["backend"] == "onnxruntime"
+    assert "lacks required field(s): weights" in rows["broken"]["problem"]
+    assert rows["broken"]["spec"] == str(folder / "mine.yaml") and rows["broken"]["model_type"] is None
+    assert rows["garbled"]["problem"].startswith("cannot read model spec")
+
+
+def test_spec_folders_are_only_the_documented_ones(tmp_path, monkeypatch):
+    import avala_infer.specs as specs_module
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.delenv("AVALA_INFER_SPECS", raising=False)
+    package = Path(specs_module.__file__).resolve().parent
+    folders = specs_module.spec_dirs()
+    assert folders == [package / "_bundled_models", package.parent / "models", tmp_path / "config/avala-infer/models"]
+
+    # installed from a wheel: the package's parent is site-packages, whose models/ is someone else's
+    site = tmp_path / "site-packages"
+    (site / "avala_infer").mkdir(parents=True)
+    (site / "models").mkdir()
+    _write(site / "models" / "theirs.yaml", "not: a spec\n")
+    monkeypatch.setattr(specs_module, "__file__", str(site / "avala_infer" / "specs.py"))
+    assert site / "models" not in specs_module.spec_dirs()
+    _write(site / "pyproject.toml", '[project]\nname = "someone-else"\n')
+    assert site / "models" not in specs_module.spec_dirs()
+    _write(site / "pyproject.toml", '[project]\nname = "avala-infer"\n')  # a source checkout of ours
+    assert site / "models" in specs_module.spec_dirs()

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -20,24 +21,49 @@ from avala_infer.errors import AvalaInferError, ConfigError
 from avala_infer.filters import LabelFilter, build_filter
 from avala_infer.registry import get_predictor_class
 from avala_infer.specs import ModelSpec, find_spec, resolve_weights
+from avala_infer.trust import check_weights
 
 log = logging.getLogger(__name__)
 
 
+_threads_lock = threading.Lock()
+_threads_configured = False
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def configure_torch_threads(count: int | None) -> None:
+    """Set torch's intra-op thread count to ``count``, once per process, and never restore it.
+
+    ``torch.set_num_threads`` is process-wide: engines that set it around each stream and restored it after
+    restored each other's values in the wrong order when they ran at once (a client's job worker beside a
+    user's ``predict``). So the first CPU stream of the process sets it (``cores // streams``) and nothing
+    changes it afterwards. ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` in the environment is the user's own
+    choice: then torch is left as it is. A value set with ``torch.set_num_threads`` after that first stream is
+    kept too. ``None`` (a GPU engine) touches nothing.
+    """
+    global _threads_configured
+    if count is None:
+        return
+    with _threads_lock:
+        if _threads_configured:
+            return
+        _threads_configured = True
+        chosen = [name for name in THREAD_ENV_VARS if os.environ.get(name)]
+        if chosen:
+            log.info("%s is set: leaving torch's thread count as it is", chosen[0])
+            return
+        import torch
+
+        torch.set_num_threads(count)
+        log.info("torch intra-op threads set to %d for this process", count)
+
+
 @contextlib.contextmanager
 def torch_threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``count`` for the block (``None``: untouched), then restored."""
-    if count is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    """A block that runs torch as the engine's streams do (the benchmarks time forward passes alone with it):
+    :func:`configure_torch_threads`; nothing is restored after the block."""
+    configure_torch_threads(count)
+    yield
 
 
 @dataclasses.dataclass
@@ -105,8 +131,12 @@ class Engine:
     ``device`` is ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``. ``batch_size``,
     ``input_size``, ``precision`` and ``letterbox`` override the spec. ``workers`` is the number of
     loader threads that read and decode ahead of the model. ``streams`` is how many batches run in the model
-    at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (torch's intra-op
-    thread count is set to that while a stream runs, and restored after); on a GPU 1.
+    at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (ONNX Runtime
+    sessions get that count; torch's process-wide intra-op count is set to it once, by the first CPU stream in
+    the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1.
+    ``close()`` (or a ``with`` block) releases the model; a closed engine refuses to predict.
+    ``trust_weights=True`` loads a pickled checkpoint (``.pt``) from outside the model folders for this engine
+    (a pickle runs code: see :mod:`avala_infer.trust`); without it such a file is an ``UntrustedWeightsError``.
     """
 
     def __init__(
@@ -120,12 +150,14 @@ class Engine:
         letterbox: str | None = None,
         workers: int | None = None,
         streams: int | None = None,
+        trust_weights: bool = False,
     ) -> None:
         spec = model if isinstance(model, ModelSpec) else find_spec(model)
         self.spec = spec.with_overrides(
             batch_size=batch_size, input_size=input_size, precision=precision, letterbox=letterbox
         )
         weights = resolve_weights(self.spec)
+        check_weights(self.spec, weights, trust=trust_weights)  # before anything reads (or unpickles) them
         predictor_class = get_predictor_class(self.spec.model_type, self.spec.backend)
         from avala_infer.predictors.base import resolve_device
 
@@ -137,11 +169,53 @@ class Engine:
             raise ConfigError(f"streams must be at least 1, got {self.streams}")
         self.cpu_threads = max(1, cores // self.streams) if on_cpu else None
         t0 = time.perf_counter()
-        self.predictor = predictor_class(self.spec, weights, self.device, threads=self.cpu_threads)
-        log.info("loaded %s in %.2fs", self.predictor.describe(), time.perf_counter() - t0)
+        self._predictor = predictor_class(self.spec, weights, self.device, threads=self.cpu_threads)
+        log.info("loaded %s in %.2fs", self._predictor.describe(), time.perf_counter() - t0)
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+
+    @property
+    def predictor(self):
+        """The loaded model's predictor; an :class:`AvalaInferError` once the engine is closed."""
+        self._check_open()
+        return self._predictor
+
+    def _check_open(self) -> None:
+        if self._predictor is None:
+            raise AvalaInferError(
+                f"this engine ({self.spec.name}) is closed and its model released; create a new Engine to predict"
+            )
+
+    @property
+    def closed(self) -> bool:
+        return self._predictor is None
+
+    def close(self) -> None:
+        """Release the model (the predictor with its weights, ONNX Runtime session and stream replicas; on a GPU
+        the cached device memory too). Calling it again does nothing. A stream still running fails at its
+        next item; later calls to predict raise :class:`AvalaInferError`."""
+        predictor, self._predictor = self._predictor, None
+        if predictor is None:
+            return
+        release = getattr(predictor, "close", None)
+        if callable(release):
+            release()
+        del predictor
+        if self.device.startswith("cuda"):
+            import gc
+
+            import torch
+
+            gc.collect()  # the model's tensors go now, so empty_cache can hand their memory back
+            torch.cuda.empty_cache()
+        log.info("closed %s", self.spec.name)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def model_type(self):
@@ -256,8 +330,14 @@ class Engine:
     def stream(self, items: Iterable[Item], options: PredictOptions) -> Iterator[Prediction]:
         """The pipeline over already enumerated items (used by :meth:`predict` and by job runners).
 
-        Predictions come out in the order the items went in, whatever their ``index`` values.
+        Predictions come out in the order the items went in, whatever their ``index`` values. A closed engine
+        raises here, before any work.
         """
+        self._check_open()
+        return self._stream(items, options)
+
+    def _stream(self, items: Iterable[Item], options: PredictOptions) -> Iterator[Prediction]:
+        configure_torch_threads(self.cpu_threads)
         batch_size = self.batch_size
         batcher: ShapeBatcher[_Loaded] = ShapeBatcher(
             lambda loaded: self.predictor.batch_key(loaded.prepared), batch_size, window=4 * batch_size
@@ -268,24 +348,25 @@ class Engine:
             self.streams,
         )
         depth = max(2 * batch_size * self.streams, 2 * self.workers)
-        with torch_threads(self.cpu_threads):
-            try:
-                for loaded in prefetch(enumerate(items), self._load, self.workers, depth):
-                    if loaded.error is not None:
-                        reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
-                    else:
-                        for batch in batcher.add(loaded):
-                            for finished in runner.submit(batch):
-                                reorder.put_many(finished)
-                    yield from (prediction for _, prediction in reorder.ready())
-                for batch in batcher.flush():
-                    for finished in runner.submit(batch):
-                        reorder.put_many(finished)
-                for finished in runner.drain():
-                    reorder.put_many(finished)
+        try:
+            for loaded in prefetch(enumerate(items), self._load, self.workers, depth):
+                self._check_open()  # closed meanwhile: stop here rather than fail every item
+                if loaded.error is not None:
+                    reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
+                else:
+                    for batch in batcher.add(loaded):
+                        for finished in runner.submit(batch):
+                            reorder.put_many(finished)
                 yield from (prediction for _, prediction in reorder.ready())
-            finally:
-                runner.close()
+            self._check_open()
+            for batch in batcher.flush():
+                for finished in runner.submit(batch):
+                    reorder.put_many(finished)
+            for finished in runner.drain():
+                reorder.put_many(finished)
+            yield from (prediction for _, prediction in reorder.ready())
+        finally:
+            runner.close()
 
     def _load(self, numbered: tuple[int, Item]) -> _Loaded:
         seq, item = numbered
@@ -324,6 +405,8 @@ class Engine:
         try:
             return self._forward_batch(batch, options)
         except Exception as exc:
+            if self._predictor is None:  # the engine was closed under us: the stream stops, items did not fail
+                raise
             if len(batch) == 1:
                 log.warning("item %s failed in the model: %s", batch[0].item.source, exc)
                 return [self._failed(batch[0], f"model failed on this item: {type(exc).__name__}: {exc}")]

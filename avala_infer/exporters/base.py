@@ -1,21 +1,162 @@
-"""What every writer shares: the sink protocol and small helpers for atomic, streaming files."""
+"""What every writer shares: the sink protocol, the paths made from item keys, and small helpers for atomic,
+streaming files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
-from pathlib import Path
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from avala_infer.annotations import Prediction
 
+log = logging.getLogger(__name__)
+
 
 class Sink(Protocol):
-    """Consumes predictions one at a time; ``close`` finishes the files and returns their paths."""
+    """Consumes predictions one at a time; ``close`` finishes the files and returns their paths; ``abort`` (on
+    an error) closes what is open and removes the temporary files, leaving no half-written output behind."""
 
     def write(self, prediction: Prediction) -> None: ...
 
     def close(self) -> list[Path]: ...
+
+    def abort(self) -> None: ...
+
+
+def abort_sinks(sinks: Iterable[object]) -> None:
+    """Abort every sink (``close`` for one without ``abort``); a sink that fails to abort does not stop the rest."""
+    for sink in sinks:
+        try:
+            stop = getattr(sink, "abort", None) or sink.close
+            stop()
+        except Exception:  # we are already handling the error that made us abort: log this one, go on
+            log.exception("could not abort %s", type(sink).__name__)
+
+
+@contextlib.contextmanager
+def aborting_on_error(sinks: list) -> Iterator[None]:
+    """Run the block; if it raises, abort every sink in ``sinks`` (as it is then) and re-raise."""
+    try:
+        yield
+    except BaseException:
+        abort_sinks(sinks)
+        raise
+
+
+def close_sinks(sinks: list) -> list[Path]:
+    """Close every sink in order and return their files; if one fails to close, abort the others, re-raise."""
+    files: list[Path] = []
+    for i, sink in enumerate(sinks):
+        try:
+            files += sink.close()
+        except BaseException:
+            abort_sinks([sink, *sinks[i + 1 :]])
+            raise
+    return files
+
+
+def remove_quietly(*paths: Path | str) -> None:
+    """Delete ``paths`` where they exist (temporary files of an aborted writer)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_UNSAFE_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; room for a _N suffix and a new extension
+
+
+def _short(name: str) -> str:
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or len(suffix) > 16:
+        stem, suffix = name, ""
+    keep = MAX_NAME_BYTES - len(suffix.encode("utf-8")) - 1
+    stem = stem.encode("utf-8")[:keep].decode("utf-8", "ignore")
+    return f"{stem}.{suffix}" if suffix else stem
+
+
+def safe_relative_path(key: str) -> PurePosixPath:
+    """The relative path an item key stands for under an output folder, which can never leave it.
+
+    Backslashes count as separators, a drive (``C:``) and leading ``/`` are dropped, ``.`` parts are removed
+    and ``..`` steps up only as far as the top (``a/../../b.jpg`` -> ``b.jpg``, ``../../x.jpg`` -> ``x.jpg``);
+    control characters (NUL included) become ``_`` and names are cut to 200 bytes. Sub-folders inside are
+    kept: ``sub/a.jpg`` stays ``sub/a.jpg``. An empty result is ``unnamed``.
+    """
+    text = _UNSAFE_CHARS.sub("_", str(key)).replace("\\", "/")
+    text = _DRIVE.sub("", text)
+    parts: list[str] = []
+    for part in text.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(_short(part))
+    return PurePosixPath(*parts) if parts else PurePosixPath("unnamed")
+
+
+class PathAllocator:
+    """Gives each item key its own file under ``root``: :func:`safe_relative_path`, made unique.
+
+    Two keys that come out as the same path (``a.jpg`` and ``./a.jpg``; ``a.jpg`` and ``a.png`` once the
+    extension is replaced) do not overwrite each other: the later one gets ``_1``, ``_2``... before its
+    extension, as imports name duplicate keys. A name already taken as a folder (or a folder already taken as
+    a file) gets the suffix too. Memory: one entry per file written, as the writers' own outputs are.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._files: set[PurePosixPath] = set()
+        self._folders: set[PurePosixPath] = set()
+
+    def allocate(self, key: str, suffix: str | None = None, companion: str | None = None) -> Path:
+        """The unique path for ``key`` under ``root`` (its extension replaced by ``suffix`` if given).
+
+        ``companion``: another extension the same stem will be written with elsewhere under the same layout
+        (YOLO's image link beside its label file); that name is kept free of clashes too.
+        """
+        relative = safe_relative_path(key)
+        if suffix is not None:
+            relative = relative.with_suffix(suffix) if relative.suffix else relative.with_name(relative.name + suffix)
+        parts = list(relative.parts)
+        for i in range(len(parts) - 1):  # folders: not a name some file already has
+            parts[i] = self._free(PurePosixPath(*parts[:i]), parts[i], self._files, None)
+        parent = PurePosixPath(*parts[:-1])
+        name = self._free(parent, parts[-1], self._files | self._folders, companion)
+        path = parent / name
+        self._files.add(path)
+        if companion is not None:
+            self._files.add(path.with_suffix(companion))
+        self._folders.update(path.parents)
+        return self.root.joinpath(*path.parts)
+
+    @staticmethod
+    def _free(parent: PurePosixPath, name: str, taken: set[PurePosixPath], companion: str | None) -> str:
+        def clash(candidate: str) -> bool:
+            path = parent / candidate
+            return path in taken or (companion is not None and path.with_suffix(companion) in taken)
+
+        if not clash(name):
+            return name
+        stem, dot, suffix = name.rpartition(".")
+        if not dot or not stem:
+            stem, suffix = name, ""
+        n = 1
+        while True:
+            candidate = f"{stem}_{n}.{suffix}" if suffix else f"{stem}_{n}"
+            if not clash(candidate):
+                return candidate
+            n += 1
 
 
 def round_list(values, digits: int = 2) -> list[float]:
@@ -26,8 +167,12 @@ def write_json_atomic(path: Path, data: object) -> Path:
     """Write JSON to ``path`` through a temporary file, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     return path
 
 
@@ -54,6 +199,11 @@ class FailureLog:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self.count += 1
+
+    def abort(self) -> None:
+        """Close the list: the failures seen so far stay recorded."""
+        if self._file is not None:
+            self._file.close()
 
     def close(self) -> list[Path]:
         if self._file is None:

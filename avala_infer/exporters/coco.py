@@ -24,7 +24,7 @@ import numpy as np
 from avala_infer.annotations import Prediction, SemanticMask, rle
 from avala_infer.annotations.polygons import mask_to_polygons
 from avala_infer.errors import ConfigError
-from avala_infer.exporters.base import round_list
+from avala_infer.exporters.base import remove_quietly, round_list
 
 MASK_FORMATS = ("rle", "polygon")
 
@@ -46,7 +46,12 @@ class CocoWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(labels)]
         self._images = self.path.with_name(self.path.name + ".images.part").open("w+", encoding="utf-8")
-        self._annotations = self.path.with_name(self.path.name + ".annotations.part").open("w+", encoding="utf-8")
+        try:
+            self._annotations = self.path.with_name(self.path.name + ".annotations.part").open("w+", encoding="utf-8")
+        except BaseException:
+            self._images.close()
+            remove_quietly(self._images.name)
+            raise
         self._next_annotation = 1
         self._count_images = 0
 
@@ -117,17 +122,23 @@ class CocoWriter:
 
     def close(self) -> list[Path]:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as out:
-            out.write('{"info": {"description": "avala-infer pre-annotations"},\n"categories": ')
-            out.write(json.dumps(self.categories))
-            for name, part in (("images", self._images), ("annotations", self._annotations)):
-                out.write(f',\n"{name}": [\n')
-                part.seek(0)
-                shutil.copyfileobj(part, out)
-                out.write("\n]")
-            out.write("}\n")
+        try:
+            with tmp.open("w", encoding="utf-8") as out:
+                out.write('{"info": {"description": "avala-infer pre-annotations"},\n"categories": ')
+                out.write(json.dumps(self.categories))
+                for name, part in (("images", self._images), ("annotations", self._annotations)):
+                    out.write(f',\n"{name}": [\n')
+                    part.seek(0)
+                    shutil.copyfileobj(part, out)
+                    out.write("\n]")
+                out.write("}\n")
+            os.replace(tmp, self.path)
+        finally:
+            self.abort()  # the scratch files go, and the joined file if it was not renamed into place
+            remove_quietly(tmp)
+        return [self.path]
+
+    def abort(self) -> None:
         for part in (self._images, self._annotations):
             part.close()
-            os.unlink(part.name)
-        os.replace(tmp, self.path)
-        return [self.path]
+            remove_quietly(part.name)

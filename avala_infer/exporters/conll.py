@@ -5,16 +5,19 @@ Tokens are the text's whitespace-separated pieces (give pre-tokenized, space-joi
 tokens, as CoNLL-2003 is). A token overlapping an entity span is tagged with its type: ``B-`` on the first
 token of the span, ``I-`` on the following ones; a token overlapping two spans takes the first; other tokens
 are ``O``. Readers of CoNLL-2003 (seqeval, the datasets ``conll2003`` loader) read it as the NER column.
+Written to ``annotations.conll.part`` and renamed at the end: a run that fails leaves no half file.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from avala_infer.annotations import Entities, Prediction
+from avala_infer.exporters.base import remove_quietly
 
 _TOKEN = re.compile(r"\S+")
 
@@ -43,7 +46,8 @@ class ConllWriter:
     def __init__(self, out_dir: Path, labels: tuple[str, ...]) -> None:
         self.path = out_dir / "annotations.conll"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8")
+        self._tmp = self.path.with_name(self.path.name + ".part")
+        self._file = self._tmp.open("w", encoding="utf-8")
 
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok or not isinstance(prediction.result, Entities):
@@ -52,5 +56,14 @@ class ConllWriter:
         self._file.write("\n".join(lines) + "\n\n" if lines else "")
 
     def close(self) -> list[Path]:
-        self._file.close()
+        try:
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return [self.path]
+
+    def abort(self) -> None:
+        self._file.close()
+        remove_quietly(self._tmp)

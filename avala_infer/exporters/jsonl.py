@@ -13,16 +13,18 @@ Every record has ``source``, ``key`` and ``annotations``; image items add ``widt
 - named entities: ``{"label", "class_id", "score", "start", "end", "text", "word"}`` with character offsets
   into ``text`` (``"tag"`` too for aggregation ``none``).
 
-Failed items are not here; they are in ``failures.jsonl``.
+Failed items are not here; they are in ``failures.jsonl``. The lines go to ``annotations.jsonl.part`` as they
+arrive, renamed at the end: a run that fails leaves no half file (and an earlier run's file untouched).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask, rle
-from avala_infer.exporters.base import round_list
+from avala_infer.exporters.base import remove_quietly, round_list
 
 
 def _boxes(d: Detections) -> list[dict]:
@@ -101,12 +103,22 @@ class JsonlWriter:
     def __init__(self, out_dir: Path, labels: tuple[str, ...]) -> None:
         self.path = out_dir / "annotations.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", encoding="utf-8")
+        self._tmp = self.path.with_name(self.path.name + ".part")
+        self._file = self._tmp.open("w", encoding="utf-8")
 
     def write(self, prediction: Prediction) -> None:
         if prediction.ok:
             self._file.write(json.dumps(prediction_record(prediction), ensure_ascii=False) + "\n")
 
     def close(self) -> list[Path]:
-        self._file.close()
+        try:
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         return [self.path]
+
+    def abort(self) -> None:
+        self._file.close()
+        remove_quietly(self._tmp)

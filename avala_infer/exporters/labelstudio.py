@@ -26,6 +26,7 @@ from pathlib import Path
 
 from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask, brush_rle
 from avala_infer.annotations.polygons import mask_to_polygons
+from avala_infer.exporters.base import remove_quietly
 from avala_infer.types import ModelType
 
 # (control tag, its name, the object it labels) per model type
@@ -185,8 +186,16 @@ class LabelStudioWriter:
         self._count += 1
 
     def close(self) -> list[Path]:
-        self._file.write("\n]\n")
-        self._file.close()
-        os.replace(self._tmp, self.path)
+        try:
+            self._file.write("\n]\n")
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
         self.config_path.write_text(labeling_config(self.model_type, self.labels, self.multi_label), encoding="utf-8")
         return [self.path, self.config_path]
+
+    def abort(self) -> None:
+        self._file.close()
+        remove_quietly(self._tmp)

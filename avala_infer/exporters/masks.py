@@ -2,7 +2,8 @@
 
 Pixel value ``k + 1`` is the run's label ``k`` (the same ids as the COCO export's categories) and 0 is no class
 (below the threshold or filtered out); 8-bit for up to 255 labels, else 16-bit. ``masks/classes.txt`` lists
-``id name`` lines, ``0 unlabeled`` first.
+``id name`` lines, ``0 unlabeled`` first. Paths come from keys through ``base.PathAllocator``: inside
+``masks/`` whatever the key, and two keys that would share a PNG (``a.jpg``, ``a.png``) get ``a.png``, ``a_1.png``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from avala_infer.annotations import Prediction, SemanticMask
+from avala_infer.exporters.base import PathAllocator
 
 
 class MaskWriter:
@@ -21,15 +23,20 @@ class MaskWriter:
         self.root.mkdir(parents=True, exist_ok=True)
         self.labels = labels
         self.dtype = np.uint8 if len(labels) < 256 else np.uint16
+        self._paths = PathAllocator(self.root)
+        self._paths.allocate("classes.txt")  # written at close
 
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok or not isinstance(prediction.result, SemanticMask):
             return
-        path = self.root / Path(prediction.key).with_suffix(".png")
+        path = self._paths.allocate(prediction.key, ".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         values = (prediction.result.class_map + 1).astype(self.dtype)
         if not cv2.imwrite(str(path), values):
             raise OSError(f"cannot write {path}")
+
+    def abort(self) -> None:
+        """Nothing is open: the PNGs written so far stay, ``classes.txt`` is not written."""
 
     def close(self) -> list[Path]:
         classes = self.root / "classes.txt"

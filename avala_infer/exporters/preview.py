@@ -19,6 +19,7 @@ from avala_infer.annotations import Entities, Prediction
 from avala_infer.engine.loaders import read_image
 from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError
+from avala_infer.exporters.base import safe_relative_path
 from avala_infer.exporters.drawing import color_for, draw_result
 from avala_infer.exporters.summary import SummaryCollector
 
@@ -63,7 +64,8 @@ def _highlighted(text: str, entities: Entities | None) -> str:
 
 
 def _safe_name(index: int, key: str) -> str:
-    return f"{index:06d}_" + re.sub(r"[^A-Za-z0-9._-]+", "_", Path(key).stem)[:80] + ".jpg"
+    """A flat file name for an item's overlay: unique (the run's index first), portable, inside ``images/``."""
+    return f"{index:06d}_" + re.sub(r"[^A-Za-z0-9._-]+", "_", safe_relative_path(key).stem)[:80] + ".jpg"
 
 
 def _hex(bgr: tuple[int, int, int]) -> str:
@@ -109,6 +111,9 @@ class PreviewWriter:
                 )
                 card["image"] = f"images/{name}"
         self.cards.append(card)
+
+    def abort(self) -> None:
+        """Nothing is open: the overlays drawn so far stay, ``index.html`` is not written."""
 
     def close(self) -> list[Path]:
         path = self.root / "index.html"

@@ -85,3 +85,6 @@ class SummaryCollector:
 
     def close(self) -> list[Path]:
         return [write_json_atomic(self.path, self.as_dict())]
+
+    def abort(self) -> None:
+        """Nothing is open: ``summary.json`` of a run that failed is not written."""

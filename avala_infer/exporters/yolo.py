@@ -6,6 +6,10 @@
 ``YOLO(...).val(data="yolo/data.yaml")`` and training read it as it is. Instance masks are written as
 YOLO-seg lines instead (``class x1 y1 x2 y2 ...``, normalised), one polygon per instance: the mask's largest
 outline, as ultralytics keeps one segment per box.
+
+Paths come from item keys through ``base.PathAllocator``: they stay inside ``yolo/`` whatever the key
+(``../x.jpg`` -> ``x.jpg``), nested keys keep their sub-folders, and two keys that would share a label file
+(``a.jpg`` and ``a.png``) get ``a.txt`` and ``a_1.txt``, their image links ``a.jpg`` and ``a_1.png``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import yaml
 
 from avala_infer.annotations import Prediction
 from avala_infer.annotations.polygons import largest_polygon
+from avala_infer.exporters.base import PathAllocator
 
 
 class YoloWriter:
@@ -27,12 +32,14 @@ class YoloWriter:
         self.save_conf = save_conf
         (self.root / "labels").mkdir(parents=True, exist_ok=True)
         (self.root / "images").mkdir(parents=True, exist_ok=True)
+        self._paths = PathAllocator(self.root / "labels")
 
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok:
             return
-        key = Path(prediction.key)
-        label_path = self.root / "labels" / key.with_suffix(".txt")
+        linked = not prediction.source.startswith("<")  # in-memory arrays have no file to link
+        image_suffix = (Path(prediction.source).suffix or ".jpg") if linked else None
+        label_path = self._paths.allocate(prediction.key, ".txt", companion=image_suffix)
         label_path.parent.mkdir(parents=True, exist_ok=True)
         d, w, h = prediction.detections, prediction.width, prediction.height
         lines = []
@@ -51,12 +58,17 @@ class YoloWriter:
                 ]
             lines.append(" ".join([str(int(cid)), *fields, *([f"{score:.5f}"] if self.save_conf else [])]))
         label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        if not prediction.source.startswith("<"):  # in-memory arrays have no file to link
-            image_path = self.root / "images" / key
+        if image_suffix is not None:
+            relative = label_path.relative_to(self.root / "labels")
+            image_path = (self.root / "images" / relative).with_suffix(image_suffix)
             image_path.parent.mkdir(parents=True, exist_ok=True)
             if image_path.is_symlink() or image_path.exists():
                 image_path.unlink()
             os.symlink(Path(prediction.source).resolve(), image_path)
+
+    def abort(self) -> None:
+        """Nothing is open: the label files written so far stay, ``classes.txt`` and ``data.yaml`` are not
+        written."""
 
     def close(self) -> list[Path]:
         classes = self.root / "classes.txt"

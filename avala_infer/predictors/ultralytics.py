@@ -2,12 +2,18 @@
 
 ultralytics is used only to unpickle the checkpoint; pre- and post-processing are ours (see ``yolo.py``),
 batched, with the model in channels-last layout (faster on CPU and on tensor cores).
+
+Unpickling runs code: the engine loads a checkpoint only once :func:`avala_infer.trust.check_weights` trusts it.
+While one loads, ultralytics' auto-install (``pip install`` of a module the checkpoint names) is off, and only an
+existing local file is passed, so ultralytics neither installs nor downloads anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +29,41 @@ log = logging.getLogger(__name__)
 TASKS = {"detect": "object_detection", "segment": "instance_segmentation"}
 
 
+_SETTINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def no_autoinstall() -> Iterator[None]:
+    """ultralytics' auto-install off for the duration (restored after): a checkpoint that names a module that is
+    not installed fails to load instead of running ``pip install`` for it (``torch_safe_load`` would).
+
+    ``check_requirements`` reads the module global ``ultralytics.utils.checks.AUTOINSTALL`` (from the
+    ``YOLO_AUTOINSTALL`` env, read once at import) on every call; setting it here changes no environment variable.
+    """
+    from ultralytics.utils import checks
+
+    with _SETTINGS_LOCK:
+        before = checks.AUTOINSTALL
+        checks.AUTOINSTALL = False
+        try:
+            yield
+        finally:
+            checks.AUTOINSTALL = before
+
+
 def load_ultralytics_module(weights: Path):
-    """Load an ultralytics checkpoint as a fused fp32 ``nn.Module`` in eval mode, on the CPU."""
+    """Load an ultralytics checkpoint as a fused fp32 ``nn.Module`` in eval mode, on the CPU.
+
+    The caller has checked that the file may be unpickled (:func:`avala_infer.trust.check_weights`).
+    """
+    weights = Path(weights).resolve()
+    if not weights.is_file():  # ultralytics would try to download a missing file by its name
+        raise ModelLoadError(f"no checkpoint file at {weights}; avala-infer never downloads weights")
     try:
         from ultralytics.nn.tasks import load_checkpoint
 
-        model, _ = load_checkpoint(str(weights), device="cpu", fuse=True)
+        with no_autoinstall():
+            model, _ = load_checkpoint(str(weights), device="cpu", fuse=True)
     except Exception as exc:  # unpickling errors come in many types
         raise ModelLoadError(f"cannot load {weights} as an ultralytics checkpoint: {exc}") from exc
     return model
