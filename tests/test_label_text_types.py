@@ -15,6 +15,7 @@ SENTENCES = [
     "Angela Merkel met Emmanuel Macron in Paris on Monday.",
     "EU rejects German call to boycott British lamb .",
 ]
+WHOLE_WORDS = "Nadim Ladki"  # aggregation "simple" cuts it into "Nad" + "im Ladki"; the default "first" does not
 
 
 @pytest.fixture(scope="module")
@@ -24,21 +25,24 @@ def ner_model():
 
 
 def test_cli_ner_writes_conll_labelstudio_and_jsonl(ner_model, tmp_path):
+    """No --aggregation: the CLI's default, first, labels whole words ("Nadim Ladki", not "Nad" + "im Ladki")."""
     args = ["label", "-m", ner_model, "--device", "cpu", "-o", tmp_path, "--labels", "PER,LOC"]
     for fmt in ("conll", "labelstudio", "jsonl"):
         args += ["--format", fmt]
-    for sentence in SENTENCES:
+    for sentence in [*SENTENCES, WHOLE_WORDS]:
         args += ["--text", sentence]
     result = _run(*args)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (tmp_path / "annotations.jsonl").read_text().splitlines()]
-    assert [r["text"] for r in records] == SENTENCES
+    assert [r["text"] for r in records] == [*SENTENCES, WHOLE_WORDS]
+    assert [(a["text"], a["label"]) for a in records[2]["annotations"]] == [(WHOLE_WORDS, "PER")]
     spans = [(a["text"], a["label"]) for a in records[0]["annotations"]]
     assert spans == [("Angela Merkel", "PER"), ("Emmanuel Macron", "PER"), ("Paris", "LOC")]
     assert records[1]["annotations"] == []  # only MISC there, and --labels keeps PER and LOC
     blocks = (tmp_path / "annotations.conll").read_text().strip("\n").split("\n\n")
     assert blocks[0].splitlines()[:4] == ["Angela B-PER", "Merkel I-PER", "met O", "Emmanuel B-PER"]
     assert all(line.endswith(" O") for line in blocks[1].splitlines())
+    assert blocks[2].splitlines() == ["Nadim B-PER", "Ladki I-PER"]
     tasks = json.loads((tmp_path / "labelstudio.json").read_text())
     values = [r["value"] for r in tasks[0]["predictions"][0]["result"]]
     assert [(v["text"], v["labels"]) for v in values] == [(t, [label]) for t, label in spans]
@@ -73,9 +77,10 @@ def test_cli_text_file_fields_and_bad_records(tmp_path):
 
 
 def test_ner_dry_run_highlights_spans(ner_model, tmp_path):
+    """label() with the default aggregation, first (recorded in the summary's settings)."""
     report = label([Text(s) for s in SENTENCES], ner_model, out=tmp_path, dry_run=True, device="cpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preview", "summary.json"]
     html = (tmp_path / "preview" / "index.html").read_text()
     marked = re.findall(r"<mark[^>]*>(.*?)<sub>(\w+) [\d.]+</sub></mark>", html)
     assert ("Angela Merkel", "PER") in marked and ("Paris", "LOC") in marked and ("German", "MISC") in marked
-    assert report.summary["per_label"]["PER"] == 2 and report.summary["settings"]["aggregation"] == "simple"
+    assert report.summary["per_label"]["PER"] == 2 and report.summary["settings"]["aggregation"] == "first"

@@ -44,7 +44,8 @@ def test_a_skip_is_only_a_skip_outside_ci(tmp_path):
 
 
 def test_no_gpu_skips_are_allowed_under_ci(tmp_path):
-    body = f"@pytest.mark.skipif(True, reason={NO_GPU_REASON!r})\ndef test_gpu():\n    pass\n\ndef test_b():\n    pass\n"
+    body = f"@pytest.mark.skipif(True, reason={NO_GPU_REASON!r})\ndef test_gpu():\n    pass\n\n"
+    body += "def test_b():\n    pass\n"
     result = _session(tmp_path, body, "true")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed, 1 skipped" in result.stdout
