@@ -93,6 +93,60 @@ task_type_option = click.option(
 )
 
 
+def _refuse_secret_argument(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise click.UsageError(
+            "--secret is no longer accepted: a command line is visible to every user of this host (ps, /proc). "
+            "Pass the secret with --secret-file PATH (a file only you can read) or --secret-stdin "
+            "(e.g. `avala-infer agents create NAME --secret-stdin < secret.txt`)",
+            ctx,
+        )
+
+
+def secret_options(what: str, default: str = ""):
+    """``--secret-file PATH`` and ``--secret-stdin`` (the secret never on argv), and a hidden ``--secret`` that
+    refuses with a message naming them, so an old script is told what to use instead."""
+
+    def decorate(command):
+        command = click.option(
+            "--secret", hidden=True, expose_value=False, callback=_refuse_secret_argument, is_eager=True
+        )(command)
+        command = click.option(
+            "--secret-stdin",
+            is_flag=True,
+            help=f"Read {what} from standard input (trailing newlines dropped){default}.",
+        )(command)
+        return click.option(
+            "--secret-file",
+            type=click.Path(exists=True, dir_okay=False, readable=True),
+            default=None,
+            help=f"Read {what} from this file (trailing newlines dropped; keep it private: chmod 600){default}.",
+        )(command)
+
+    return decorate
+
+
+def _read_secret(secret_file: str | None, secret_stdin: bool) -> str | None:
+    """The secret from --secret-file or --secret-stdin (None when neither is given)."""
+    if secret_file and secret_stdin:
+        raise click.UsageError("give the secret once: --secret-file or --secret-stdin, not both")
+    if secret_file:
+        with open(secret_file, encoding="utf-8") as f:
+            secret, source = f.read(), secret_file
+    elif secret_stdin:
+        stdin = click.get_text_stream("stdin")
+        if stdin.isatty():
+            secret, source = click.prompt("secret", hide_input=True, err=True), "the prompt"
+        else:
+            secret, source = stdin.read(), "standard input"
+    else:
+        return None
+    secret = secret.rstrip("\r\n")
+    if not secret.strip():
+        raise click.UsageError(f"the secret read from {source} is empty; put the secret there")
+    return secret
+
+
 @agents_group.command("create")
 @click.argument("name")
 @event_option
@@ -101,13 +155,17 @@ task_type_option = click.option(
 @click.option("--project", default=None, help="Only this project's events (default: every project).")
 @task_type_option
 @click.option("--inactive", is_flag=True, help="Create it inactive (it receives nothing until activated).")
-@click.option("--secret", default=None, help="The signing secret (default: a random 64-hex-digit one).")
+@secret_options("the signing secret", "; default: a random 64-hex-digit one")
 @home_option
 @json_option
 @map_errors
-def agents_create(name, events, description, callback_url, project, task_types, inactive, secret, home, as_json):
+def agents_create(
+    name, events, description, callback_url, project, task_types, inactive, secret_file, secret_stdin, home, as_json
+):
     """Create agent NAME listening to --event types. Its signing secret (the HMAC-SHA256 key of the
-    X-Avala-Webhook-Signature header) is printed now and never again."""
+    X-Avala-Webhook-Signature header) is printed now and never again; give your own with --secret-file or
+    --secret-stdin (never on the command line, which every user of the host can see)."""
+    secret = _read_secret(secret_file, secret_stdin)
     with store_client(home) as client:
         agent = client.agents.create(
             name=name,
@@ -165,11 +223,17 @@ def agents_get(uid, home, as_json) -> None:
 @click.option("--project", default=None, help="Only this project's events from now on.")
 @task_type_option
 @click.option("--active/--inactive", "is_active", default=None, help="Activate or deactivate it.")
+@secret_options("a new signing secret")
 @home_option
 @json_option
 @map_errors
-def agents_update(uid, name, events, description, callback_url, project, task_types, is_active, home, as_json):
-    """Change an agent: the options given replace what it had (--event and --task-type replace the whole list)."""
+def agents_update(
+    uid, name, events, description, callback_url, project, task_types, is_active, secret_file, secret_stdin, home,
+    as_json,
+):  # fmt: skip
+    """Change an agent: the options given replace what it had (--event and --task-type replace the whole list;
+    --secret-file or --secret-stdin replace its signing secret from the next delivery on)."""
+    secret = _read_secret(secret_file, secret_stdin)
     with store_client(home) as client:
         agent = client.agents.update(
             uid,
@@ -180,6 +244,7 @@ def agents_update(uid, name, events, description, callback_url, project, task_ty
             is_active=is_active,
             project=project,
             task_types=list(task_types) or None,
+            secret=secret,
         )
     _show_agent(agent, as_json)
 

@@ -243,6 +243,7 @@ def _job_fields(job) -> list[tuple[str, Any]]:
         ("confidence_threshold", job.confidence_threshold),
         ("labels", ", ".join(job.labels) or "(the project's ontology)"),
         ("dry_run", job.dry_run),
+        ("attempts", job.attempts),
         ("progress", f"{job.progress_pct:.1f}% ({job.processed_items}/{job.total_items} items)"),
         ("successful_items", job.successful_items),
         ("failed_items", job.failed_items),
@@ -252,6 +253,8 @@ def _job_fields(job) -> list[tuple[str, Any]]:
         ("started_at", job.started_at),
         ("completed_at", job.completed_at),
     ]
+    if job.model_type == "named_entity_recognition":
+        fields.insert(7, ("aggregation", job.aggregation or "first (the default)"))
     if summary:
         per_label = ", ".join(f"{k}={v}" for k, v in summary.get("per_label", {}).items()) or "none"
         fields += [("per_label", per_label), ("throughput", f"{summary.get('throughput_items_per_s')} items/s")]
@@ -341,14 +344,10 @@ class _ForegroundRun:
         from avala_infer.store import Store, worker_id
 
         try:
-            store = Store(self.home)
-            try:
-                runner = JobRunner(store, worker_id(), device=self.device)
+            with Store(self.home) as store, JobRunner(store, worker_id(), device=self.device) as runner:
                 job = store.claim_job(runner.worker, runner.lease_s, only=self.uid)
                 if job is not None:  # else another worker holds it: then we only watch
                     runner.run(job, self.stopping.is_set)
-            finally:
-                store.close()
         except BaseException as exc:  # reported by the watching thread
             self.error = exc
 
@@ -388,6 +387,12 @@ def _watch(client, uid: str, interval_s: float, foreground: _ForegroundRun | Non
 @click.option("--confidence", default=None, type=click.FloatRange(0, 1), help="Minimum score (default 0.5).")
 @click.option("--labels", default=None, help="Keep only these labels, comma-separated (default: the ontology).")
 @click.option("--dry-run", is_flag=True, help="Write previews into the job's folder only; results stay untouched.")
+@click.option(
+    "--aggregation",
+    default=None,
+    type=click.Choice(["none", "simple", "first", "average", "max"]),
+    help="NER jobs: how tokens become entities (default first: whole words; as transformers' aggregation_strategy).",
+)
 @click.option("--watch", is_flag=True, help="Show a progress bar until the job ends (exit code as `watch`).")
 @click.option("--run", "run_here", is_flag=True, help="Run the job in this process now, with a progress bar.")
 @click.option("-d", "--device", default="auto", show_default=True, help="Device for --run: auto, cpu, cuda[:N].")
@@ -395,7 +400,9 @@ def _watch(client, uid: str, interval_s: float, foreground: _ForegroundRun | Non
 @home_option
 @json_option
 @map_errors
-def jobs_create(project, model_type, confidence, labels, dry_run, watch, run_here, device, interval, home, as_json):
+def jobs_create(
+    project, model_type, confidence, labels, dry_run, aggregation, watch, run_here, device, interval, home, as_json
+):
     """Queue an auto-label job over PROJECT's tasks, labeled by the project's model for --model-type.
 
     A worker process runs it (`avala-infer worker --home H`). With --run this command runs it itself, in the
@@ -409,6 +416,7 @@ def jobs_create(project, model_type, confidence, labels, dry_run, watch, run_her
             confidence_threshold=confidence,
             labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
             dry_run=dry_run,
+            aggregation=aggregation,
         )
         if not (watch or run_here):
             if as_json:
@@ -431,7 +439,8 @@ def jobs_create(project, model_type, confidence, labels, dry_run, watch, run_her
 @json_option
 @map_errors
 def jobs_get(uid, home, as_json) -> None:
-    """One job: status, counters, progress, error and summary (per-label counts, throughput)."""
+    """One job: status, counters, progress, attempts (how many times a worker took it up: more than 1 after a
+    takeover), error and summary (per-label counts, throughput)."""
     with store_client(home) as client:
         job = client.auto_label_jobs.get(uid)
     if as_json:

@@ -71,7 +71,10 @@ class LabelFilter:
 
 
 def _check_threshold(name: str, value: float) -> float:
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number between 0 and 1, got {value!r}") from None
     if not 0.0 <= value <= 1.0:
         raise ConfigError(f"{name} must be between 0 and 1, got {value}")
     return value
@@ -96,6 +99,8 @@ def build_filter(
         )
     mapped = [label_map.get(name, name) for name in model_labels]
     vocabulary = list(dict.fromkeys(m for m in mapped if m is not None))
+    if isinstance(labels, (str, bytes)):
+        raise ConfigError(f"labels must be a list of label names, e.g. ['car'], not the string {labels!r}")
     if labels is not None:
         labels = [str(x).strip() for x in labels if str(x).strip()]
         unknown = sorted(set(labels) - set(vocabulary))

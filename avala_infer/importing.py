@@ -4,8 +4,11 @@ An image project takes image files, folders and globs, and manifests: a ``.txt``
 or a ``.jsonl``/``.csv`` whose ``path`` field names them, relative paths resolved from the manifest's folder. A
 text project takes text files as the engine reads them (``.txt`` whole or ``per_line``, ``.jsonl``/``.csv``
 records with ``text_field``) and :class:`~avala_infer.Text` strings. Every item gets its content's sha256.
-Sources that name nothing (a missing path, an empty glob, a bad record) are reported, not imported; a corrupt
-image is imported and fails its task when labeled, as it would in the engine.
+Sources that name nothing (a missing path, an empty glob, a bad record or manifest line) are reported, not
+imported; a corrupt image is imported and fails its task when labeled, as it would in the engine.
+
+Importing again is cheap: a file already in the project with the same size and mtime is not read again (its
+recorded hash stands); only new or changed files are hashed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from avala_infer.engine.sources import TextReading, check_sources_fit, iter_items
+from avala_infer.errors import UnsupportedInputError
 from avala_infer.store import Store
 
 MANIFEST_SUFFIXES = (".txt", ".jsonl", ".csv")
@@ -32,6 +36,11 @@ class ImportReport:
     failed: list[dict[str, str]] = dataclasses.field(default_factory=list)  # {"source", "error"}, first 100 kept
     failed_count: int = 0
 
+    def fail(self, source: str, error: str) -> None:
+        self.failed_count += 1
+        if len(self.failed) < 100:
+            self.failed.append({"source": source, "error": error})
+
 
 def _sha256_file(path: str) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
@@ -42,18 +51,66 @@ def _sha256_file(path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _manifest_paths(path: Path) -> Iterator[str]:
-    base = path.parent
+def _manifest_entries(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
+    """(where: ``manifest:line``, the path it names or None, what is wrong with the line or None) per entry."""
     suffix = path.suffix.lower()
     with path.open(encoding="utf-8", newline="") as handle:
         if suffix == ".csv":
-            entries = (row.get("path") or "" for row in csv.DictReader(handle))
+            rows = csv.DictReader(handle)
+            if "path" not in (rows.fieldnames or []):
+                yield str(path), None, f"no 'path' column in its header ({', '.join(rows.fieldnames or [])})"
+                return
+            for row in rows:
+                value = row.get("path")
+                where = f"{path}:{rows.line_num}"
+                yield (where, value.strip(), None) if value and value.strip() else (where, None, "empty 'path'")
         elif suffix == ".jsonl":
-            entries = (json.loads(line).get("path", "") for line in handle if line.strip())
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{number}"
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield where, None, f'not a JSON object ({exc.msg}); write one {{"path": ...}} per line'
+                    continue
+                value = record.get("path") if isinstance(record, dict) else None
+                if isinstance(value, str) and value.strip():
+                    yield where, value.strip(), None
+                else:
+                    yield where, None, "no string 'path' field; write one {\"path\": ...} per line"
         else:
-            entries = (line.strip() for line in handle if line.strip() and not line.startswith("#"))
-        for entry in entries:
-            yield str(entry) if os.path.isabs(entry) else str(base / entry)
+            for number, line in enumerate(handle, 1):
+                if line.strip() and not line.startswith("#"):
+                    yield f"{path}:{number}", line.strip(), None
+
+
+def _manifest_paths(path: Path, report: ImportReport) -> Iterator[str]:
+    """The image paths a manifest lists (relative ones from its folder); bad lines and an unreadable manifest
+    go into ``report``."""
+    try:
+        for where, entry, error in _manifest_entries(path):
+            if error is not None:
+                report.fail(where, error)
+            else:
+                yield entry if os.path.isabs(entry) else str(path.parent / entry)
+    except UnicodeDecodeError as exc:
+        report.fail(str(path), f"manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8")
+    except csv.Error as exc:
+        report.fail(str(path), f"manifest is not valid CSV: {exc}")
+    except OSError as exc:
+        report.fail(str(path), f"cannot read the manifest: {exc.strerror or exc}")
+
+
+def _check_source(source: Any) -> Any:
+    if isinstance(source, (str, os.PathLike)):
+        return source
+    if type(source).__module__ == "numpy":  # an image array, as the engine takes
+        return source
+    raise UnsupportedInputError(
+        f"cannot import {source!r} ({type(source).__name__}): give file or folder paths, globs, manifests, or "
+        "avala_infer.Text strings for a text project"
+    )
 
 
 def _is_manifest(source: Any) -> bool:
@@ -64,10 +121,10 @@ def _is_manifest(source: Any) -> bool:
     )
 
 
-def _image_sources(sources: Iterable[Any]) -> Iterator[Any]:
+def _image_sources(sources: Iterable[Any], report: ImportReport) -> Iterator[Any]:
     for source in sources:
         if _is_manifest(source):
-            yield from _manifest_paths(Path(source))
+            yield from _manifest_paths(Path(source), report)
         else:
             yield source
 
@@ -83,14 +140,27 @@ def import_sources(
     """Add the items ``sources`` stand for to the project (a task each); see the module docstring."""
     project = store.get_project(project_uid)
     media = project["data_type"]
+    dataset_uid = store.project_dataset(project_uid)["uid"]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     if isinstance(sources, (list, tuple)):  # refuse an image for a text project (and the reverse) before any work
+        sources = [_check_source(s) for s in sources]
         direct = [s for s in sources if media == "text" or not _is_manifest(s)]
         check_sources_fit(direct, media, f"project {project_uid} ({media})")
+    else:
+        sources = (_check_source(s) for s in sources)
     report = ImportReport()
     if media == "image":
-        sources = _image_sources(sources)
+        sources = _image_sources(sources, report)
+
+    def file_record(item) -> dict[str, Any]:
+        path = str(Path(item.source).resolve())
+        stat = os.stat(path)
+        digest = store.known_file_hash(dataset_uid, path, stat.st_size, stat.st_mtime_ns)
+        size = stat.st_size
+        if digest is None:  # new, or changed since it was imported: read it
+            digest, size = _sha256_file(path)
+        return {"key": item.key, "path": path, "size": size, "content_hash": digest, "mtime_ns": stat.st_mtime_ns}
 
     def records() -> Iterator[dict[str, Any]]:
         for item in iter_items(sources, media, TextReading(per_line=per_line, field=text_field)):
@@ -102,13 +172,9 @@ def import_sources(
                     yield {"key": item.key, "text": item.text, "size": len(data),
                            "content_hash": hashlib.sha256(data).hexdigest()}  # fmt: skip
                 else:
-                    digest, size = _sha256_file(item.source)
-                    path = str(Path(item.source).resolve())
-                    yield {"key": item.key, "path": path, "size": size, "content_hash": digest}
+                    yield file_record(item)
             except OSError as exc:
-                report.failed_count += 1
-                if len(report.failed) < 100:
-                    report.failed.append({"source": item.source, "error": getattr(exc, "strerror", None) or str(exc)})
+                report.fail(item.source, getattr(exc, "strerror", None) or str(exc))
 
     counts = store.add_items(project_uid, records())
     report.created, report.existing = counts["created"], counts["existing"]

@@ -16,13 +16,13 @@ from avala_infer.types import Text
 from tests.test_agents_client import Receiver, closed_port_url, signed_by
 
 
-def _run(home, *args):
+def _run(home, *args, input=None):
     command = [sys.executable, "-m", "avala_infer.cli", *map(str, args), "--home", str(home)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ})
+    return subprocess.run(command, input=input, capture_output=True, text=True, timeout=120, env={**os.environ})
 
 
-def _json(home, *args):
-    result = _run(home, *args, "--json")
+def _json(home, *args, input=None):
+    result = _run(home, *args, "--json", input=input)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -67,7 +67,7 @@ def test_agents_create_list_get_update_test_executions_delete(project):
         assert agent["uid"].startswith("agent_") and len(agent["secret"]) == 64 and "shown only now" in created.stderr
         assert agent["events"] == ["task.completed", "task.rejected"] and agent["project"] == project_uid
         assert agent["task_types"] == ["text_classification"] and agent["is_active"] is True
-        human = _run(home, "agents", "create", "puller", "--inactive", "--secret", "s3cret")
+        human = _run(home, "agents", "create", "puller", "--inactive", "--secret-stdin", input="s3cret\n")
         assert human.returncode == 0 and "secret:                s3cret" in human.stdout
         assert (
             "callback_url:          none (pull mode" in human.stdout and "is_active:             False" in human.stdout
@@ -105,7 +105,7 @@ def test_agents_create_list_get_update_test_executions_delete(project):
         bad = _run(home, "agents", "create", "x", "--event", "task.exploded")
         assert bad.returncode == 1 and bad.stderr.startswith("error: unknown event type(s) ['task.exploded']")
         bad_url = _run(home, "agents", "create", "x", "--callback-url", "example.com/hook")
-        assert bad_url.returncode == 1 and "callback_url must be an http(s) URL" in bad_url.stderr
+        assert bad_url.returncode == 1 and "only http:// and https:// URLs are allowed" in bad_url.stderr
 
         deleted = _run(home, "agents", "delete", agent["uid"])
         assert deleted.returncode == 0 and deleted.stdout == f"agent {agent['uid']} deleted\n"
@@ -157,3 +157,46 @@ def test_tasks_results_and_pull_mode_on_the_command_line(project):
     push = _json(home, "agents", "create", "pusher", "--callback-url", "http://127.0.0.1:9/x")
     refused = _run(home, "agents", "pull", push["uid"])
     assert refused.returncode == 1 and "only agents without one pull" in refused.stderr
+
+
+def test_secrets_come_from_a_file_or_stdin_never_from_argv(project, tmp_path):
+    """Issue 9, item 2: ``--secret VALUE`` (visible to every user in ps) is refused with a message naming the two
+    replacements; ``--secret-file`` and ``--secret-stdin`` set the secret (create and update) that the receiver
+    verifies the signature with."""
+    home, _, _ = project
+    receiver = Receiver()
+    try:
+        old = _run(home, "agents", "create", "old-script", "--callback-url", receiver.url, "--secret", "s3cret")
+        assert old.returncode == 2, old.stderr
+        assert "--secret is no longer accepted" in old.stderr
+        assert "--secret-file PATH" in old.stderr and "--secret-stdin" in old.stderr
+        assert _json(home, "agents", "list")["items"] == []  # nothing was created
+        assert "--secret " not in _run(home, "agents", "create", "--help").stdout  # hidden: not offered any more
+
+        secret_file = tmp_path / "secret.txt"
+        secret_file.write_text("from-a-file-4f1c\n")
+        from_file = _json(home, "agents", "create", "filed", "--callback-url", receiver.url,
+                          "--secret-file", secret_file)  # fmt: skip
+        assert from_file["secret"] == "from-a-file-4f1c"
+        from_stdin = _json(home, "agents", "create", "piped", "--callback-url", receiver.url, "--secret-stdin",
+                           input="from-stdin-9a2e\n")  # fmt: skip
+        assert from_stdin["secret"] == "from-stdin-9a2e"
+        for agent in (from_file, from_stdin):
+            assert _run(home, "agents", "test", agent["uid"]).returncode == 0
+        first, second = receiver.requests
+        assert signed_by(first, "from-a-file-4f1c") and signed_by(second, "from-stdin-9a2e")
+        assert not signed_by(first, "from-stdin-9a2e")
+
+        rotated = _run(home, "agents", "update", from_file["uid"], "--secret-stdin", input="rotated-77\n")
+        assert rotated.returncode == 0, rotated.stderr
+        assert _run(home, "agents", "test", from_file["uid"]).returncode == 0
+        assert signed_by(receiver.requests[2], "rotated-77")
+        refused = _run(home, "agents", "update", from_file["uid"], "--secret", "x")
+        assert refused.returncode == 2 and "--secret-file PATH" in refused.stderr
+
+        both = _run(home, "agents", "create", "x", "--secret-file", secret_file, "--secret-stdin", input="y")
+        assert both.returncode == 2 and "not both" in both.stderr
+        empty = _run(home, "agents", "create", "x", "--secret-stdin", input="\n")
+        assert empty.returncode == 2 and "is empty" in empty.stderr
+    finally:
+        receiver.close()

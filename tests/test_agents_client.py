@@ -21,7 +21,7 @@ import pytest
 
 from avala_infer import Avala
 from avala_infer.client.agents import Agent, AgentExecution
-from avala_infer.errors import ConfigError, NotFoundError
+from avala_infer.errors import ConfigError, NotFoundError, UnsafeURLError
 from avala_infer.types import Text
 from tests.conftest import ASSETS, VAL_IMAGES, need
 
@@ -454,7 +454,7 @@ def test_crud_pages_validation_and_the_secret_shown_once(client, receiver):
 
     with pytest.raises(ConfigError, match=r"unknown event type\(s\) \['task.exploded'\].*task.created"):
         client.agents.create(name="x", events=["task.completed", "task.exploded"])
-    with pytest.raises(ConfigError, match="callback_url must be an http"):
+    with pytest.raises(UnsafeURLError, match="only http:// and https:// URLs are allowed"):
         client.agents.create(name="x", callback_url="ftp://example.com/hook")
     with pytest.raises(NotFoundError, match="no project 'proj_nope'"):
         client.agents.create(name="x", project="proj_nope")

@@ -71,6 +71,10 @@ def test_projects_create_list_show_update(project, tmp_path):
     imported = _run(other, "import", text["uid"], "--text", "Angela Merkel visited Paris .", "--text", "Hello .")
     assert imported.returncode == 0 and imported.stdout.strip() == "2 created, 0 existing, 0 failed"
     assert [t["name"] for t in _json(other, "tasks", "list", text["uid"])["items"]] == ["text_000000", "text_000001"]
+    ner_job = _json(other, "auto-label", "create", text["uid"], "--aggregation", "simple")
+    assert (ner_job["aggregation"], ner_job["attempts"], ner_job["status"]) == ("simple", 0, "pending")
+    assert f"{'aggregation:':<22} simple\n" in _run(other, "auto-label", "get", ner_job["uid"]).stdout
+    assert _run(other, "auto-label", "cancel", ner_job["uid"]).returncode == 0
     refused = _run(home, "import", uid, "--text", "a text")
     assert refused.returncode == 2 and "--text is for text projects" in refused.stderr
     page = _json(other, "projects", "list", "--limit", "1")
@@ -130,8 +134,12 @@ def test_jobs_cancel_watch_with_a_worker_process_and_export(project, tmp_path):
         (job_uid, "completed"),
     ]
     assert len(_json(home, "tasks", "list", uid, "--status", "labeled")["items"]) == 6
+    assert got["attempts"] == 1  # taken up once: no takeover, no restart
     human = _run(home, "auto-label", "get", job_uid)
     assert "progress:              100.0% (6/6 items)" in human.stdout
+    assert f"{'attempts:':<22} 1\n" in human.stdout
+    refused = _run(home, "auto-label", "create", uid, "--aggregation", "first")
+    assert refused.returncode == 1 and "aggregation applies to named_entity_recognition jobs only" in refused.stderr
     # export: class ids from the ontology, the files listed on stdout
     exported = _run(home, "export", uid, "--format", "coco", "--format", "yolo", "--out", tmp_path / "out")
     assert exported.returncode == 0, exported.stderr

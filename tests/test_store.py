@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from avala_infer import Text
+from avala_infer import Text, importing
 from avala_infer.errors import ConfigError, NotFoundError
 from avala_infer.importing import import_sources
 from avala_infer.store import Store
@@ -111,3 +113,65 @@ def test_pages_walk_every_row_once(store):
         store.list_projects(limit=0)
     with pytest.raises(ConfigError, match="bad cursor"):
         store.list_projects(cursor="abc")
+
+
+def test_store_is_a_context_manager_that_closes_its_connection(tmp_path):
+    with Store(tmp_path) as store:
+        uid = store.create_project("p")["uid"]
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        store.get_project(uid)
+    with Store(tmp_path) as again:
+        assert again.get_project(uid)["name"] == "p"
+
+
+def test_reimport_hashes_only_new_or_changed_files(store, tmp_path, monkeypatch):
+    """A re-import of 20 known files reads none of them (size and mtime match what the store recorded); a touched
+    file is hashed again, once (its new mtime is then recorded), and a changed one too."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted(need(VAL_IMAGES).glob("*.jpg"))[:20]:
+        shutil.copy(image, folder / image.name)
+    hashed: list[str] = []
+    real_hash = importing._sha256_file
+    monkeypatch.setattr(importing, "_sha256_file", lambda path: hashed.append(Path(path).name) or real_hash(path))
+    project = store.create_project("p")["uid"]
+    first = import_sources(store, project, [folder])
+    assert (first.created, first.existing, len(hashed)) == (20, 0, 20)
+
+    hashed.clear()
+    again = import_sources(store, project, [folder])
+    assert (again.created, again.existing, again.failed_count) == (0, 20, 0)
+    assert hashed == []
+
+    touched = sorted(folder.iterdir())[3]
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    again = import_sources(store, project, [folder])
+    assert (again.created, again.existing, hashed) == (0, 20, [touched.name])  # same content: nothing added
+    hashed.clear()
+    assert import_sources(store, project, [folder]).existing == 20 and hashed == []  # its new mtime was recorded
+
+    changed = sorted(folder.iterdir())[7]
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    again = import_sources(store, project, [folder])
+    assert (again.created, again.existing, hashed) == (1, 19, [changed.name])
+    hashed.clear()
+    assert import_sources(store, project, [folder]).existing == 20 and hashed == []
+
+
+def test_bad_manifest_lines_are_reported_with_their_line_not_raised(store, tmp_path):
+    image = need(VAL_IMAGES / "000000000139.jpg")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(f'{{"path": "{image}"}}\nnot json\n[1, 2]\n{{"file": "x.jpg"}}\n', encoding="utf-8")
+    table = tmp_path / "list.csv"
+    table.write_text(f"file\n{image}\n", encoding="utf-8")
+    binary = tmp_path / "list.txt"
+    binary.write_bytes(b"\xff\xfe\x00 not text")
+    project = store.create_project("p")["uid"]
+    report = import_sources(store, project, [manifest, table, binary])
+    assert report.created == 1 and report.failed_count == 5
+    errors = {failure["source"]: failure["error"] for failure in report.failed}
+    assert errors[f"{manifest}:2"].startswith("not a JSON object")
+    assert "no string 'path' field" in errors[f"{manifest}:3"] and "no string 'path' field" in errors[f"{manifest}:4"]
+    assert errors[str(table)] == "no 'path' column in its header (file)"  # not the manifest's whole folder
+    assert errors[str(binary)].startswith("manifest is not UTF-8 text")

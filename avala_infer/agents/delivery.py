@@ -10,6 +10,10 @@ Outcomes: a 2xx answer succeeded; a network error, a timeout, a 5xx or a 429 is 
 with full jitter, or the receiver's ``Retry-After`` on 429/503) until the attempts run out; any other answer
 (a 4xx, a 3xx: redirects are not followed) failed for good. The connection is direct (no proxy) and the timeout
 applies to connecting and to each read, as in ``requests``.
+
+Before each POST the callback URL policy (:mod:`avala_infer.url_policy`) resolves the host and checks every
+address; a refused URL is not sent and its delivery fails at once with the policy's message (a host name that
+points at a metadata or link-local address, or one the ``AVALA_INFER_CALLBACK_DENY`` setting denies).
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import random
 import socket
 import ssl
 import time
-import urllib.parse
 import uuid
 from typing import Any
 
+from avala_infer.errors import ConfigError
 from avala_infer.store.base import new_uid
 from avala_infer.store.db import now_iso
 from avala_infer.store.events import TEST_EVENT
+from avala_infer.url_policy import resolve_callback_host, split_callback_url
 
 EXCERPT_CHARS = 500
 READ_LIMIT = 64 * 1024  # bytes of a response body read at most (the excerpt needs far fewer)
@@ -74,8 +79,6 @@ class RetryPolicy:
     retry_after_cap_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        from avala_infer.errors import ConfigError
-
         if self.timeout_s <= 0:
             raise ConfigError(f"the delivery timeout must be positive, got {self.timeout_s}")
         if self.max_attempts < 1:
@@ -132,19 +135,43 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"callback_url {url!r} is not an http(s) URL")
+    """A connection to the URL's host, pinned to the addresses the callback URL policy checked (its host name is
+    resolved here, once: a DNS answer that changes before the connect cannot send the request elsewhere).
+    Raises UnsafeURLError (or ConfigError, a bad policy setting) and OSError (the name does not resolve)."""
+    parts = split_callback_url(url)
+    addresses = resolve_callback_host(url)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    if parts.scheme == "https":
+    if parts.scheme == "https":  # certificate and SNI still name the host, not the address
         conn = http.client.HTTPSConnection(
             parts.hostname, parts.port, timeout=timeout, context=ssl.create_default_context()
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    conn._create_connection = _pinned(addresses)  # http.client's own hook for how it opens the socket
     return conn, path
+
+
+def _pinned(addresses: list[tuple]):
+    """``socket.create_connection`` over already resolved (and checked) ``getaddrinfo`` entries, in order."""
+
+    def create_connection(address, timeout=None, source_address=None, *args, **kwargs) -> socket.socket:
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in addresses:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                error = exc
+                sock.close()
+        raise error or OSError(f"no address to connect to for {address}")
+
+    return create_connection
 
 
 def _describe(exc: BaseException, url: str, timeout: float) -> str:
@@ -168,8 +195,10 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Outc
 
     try:
         conn, path = _connection(url, timeout)
-    except ValueError as exc:
+    except ConfigError as exc:  # the callback URL policy refused it (UnsafeURLError): not sent, not retried
         return Outcome(started_at, took(), error=str(exc))
+    except OSError as exc:  # the host name does not resolve (now): retried
+        return Outcome(started_at, took(), error=_describe(exc, url, timeout), retryable=True)
     try:
         conn.request("POST", path, body=body, headers=headers)
         response = conn.getresponse()

@@ -49,9 +49,10 @@ class Agents(_Resource):
         secret: str | None = None,
     ) -> Agent:
         """A new agent listening to ``events`` (``avala_infer.store.EVENT_TYPES``), of ``project`` only and of
-        ``task_types`` (model types) only when given. With a ``callback_url`` (http or https) events are POSTed
-        there, signed; without one the agent pulls (:meth:`lease_executions`). The returned agent's ``secret``
-        (generated unless given) is shown this once."""
+        ``task_types`` (model types) only when given. With a ``callback_url`` (http or https, allowed by the
+        callback URL policy of ``avala_infer/url_policy.py``, else UnsafeURLError) events are POSTed there, signed;
+        without one the agent pulls (:meth:`lease_executions`). The returned agent's ``secret`` (generated unless
+        given) is shown this once."""
         row = self._call(
             "create_agent",
             name=name,
@@ -82,8 +83,10 @@ class Agents(_Resource):
         is_active: bool | None = None,
         project: str | None = None,
         task_types: Sequence[str] | None = None,
+        secret: str | None = None,
     ) -> Agent:
-        """Change the fields given (None leaves a field as it is; ``callback_url=""`` makes it a pull agent)."""
+        """Change the fields given (None leaves a field as it is; ``callback_url=""`` makes it a pull agent;
+        ``secret`` replaces the signing secret from the next delivery on)."""
         row = self._call(
             "update_agent",
             uid,
@@ -94,6 +97,7 @@ class Agents(_Resource):
             is_active=is_active,
             project=project,
             task_types=list(task_types) if task_types is not None else None,
+            secret=secret,
         )
         return Agent.from_row(row)
 
@@ -127,7 +131,13 @@ class Agents(_Resource):
         """Up to ``limit`` pending executions of pull agent ``uid``, now ``running`` and held by this client (or
         ``holder``) for ``lease_seconds``; answer each with :meth:`respond` before then, or it goes back to
         pending (for this or another consumer, with the same uid)."""
-        if not 1 <= int(limit) <= 1000:
+        try:
+            limit, lease_seconds = int(limit), float(lease_seconds)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"limit (1-1000) and lease_seconds must be numbers, got {limit!r}, {lease_seconds!r}"
+            ) from None
+        if not 1 <= limit <= 1000:
             raise ConfigError(f"limit must be between 1 and 1000, got {limit}")
         if not float(lease_seconds) > 0:
             raise ConfigError(f"lease_seconds must be positive, got {lease_seconds}")

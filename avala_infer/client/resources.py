@@ -135,9 +135,12 @@ class AutoLabelJobs(_Resource):
         confidence_threshold: float | None = None,
         labels: Sequence[str] | None = None,
         dry_run: bool | None = None,
+        aggregation: str | None = None,
     ) -> AutoLabelJob:
         """Queue a job over the project's tasks; the worker runs it. ``model_type`` defaults to the project's
-        only configured model type; ``confidence_threshold`` to 0.5."""
+        only configured model type; ``confidence_threshold`` to 0.5. ``aggregation`` (NER jobs only: ``none``,
+        ``simple``, ``first``, ``average``, ``max``) is how tokens become entities; by default ``first``, whole
+        words, as labeling tools expect."""
         if model_type is None:
             models = self._call("get_project", project_uid)["models"]
             if len(models) != 1:
@@ -152,6 +155,7 @@ class AutoLabelJobs(_Resource):
             confidence_threshold=0.5 if confidence_threshold is None else confidence_threshold,
             labels=labels,
             dry_run=bool(dry_run),
+            aggregation=aggregation,
         )
         return AutoLabelJob.from_row(row)
 

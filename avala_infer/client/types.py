@@ -133,6 +133,8 @@ class AutoLabelJob:
     created_at: datetime.datetime | None = None
     project: str | None = None
     model: str | None = None
+    aggregation: str | None = None  # NER jobs: how tokens become entities (None: the default, first)
+    attempts: int = 0  # how many times a worker took the job up (more than 1 after a takeover or a restart)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AutoLabelJob:

@@ -57,7 +57,16 @@ class Item:
 def _normalise(sources: Source | Iterable[Source]) -> Iterable[Source]:
     if isinstance(sources, (str, os.PathLike, np.ndarray)):  # Text is a str
         return [sources]
+    if not isinstance(sources, Iterable):
+        raise UnsupportedInputError(_not_a_source(sources))
     return sources
+
+
+def _not_a_source(source: object) -> str:
+    return (
+        f"cannot read {source!r} ({type(source).__name__}): give file or folder paths, globs, image arrays, or "
+        "avala_infer.Text('...') for a literal text"
+    )
 
 
 def _walk(root: Path, suffixes: frozenset[str] | tuple[str, ...]) -> Iterator[Path]:
@@ -157,6 +166,8 @@ def _expand(source: Source, media: str, reading: TextReading) -> Iterator[_Expan
     if isinstance(source, Text):
         yield "<text>", "text", None, None, str(source)
         return
+    if not isinstance(source, (str, os.PathLike)):
+        raise UnsupportedInputError(_not_a_source(source))
     text = os.fspath(source)
     path = Path(text).expanduser()
     suffixes = IMAGE_SUFFIXES if media == "image" else READABLE_TEXT_SUFFIXES
@@ -220,6 +231,8 @@ def count_items(sources: Source | Iterable[Source], media: str = "image", readin
 def check_sources_fit(sources: Source | Iterable[Source], media: str, model_name: str) -> None:
     """Refuse, before any work, files named directly whose kind the model cannot read."""
     for source in _normalise(sources):
+        if not isinstance(source, (str, os.PathLike, np.ndarray)):
+            raise UnsupportedInputError(_not_a_source(source))
         if media == "text":
             if isinstance(source, np.ndarray):
                 raise UnsupportedInputError(f"model {model_name!r} reads text, but was given an image array")

@@ -5,6 +5,7 @@ count as skipped, so re-running a finished configuration labels nothing twice. T
 ``labels`` when given, else the project's ontology when it has one, else every model label (and the ontology
 becomes those labels). ``labels`` outside the ontology are added to it, so exports keep stable class ids.
 A dry run writes previews into ``<home>/jobs/<job uid>/preview/`` and no results; its counters still advance.
+An NER job's ``aggregation`` (None: the engine's default, ``first``) is how its tokens become entities.
 """
 
 from __future__ import annotations
@@ -20,12 +21,22 @@ from typing import Any
 from avala_infer.annotations import Prediction
 from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError, ConfigError
-from avala_infer.store import LeaseLost, Store
+from avala_infer.exporters.base import aborting_on_error, close_sinks
+from avala_infer.store import LeaseLost, Store, register_worker, unregister_worker
 
 log = logging.getLogger(__name__)
 
 COMMIT_SECONDS = 2.0  # a batch commits when it reaches the engine's batch size, or after this long
 PREVIEW_COUNT = 50
+
+
+def _close_engine(engine: Any) -> None:
+    close = getattr(engine, "close", None)  # Engine.close() frees the model's memory where the engine has one
+    if close is not None:
+        try:
+            close()
+        except Exception:  # a failing close must not take the worker down
+            log.exception("closing the engine of %s failed", getattr(engine, "name", engine))
 
 
 def _outcome(task_uid: str, prediction: Prediction, keep_results: bool) -> dict[str, Any]:
@@ -44,21 +55,50 @@ def _outcome(task_uid: str, prediction: Prediction, keep_results: bool) -> dict[
 
 
 class JobRunner:
-    """Runs jobs for one worker; keeps loaded engines between jobs (loading a model is the slow part)."""
+    """Runs jobs for one worker; keeps the ``max_engines`` models it used last loaded between jobs (loading a model
+    is the slow part), closing the least recently used one when it needs room for another.
 
-    def __init__(self, store: Store, worker: str, *, device: str = "auto", lease_s: float = 60.0) -> None:
+    Its worker id counts as live in this process (a claim made here waits out its leases) until :meth:`close`;
+    use it as a context manager, or call :meth:`close` when the worker stops.
+    """
+
+    def __init__(
+        self, store: Store, worker: str, *, device: str = "auto", lease_s: float = 60.0, max_engines: int = 1
+    ) -> None:
+        if int(max_engines) < 1:
+            raise ConfigError(f"max_engines must be at least 1 (models kept loaded per device), got {max_engines}")
         self.store = store
         self.worker = worker
         self.device = device
         self.lease_s = lease_s
-        self.engines: dict[str, Any] = {}
+        self.max_engines = int(max_engines)
+        self.engines: collections.OrderedDict[str, Any] = collections.OrderedDict()  # least recently used first
+        register_worker(worker)
 
     def engine(self, model: str):
-        if model not in self.engines:
-            from avala_infer.engine import Engine
+        """The engine of ``model``, loaded now unless it is among the ones kept (then it becomes the newest)."""
+        if model in self.engines:
+            self.engines.move_to_end(model)
+            return self.engines[model]
+        while len(self.engines) >= self.max_engines:  # free the device before the next model loads
+            _, evicted = self.engines.popitem(last=False)
+            _close_engine(evicted)
+        from avala_infer.engine import Engine
 
-            self.engines[model] = Engine(model, device=self.device)
+        self.engines[model] = Engine(model, device=self.device)
         return self.engines[model]
+
+    def close(self) -> None:
+        """Close the engines kept and stop counting this worker as live (its running jobs can be taken over)."""
+        while self.engines:
+            _close_engine(self.engines.popitem(last=False)[1])
+        unregister_worker(self.worker)
+
+    def __enter__(self) -> JobRunner:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def run(self, job: dict[str, Any], should_stop: Callable[[], bool] = lambda: False) -> dict[str, Any] | None:
         """Run ``job`` (claimed by this worker) to its end; returns the finished job, or None when the lease was
@@ -125,8 +165,9 @@ class JobRunner:
             raise ConfigError(
                 f"the project's {job['model_type']} model {job['model']!r} is a {engine.model_type.value} model"
             )
+        extra = {"aggregation": job["aggregation"]} if job.get("aggregation") else {}
         options = engine.predict_options(
-            confidence_threshold=job["confidence_threshold"], labels=self._filter_labels(job, engine)
+            confidence_threshold=job["confidence_threshold"], labels=self._filter_labels(job, engine), **extra
         )
         if not job["dry_run"]:
             self.store.extend_ontology(job["project_uid"], options.label_filter.output_labels)
@@ -151,23 +192,24 @@ class JobRunner:
         last_commit = time.monotonic()
         done = 0
         stream = engine.stream(items(), options)
-        try:
-            for prediction in stream:
-                pending.append(_outcome(task_of.pop(prediction.index), prediction, keep_results))
-                for sink in sinks:
-                    sink.write(prediction)
-                done += 1
-                if len(pending) >= engine.batch_size or time.monotonic() - last_commit > COMMIT_SECONDS:
-                    cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
-                    pending, skipped[:] = [], []
-                    last_commit = time.monotonic()
-                    if cancel or should_stop():
-                        break
-        finally:
-            stream.close()
-        if not cancel and not should_stop():
-            cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
-        files = [str(path) for sink in sinks for path in sink.close()]
+        with aborting_on_error(sinks):  # a job that fails leaves no half-written preview files
+            try:
+                for prediction in stream:
+                    pending.append(_outcome(task_of.pop(prediction.index), prediction, keep_results))
+                    for sink in sinks:
+                        sink.write(prediction)
+                    done += 1
+                    if len(pending) >= engine.batch_size or time.monotonic() - last_commit > COMMIT_SECONDS:
+                        cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
+                        pending, skipped[:] = [], []
+                        last_commit = time.monotonic()
+                        if cancel or should_stop():
+                            break
+            finally:
+                stream.close()
+            if not cancel and not should_stop():
+                cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
+        files = [str(path) for path in close_sinks(sinks)]
         if should_stop() and not cancel:
             return None  # left running: the next worker resumes it
         wall = time.perf_counter() - started
@@ -190,5 +232,7 @@ class JobRunner:
         out = Path(self.store.home) / "jobs" / job["uid"]
         settings = {"model": job["model"], "model_type": job["model_type"], "dry_run": True,
                     "confidence_threshold": job["confidence_threshold"], "labels": job["labels"] or None}  # fmt: skip
+        if job["model_type"] == "named_entity_recognition":
+            settings["aggregation"] = options.aggregation
         summary = SummaryCollector(out, options.label_filter.output_labels, settings)
         return [summary, PreviewWriter(out, summary, PREVIEW_COUNT)]

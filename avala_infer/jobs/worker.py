@@ -60,6 +60,7 @@ class Worker:
         finally:
             if dispatcher is not None:
                 dispatcher.stop()  # records the requests in flight; undelivered events stay pending
+            runner.close()  # frees its models; this worker id stops counting as live in this process
             store.close()
         return ran
 

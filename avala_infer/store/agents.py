@@ -20,6 +20,7 @@ from avala_infer.store.db import now_iso, transaction
 from avala_infer.store.events import EVENT_TYPES, emit
 from avala_infer.store.jobs import JobStore
 from avala_infer.types import ModelType
+from avala_infer.url_policy import check_callback_url
 
 PULL_ACTIONS = ("approve", "reject", "flag", "skip")
 
@@ -33,11 +34,17 @@ def _check_events(events: Sequence[str] | None) -> list[str]:
 
 
 def _check_url(url: str | None) -> str | None:
+    """None for a pull agent (no URL); else the URL if the callback URL policy allows it as written
+    (``avala_infer/url_policy.py``: http(s) only, no link-local or metadata address or name; UnsafeURLError)."""
     if url is None or url == "":
         return None
-    if not str(url).startswith(("http://", "https://")):
-        raise ConfigError(f"callback_url must be an http(s) URL, got {url!r}")
-    return str(url)
+    return check_callback_url(str(url))
+
+
+def _check_secret(secret: str) -> str:
+    if not isinstance(secret, str) or not secret.strip():
+        raise ConfigError("an agent's secret cannot be empty; give one, or leave it out for a random one")
+    return secret
 
 
 class AgentStore(JobStore):
@@ -61,7 +68,7 @@ class AgentStore(JobStore):
             self.get_project(project)
         types = [ModelType.parse(t).value for t in (task_types or [])]
         uid, now = new_uid("agent"), now_iso()
-        secret = secret or secrets.token_hex(32)
+        secret = secrets.token_hex(32) if secret is None else _check_secret(secret)
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO agents (uid, name, description, events, callback_url, is_active, project_uid, task_types, "
@@ -117,6 +124,8 @@ class AgentStore(JobStore):
                 columns["project_uid"] = value
             elif key in ("name", "description"):
                 columns[key] = str(value)
+            elif key == "secret":  # a new signing key, from the next delivery on
+                columns["secret"] = _check_secret(value)
             else:
                 raise ConfigError(f"agents have no field {key!r}")
         if columns:

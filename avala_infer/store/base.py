@@ -36,14 +36,17 @@ def row_dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
 
 def page_args(limit: int | None, cursor: str | None) -> tuple[int, int]:
     """(limit, id after which the page starts) from the public arguments; a bad cursor is a ConfigError."""
-    limit = 100 if limit is None else int(limit)
+    try:
+        limit = 100 if limit is None else int(limit)
+    except (TypeError, ValueError):
+        raise ConfigError(f"limit must be a whole number between 1 and {MAX_PAGE}, got {limit!r}") from None
     if not 1 <= limit <= MAX_PAGE:
         raise ConfigError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
     if cursor in (None, ""):
         return limit, 0
     try:
         after = int(cursor)
-    except ValueError:
+    except (TypeError, ValueError):
         raise ConfigError(f"bad cursor {cursor!r}: pass the next_cursor of the page before") from None
     return limit, after
 
@@ -57,7 +60,10 @@ def page(rows: Sequence[sqlite3.Row], limit: int) -> tuple[list[dict[str, Any]],
 
 class StoreBase:
     """Holds the connection; the parts add their queries. One ``Store`` per thread (connections are not shared
-    across threads by the job runner; the client's in-process worker opens its own)."""
+    across threads by the job runner; the client's in-process worker opens its own).
+
+    A context manager: ``with Store(home) as store: ...`` closes the connection at the end of the block.
+    """
 
     def __init__(self, home: str | Path) -> None:
         self.home = Path(home).expanduser()
@@ -66,6 +72,12 @@ class StoreBase:
 
     def close(self) -> None:
         self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _one(self, table: str, uid: str, what: str, hint: str) -> dict[str, Any]:
         row = self.conn.execute(f"SELECT * FROM {table} WHERE uid = ?", (uid,)).fetchone()  # noqa: S608

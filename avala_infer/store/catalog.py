@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from avala_infer.errors import ConfigError
+from avala_infer.errors import ConfigError, NotFoundError
 from avala_infer.store.base import StoreBase, new_uid, page, page_args, row_dict
 from avala_infer.store.db import now_iso, transaction
 from avala_infer.store.events import emit
@@ -18,20 +19,43 @@ TASK_STATUSES = ("pending", "labeled", "completed", "reviewed", "rejected")
 IMPORT_CHUNK = 500  # items per transaction while importing
 
 
-def _check_models(models: dict[str, str], data_type: str) -> dict[str, str]:
+def _check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{what} needs a name (a non-empty string), got {name!r}")
+    return name
+
+
+def _check_models(models: Mapping[str, str] | None, data_type: str) -> dict[str, str]:
+    if models is None:
+        return {}
+    if not isinstance(models, Mapping):
+        raise ConfigError(
+            f"models must map a model type to a model, e.g. {{'object_detection': 'yolo11n'}}, got {models!r}"
+        )
     checked = {}
-    for model_type, model in (models or {}).items():
+    for model_type, model in models.items():
         parsed = ModelType.parse(model_type)
         if parsed.media != data_type:
             raise ConfigError(f"a {data_type} project cannot use a {parsed.value} model (it reads {parsed.media})")
-        if not str(model).strip():
-            raise ConfigError(f"models[{model_type!r}] is empty; name a model (avala-infer models list)")
+        if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
+            raise ConfigError(
+                f"models[{model_type!r}] is {model!r}; name a model, spec or weights path (avala-infer models list)"
+            )
         checked[parsed.value] = str(model)
     return checked
 
 
+def _label_names(labels: Iterable[str] | None, what: str) -> list[str]:
+    """``labels`` as a list of stripped names; a string or a non-iterable is refused (not split into letters)."""
+    if labels is None:
+        return []
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise ConfigError(f"{what} must be a list of label names, e.g. ['car', 'person'], got {labels!r}")
+    return [str(n).strip() for n in labels]
+
+
 def _check_ontology(ontology: Iterable[str] | None) -> list[str]:
-    names = [str(n).strip() for n in (ontology or [])]
+    names = _label_names(ontology, "ontology")
     if any(not n for n in names):
         raise ConfigError("ontology labels must be non-empty names")
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -50,8 +74,7 @@ class CatalogStore(StoreBase):
         ontology: Iterable[str] | None = None,
         models: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        if not str(name).strip():
-            raise ConfigError("a project needs a name")
+        _check_name(name, "a project")
         if data_type not in DATA_TYPES:
             raise ConfigError(f"data_type must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
         models = _check_models(models or {}, data_type)
@@ -91,7 +114,7 @@ class CatalogStore(StoreBase):
         project = self.get_project(uid)
         changes: dict[str, Any] = {}
         if name is not None:
-            changes["name"] = str(name)
+            changes["name"] = _check_name(name, "a project")
         if ontology is not None:
             changes["ontology"] = json.dumps(_check_ontology(ontology))
         if models is not None:
@@ -109,10 +132,15 @@ class CatalogStore(StoreBase):
 
     def extend_ontology(self, uid: str, labels: Iterable[str]) -> list[str]:
         """Append the labels the ontology lacks (ids of existing labels never change); returns the ontology."""
+        names = _label_names(labels, "labels")
+        if any(not name for name in names):
+            raise ConfigError(f"labels must be non-empty names, got {list(labels)!r}")
         with transaction(self.conn):
             row = self.conn.execute("SELECT ontology FROM projects WHERE uid = ?", (uid,)).fetchone()
+            if row is None:
+                raise NotFoundError(f"no project {uid!r} in the store at {self.path}; `avala-infer projects list`")
             ontology = json.loads(row["ontology"])
-            added = [name for name in dict.fromkeys(labels) if name not in ontology]
+            added = [name for name in dict.fromkeys(names) if name not in ontology]
             if added:
                 ontology += added
                 self.conn.execute(
@@ -143,15 +171,17 @@ class CatalogStore(StoreBase):
 
     def list_items(self, dataset_uid: str, *, limit: int | None = None, cursor: str | None = None):
         limit, after = page_args(limit, cursor)
+        self._one("datasets", dataset_uid, "dataset", "`client.datasets.list()` shows them")
         rows = self.conn.execute(
             "SELECT * FROM items WHERE dataset_uid = ? AND id > ? ORDER BY id LIMIT ?", (dataset_uid, after, limit + 1)
         )
         return page(rows.fetchall(), limit)
 
     def add_items(self, project_uid: str, items: Iterable[dict[str, Any]]) -> dict[str, int]:
-        """Add items (key, path, text, size, content_hash) to the project's dataset with a task each, in chunks
-        of one transaction. An item whose key is there with the same content is left as it is (importing twice
-        adds nothing); a different item under a taken key gets the key with ``_1``, ``_2``... Returns counts."""
+        """Add items (key, path, text, size, content_hash, and for files mtime_ns) to the project's dataset with a
+        task each, in chunks of one transaction. An item whose key is there with the same content is left as it is
+        (importing twice adds nothing; its recorded mtime is brought up to date); a different item under a taken
+        key gets the key with ``_1``, ``_2``... Returns counts."""
         dataset = self.project_dataset(project_uid)
         counts = {"created": 0, "existing": 0}
         chunk: list[dict[str, Any]] = []
@@ -167,10 +197,10 @@ class CatalogStore(StoreBase):
                         counts["existing"] += 1
                         continue
                     self.conn.execute(
-                        "INSERT INTO items (uid, dataset_uid, key, path, text, size, content_hash, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO items (uid, dataset_uid, key, path, text, size, content_hash, mtime_ns, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (item_uid, dataset["uid"], key, item.get("path"), item.get("text"), item["size"],
-                         item["content_hash"], now),
+                         item["content_hash"], item.get("mtime_ns"), now),
                     )  # fmt: skip
                     task_uid = new_uid("task")
                     self.conn.execute(
@@ -200,15 +230,28 @@ class CatalogStore(StoreBase):
         key, n = item["key"], 0
         while True:
             row = self.conn.execute(
-                "SELECT path, content_hash FROM items WHERE dataset_uid = ? AND key = ?", (dataset_uid, key)
+                "SELECT id, path, content_hash, mtime_ns FROM items WHERE dataset_uid = ? AND key = ?",
+                (dataset_uid, key),
             ).fetchone()
             if row is None:
                 return key
             if row["content_hash"] == item["content_hash"] and row["path"] == item.get("path"):
+                if item.get("mtime_ns") is not None and row["mtime_ns"] != item["mtime_ns"]:
+                    self.conn.execute("UPDATE items SET mtime_ns = ? WHERE id = ?", (item["mtime_ns"], row["id"]))
                 return None
             n += 1
             stem, dot, suffix = item["key"].rpartition(".")
             key = f"{stem}_{n}.{suffix}" if dot and "/" not in suffix else f"{item['key']}_{n}"
+
+    def known_file_hash(self, dataset_uid: str, path: str, size: int, mtime_ns: int) -> str | None:
+        """The content hash recorded for the file at ``path`` in the dataset when it had this size and mtime, else
+        None (a new file, or one changed since: then it is hashed again)."""
+        row = self.conn.execute(
+            "SELECT content_hash FROM items WHERE dataset_uid = ? AND path = ? AND size = ? AND mtime_ns = ? "
+            "ORDER BY id DESC LIMIT 1",
+            (dataset_uid, path, size, mtime_ns),
+        ).fetchone()
+        return None if row is None else row["content_hash"]
 
     # ------------------------------------------------------------------ tasks
     def get_task(self, uid: str) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from avala_infer.errors import ConfigError, LeaseLost, NotFoundError
@@ -27,14 +28,34 @@ JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
 JOB_EVENT_FIELDS = ("uid", "model_type", "model", "status", "dry_run", "total_items", "processed_items",
                     "successful_items", "failed_items", "skipped_items", "error_message")  # fmt: skip
+BOOLEAN_JOB_FIELDS = ("dry_run", "cancel_requested")  # stored as 0/1; true booleans in dicts and event payloads
+
+_live_workers: set[str] = set()  # the worker ids that hold (or may hold) jobs in this process now
+_live_lock = threading.Lock()
 
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+def register_worker(worker: str) -> None:
+    """Mark ``worker`` as live in this process: a claim made from this process then waits out its lease."""
+    with _live_lock:
+        _live_workers.add(worker)
+
+
+def unregister_worker(worker: str) -> None:
+    """``worker`` stopped: from now on its jobs are taken over at once by any worker on this host."""
+    with _live_lock:
+        _live_workers.discard(worker)
+
+
 def _holder_is_dead(worker: str | None) -> bool:
-    """True when ``worker`` ran on this host and its process is gone (then its lease needs no waiting out)."""
+    """True when ``worker`` ran on this host and its process is gone (then its lease needs no waiting out).
+
+    A holder with this process's pid is alive only while it is registered here (:func:`register_worker`): an
+    id that is not is a runner of this process that stopped, or a process before a restart that reused the pid.
+    """
     if not worker:
         return True
     host, _, rest = worker.partition(":")
@@ -43,7 +64,8 @@ def _holder_is_dead(worker: str | None) -> bool:
         return False
     pid = int(pid_text)
     if pid == os.getpid():
-        return False
+        with _live_lock:
+            return worker not in _live_workers
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -61,6 +83,37 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
+def _job_booleans(job: dict[str, Any]) -> dict[str, Any]:
+    for key in BOOLEAN_JOB_FIELDS:
+        if key in job:
+            job[key] = bool(job[key])
+    return job
+
+
+def _check_labels(labels: Sequence[str] | None) -> list[str]:
+    if labels is None:
+        return []
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        raise ConfigError(f"labels must be a list of label names, e.g. ['car', 'person'], got {labels!r}")
+    names = [str(x).strip() for x in labels]
+    if any(not name for name in names):
+        raise ConfigError(f"labels must be non-empty names, got {list(labels)!r}")
+    return names
+
+
+def _check_aggregation(aggregation: str | None, model_type: str) -> str | None:
+    if aggregation is None:
+        return None
+    from avala_infer.predictors.ner_aggregation import STRATEGIES  # numpy only: no engine, no torch
+
+    if model_type != ModelType.NAMED_ENTITY_RECOGNITION.value:
+        raise ConfigError(f"aggregation applies to named_entity_recognition jobs only, not {model_type}; leave it out")
+    name = str(aggregation).strip().lower()
+    if name not in STRATEGIES:
+        raise ConfigError(f"aggregation must be one of {', '.join(STRATEGIES)}, got {aggregation!r}")
+    return name
+
+
 class JobStore(CatalogStore):
     # ------------------------------------------------------------------ create, read, cancel
     def create_job(
@@ -71,7 +124,10 @@ class JobStore(CatalogStore):
         confidence_threshold: float = 0.5,
         labels: Sequence[str] | None = None,
         dry_run: bool = False,
+        aggregation: str | None = None,
     ) -> dict[str, Any]:
+        """A pending job. ``aggregation`` (NER jobs only: ``none``, ``simple``, ``first``, ``average``, ``max``)
+        is how tokens become entities; None keeps the engine's default (``first``, whole words)."""
         project = self.get_project(project_uid)
         model_type = ModelType.parse(model_type).value
         model = project["models"].get(model_type)
@@ -82,26 +138,29 @@ class JobStore(CatalogStore):
                 f"`avala-infer projects update {project_uid} --model {model_type}=MODEL` or "
                 f"client.projects.update(..., models={{{model_type!r}: 'MODEL'}})"
             )
-        confidence_threshold = float(confidence_threshold)
+        try:
+            confidence_threshold = float(confidence_threshold)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"confidence_threshold must be a number between 0 and 1, got {confidence_threshold!r}"
+            ) from None
         if not 0.0 <= confidence_threshold <= 1.0:
             raise ConfigError(f"confidence_threshold must be between 0 and 1, got {confidence_threshold}")
-        labels = [str(x) for x in (labels or [])]
+        labels = _check_labels(labels)
+        aggregation = _check_aggregation(aggregation, model_type)
         uid, now = new_uid("job"), now_iso()
         with transaction(self.conn):
             total = self.count_tasks(project_uid)
             self.conn.execute(
                 "INSERT INTO jobs (uid, project_uid, model_type, model, confidence_threshold, labels, dry_run, "
-                "total_items, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, project_uid, model_type, model, confidence_threshold, json.dumps(labels), int(dry_run), total,
-                 now),
+                "aggregation, total_items, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, project_uid, model_type, model, confidence_threshold, json.dumps(labels), int(dry_run),
+                 aggregation, total, now),
             )  # fmt: skip
         return self.get_job(uid)
 
     def get_job(self, uid: str) -> dict[str, Any]:
-        job = self._one("jobs", uid, "auto-label job", "`avala-infer auto-label list` shows them")
-        job["dry_run"] = bool(job["dry_run"])
-        job["cancel_requested"] = bool(job["cancel_requested"])
-        return job
+        return _job_booleans(self._one("jobs", uid, "auto-label job", "`avala-infer auto-label list` shows them"))
 
     def list_jobs(self, *, project: str | None = None, limit: int | None = None, cursor: str | None = None):
         limit, after = page_args(limit, cursor)
@@ -110,9 +169,7 @@ class JobStore(CatalogStore):
             sql += " AND project_uid = ?"
             args.append(project)
         rows, next_cursor = page(self.conn.execute(sql + " ORDER BY id LIMIT ?", (*args, limit + 1)).fetchall(), limit)
-        for job in rows:
-            job["dry_run"], job["cancel_requested"] = bool(job["dry_run"]), bool(job["cancel_requested"])
-        return rows, next_cursor
+        return [_job_booleans(job) for job in rows], next_cursor
 
     def request_cancel(self, uid: str) -> dict[str, Any]:
         """A pending job is cancelled at once; a running one when its worker next commits (within one batch)."""
@@ -258,7 +315,7 @@ class JobStore(CatalogStore):
             )
             if status in ("completed", "failed"):
                 row = self.conn.execute("SELECT * FROM jobs WHERE uid = ?", (job["uid"],)).fetchone()
-                data = {k: row[k] for k in JOB_EVENT_FIELDS}
+                data = _job_booleans({k: row[k] for k in JOB_EVENT_FIELDS})
                 emit(self.conn, f"auto_label.{status}", project_uid=job["project_uid"],
                      task_types=[job["model_type"]], data={"job": data})  # fmt: skip
         return self.get_job(job["uid"])
@@ -302,5 +359,6 @@ class JobStore(CatalogStore):
             after = rows[-1]["id"]
 
     def task_results(self, task_uid: str) -> list[dict[str, Any]]:
+        self.get_task(task_uid)  # an unknown uid is an error, not an empty list
         rows = self.conn.execute("SELECT * FROM results WHERE task_uid = ? ORDER BY id", (task_uid,)).fetchall()
         return [row_dict(r) for r in rows]

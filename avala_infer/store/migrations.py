@@ -178,4 +178,18 @@ MIGRATIONS: list[tuple[str, str]] = [
         UPDATE executions SET reason = error, error = NULL WHERE action IS NOT NULL;
         """,
     ),
+    (
+        "0005_item_mtime",
+        """
+        ALTER TABLE items ADD COLUMN mtime_ns INTEGER;  -- the file's mtime when hashed: a re-import hashes it again
+                                                         -- only when its size or mtime changed (NULL: unknown)
+        CREATE INDEX items_by_path ON items (dataset_uid, path);
+        """,
+    ),
+    (
+        "0006_job_aggregation",
+        """
+        ALTER TABLE jobs ADD COLUMN aggregation TEXT;  -- NER jobs: how tokens become entities (NULL: the default)
+        """,
+    ),
 ]
