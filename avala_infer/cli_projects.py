@@ -50,6 +50,61 @@ def _models(values: tuple[str, ...]) -> dict[str, str]:
     return models
 
 
+def _label_maps(values: tuple[str, ...], types: list[str]) -> dict[str, dict[str, str | None]]:
+    """``--map`` values as ``{model_type: {model label: project label or None}}``. ``TYPE:FROM=TO`` names the
+    model type; a plain ``FROM=TO`` needs exactly one model type in ``types`` (the --model given, else the
+    project's only one). ``FROM=`` drops the label."""
+    from avala_infer.types import ModelType
+
+    maps: dict[str, dict[str, str | None]] = {}
+    for value in values:
+        source, sep, target = value.partition("=")
+        prefix, colon, label = source.partition(":")
+        model_type = None
+        if colon:
+            try:
+                model_type = ModelType.parse(prefix.strip()).value
+            except ValueError:
+                model_type = None  # a label with a colon in it
+        if model_type is None:
+            label = source
+            if len(types) != 1:
+                raise click.BadParameter(
+                    f"{value!r}: say which model type it maps ({', '.join(types) or 'none configured'}): "
+                    "write TYPE:FROM=TO",
+                    param_hint="--map",
+                )
+            model_type = types[0]
+        if not sep or not label.strip():
+            raise click.BadParameter(f"{value!r} is not FROM=TO (or FROM= to drop FROM)", param_hint="--map")
+        maps.setdefault(model_type, {})[label.strip()] = target.strip() or None
+    return maps
+
+
+def _model_entries(models: dict[str, str], maps: dict[str, dict[str, str | None]], current: dict[str, str]):
+    """--model and --map values as the client's ``models`` entries (a map given for a type without --model
+    keeps the project's current model of that type)."""
+    entries: dict[str, object] = dict(models)
+    for model_type, label_map in maps.items():
+        model = models.get(model_type, current.get(model_type))
+        if model is None:
+            raise click.BadParameter(
+                f"--map for {model_type}, which has no model: add --model {model_type}=MODEL", param_hint="--map"
+            )
+        entries[model_type] = {"model": model, "label_map": label_map}
+    return entries
+
+
+map_option = click.option(
+    "--map",
+    "label_map",
+    multiple=True,
+    metavar="[TYPE:]FROM=TO",
+    help="Map a model label to a project label, as `label --map` (rename, merge; FROM= drops it); TYPE: names "
+    "the model type when there are several (repeatable).",
+)
+
+
 # ---------------------------------------------------------------------------------------------------- projects
 @click.group("projects")
 def projects_group() -> None:
@@ -59,13 +114,23 @@ def projects_group() -> None:
 def _project_fields(project) -> list[tuple[str, Any]]:
     models = ", ".join(f"{t}={m}" for t, m in project.models.items()) or "none (projects update --model TYPE=MODEL)"
     ontology = ", ".join(f"{i}:{name}" for i, name in enumerate(project.ontology)) or "empty (set by the first job)"
+    per_type = [
+        (f"ontology[{t}]", ", ".join(f"{i}:{name}" for i, name in enumerate(labels)) or "empty (set by its first job)")
+        for t, labels in project.ontologies.items()
+    ]
+    maps = [
+        (f"label_map[{t}]", ", ".join(f"{k}->{v if v is not None else '(dropped)'}" for k, v in label_map.items()))
+        for t, label_map in project.label_maps.items()
+    ]
+    one_list = len({tuple(labels) for labels in project.ontologies.values()}) <= 1
     return [
         ("uid", project.uid),
         ("name", project.name),
         ("data_type", project.data_type),
         ("status", project.status),
         ("models", models),
-        ("ontology", ontology),
+        *maps,
+        *([("ontology", ontology)] if one_list else per_type),
         ("dataset", project.dataset),
         ("tasks", project.task_count),
         ("created_at", project.created_at),
@@ -78,15 +143,20 @@ def _project_fields(project) -> list[tuple[str, Any]]:
 @click.option("--data-type", default="image", show_default=True, type=click.Choice(["image", "text"]))
 @click.option("--label", "labels", multiple=True, help="An ontology label, in class-id order (repeatable).")
 @click.option("--model", "models", multiple=True, metavar="TYPE=MODEL", help="The model serving a model type.")
+@map_option
 @home_option
 @json_option
 @map_errors
-def projects_create(name, data_type, labels, models, home, as_json) -> None:
+def projects_create(name, data_type, labels, models, label_map, home, as_json) -> None:
     """Create project NAME (with its dataset). Labels are the ontology: label k is class id k in every export;
-    with none, the first job's labels become the ontology. --model object_detection=yolo11n names the model
-    for a model type (a model name, spec or weights path; see `avala-infer models list`)."""
+    with none, each model type's first job fills its own. --model object_detection=yolo11n names the model
+    for a model type (a model name, spec or weights path; see `avala-infer models list`); an unknown model or
+    one of another type is refused. --map person=pedestrian maps the model's labels to the project's (with
+    several --model, write --map object_detection:person=pedestrian)."""
+    models = _models(models)
+    entries = _model_entries(models, _label_maps(label_map, list(models)), {})
     with store_client(home) as client:
-        project = client.projects.create(name, data_type=data_type, ontology=list(labels), models=_models(models))
+        project = client.projects.create(name, data_type=data_type, ontology=list(labels), models=entries)
     if as_json:
         echo_json(project)
     else:
@@ -135,12 +205,14 @@ def projects_show(uid, home, as_json) -> None:
 @click.option("--name", default=None, help="A new name.")
 @click.option("--label", "labels", multiple=True, help="A label to append to the ontology (repeatable).")
 @click.option("--model", "models", multiple=True, metavar="TYPE=MODEL", help="Set the model of a model type.")
+@map_option
 @home_option
 @json_option
 @map_errors
-def projects_update(uid, name, labels, models, home, as_json) -> None:
+def projects_update(uid, name, labels, models, label_map, home, as_json) -> None:
     """Rename a project, append labels to its ontology (ids of existing labels never change) or set the model
-    serving a model type (other model types keep theirs)."""
+    serving a model type (other model types keep theirs). --map sets the label map of the --model given (or of
+    the project's only model type; TYPE:FROM=TO names one); --model without --map clears that type's map."""
     from avala_infer.store import Store
 
     models = _models(models)
@@ -148,7 +220,9 @@ def projects_update(uid, name, labels, models, home, as_json) -> None:
     if any(not name for name in labels):
         raise click.BadParameter("labels must be non-empty names", param_hint="--label")
     with store_client(home) as client:
-        client.projects.get(uid)  # an unknown uid fails before anything changes
+        current = client.projects.get(uid).models  # an unknown uid fails before anything changes
+        maps = _label_maps(label_map, list(models) or list(current))
+        models = _model_entries(models, maps, current)
         if labels:
             store = Store(client.home)
             try:
@@ -313,6 +387,14 @@ def _exit_code(job) -> int:
     return EXIT_ERROR if job.status == "failed" else EXIT_ITEMS_FAILED
 
 
+def _echo_failures(job, err: bool) -> None:
+    """The reasons of the job's failed items (the first 10), as `watch` and `get` show them."""
+    for failure in (job.summary or {}).get("failures", [])[:10]:
+        click.echo(f"  failed: {failure.get('key')}: {failure.get('error')}", err=err)
+    if job.failed_items > 10:
+        click.echo(f"  ... and {job.failed_items - 10} more", err=err)
+
+
 def _report_end(job) -> None:
     text = (
         f"job {job.uid} {job.status}: {job.processed_items}/{job.total_items} items, {job.successful_items} "
@@ -321,10 +403,7 @@ def _report_end(job) -> None:
     click.echo(text, err=True)
     if job.status == "failed":
         click.echo(f"error: {job.error_message}", err=True)
-    for failure in (job.summary or {}).get("failures", [])[:10]:
-        click.echo(f"  failed: {failure.get('key')}: {failure.get('error')}", err=True)
-    if job.failed_items > 10:
-        click.echo(f"  ... and {job.failed_items - 10} more", err=True)
+    _echo_failures(job, err=True)
     if (job.summary or {}).get("preview"):
         click.echo(f"preview: {job.summary['preview']}", err=True)
 
@@ -384,8 +463,13 @@ def _watch(client, uid: str, interval_s: float, foreground: _ForegroundRun | Non
 @auto_label_group.command("create")
 @click.argument("project")
 @click.option("--model-type", default=None, help="Which of the project's models (default: its only one).")
-@click.option("--confidence", default=None, type=click.FloatRange(0, 1), help="Minimum score (default 0.5).")
+@click.option("--confidence", default=None, type=click.FloatRange(0, 1), help="Minimum score (default 0.25).")
 @click.option("--labels", default=None, help="Keep only these labels, comma-separated (default: the ontology).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Label every task again, even those holding a result of this model made with the same settings.",
+)
 @click.option("--dry-run", is_flag=True, help="Write previews into the job's folder only; results stay untouched.")
 @click.option(
     "--aggregation",
@@ -401,9 +485,25 @@ def _watch(client, uid: str, interval_s: float, foreground: _ForegroundRun | Non
 @json_option
 @map_errors
 def jobs_create(
-    project, model_type, confidence, labels, dry_run, aggregation, watch, run_here, device, interval, home, as_json
+    project,
+    model_type,
+    confidence,
+    labels,
+    overwrite,
+    dry_run,
+    aggregation,
+    watch,
+    run_here,
+    device,
+    interval,
+    home,
+    as_json,
 ):
     """Queue an auto-label job over PROJECT's tasks, labeled by the project's model for --model-type.
+
+    Tasks that hold a result of the same model made with the same settings (threshold, labels, label map,
+    aggregation) are skipped; other settings label every task again (--overwrite: even the same settings).
+    --labels the model (after the project's --map) and the ontology do not know are refused, with close matches.
 
     A worker process runs it (`avala-infer worker --home H`). With --run this command runs it itself, in the
     foreground, without a separate worker (Ctrl-C stops it after the batch in flight; it stays running and the
@@ -417,6 +517,7 @@ def jobs_create(
             labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
             dry_run=dry_run,
             aggregation=aggregation,
+            overwrite=overwrite,
         )
         if not (watch or run_here):
             if as_json:
@@ -447,6 +548,7 @@ def jobs_get(uid, home, as_json) -> None:
         echo_json(job)
     else:
         echo_fields(_job_fields(job))
+        _echo_failures(job, err=False)  # the reasons, as `watch` lists them
 
 
 @auto_label_group.command("list")
@@ -516,20 +618,38 @@ def jobs_watch(uid, interval, home, as_json) -> None:
 )
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--model-type", default=None, help="Whose results (needed when the project has several kinds).")
-@click.option("--model", default=None, help="Whose results (needed when several models labeled one model type).")
+@click.option("--model", default=None, help="Only the results of this model (default: each task's newest).")
+@click.option("--job", default=None, metavar="UID", help="The results of this job (default: each task's newest).")
 @mask_format_option
+@click.option(
+    "--ls-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Label Studio tasks point at /data/local-files/?d=<image path relative to this folder> "
+    "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT).",
+)
+@click.option(
+    "--ls-url-prefix",
+    default=None,
+    metavar="URL",
+    help="Label Studio tasks point at URL/<image path relative to --ls-root, default the current folder>.",
+)
 @home_option
 @map_errors
-def export_command(project, formats, out, model_type, model, mask_format, home) -> None:
+def export_command(project, formats, out, model_type, model, job, mask_format, ls_root, ls_url_prefix, home) -> None:
     """Write PROJECT's results (the automatic drafts in the store) as annotation files in --out. Class ids are
-    the project's ontology positions, stable across jobs and exports; items without results are left out."""
+    the project's ontology positions, stable across jobs and exports; items without results are left out.
+    Each item's newest result (of the latest job that labeled it, or kept its identical result), or --job's."""
     from avala_infer.exporting import export_project
     from avala_infer.store import Store
 
     store = Store(home_folder(home))
     try:
         store.get_project(project)
-        files = export_project(store, project, out, formats, model_type, mask_format, model=model)
+        files = export_project(
+            store, project, out, formats, model_type, mask_format, model=model, job=job, ls_root=ls_root,
+            ls_url_prefix=ls_url_prefix,
+        )  # fmt: skip
     finally:
         store.close()
     for path in files:

@@ -1,9 +1,10 @@
 """Export a project's results from the store with the writers ``label`` uses: COCO, YOLO, JSONL, Label Studio,
 CoNLL, mask PNGs.
 
-Class ids come from the project's ontology: label ``k`` of the ontology is YOLO class ``k``, COCO category
-``k + 1`` and mask pixel value ``k + 1``, whatever job wrote the result. Jobs only ever append to the ontology,
-so ids stay stable from one export to the next. Results are read from the store in chunks and written one item
+Class ids come from the project's ontology of the exported model type: label ``k`` of it is YOLO class ``k``,
+COCO category ``k + 1`` and mask pixel value ``k + 1``, whatever job wrote the result. Jobs only ever append to
+the ontology, so ids stay stable from one export to the next. Each item is written once, with its newest result
+(or those of one job). Results are read from the store in chunks and written one item
 at a time: memory stays flat however large the project.
 
 A stored result is the JSONL record of its prediction (``exporters/jsonl.py``: boxes in pixels, masks as
@@ -33,6 +34,7 @@ from avala_infer.annotations import (
 from avala_infer.errors import ConfigError, ItemError
 from avala_infer.exporters import FORMATS, check_formats, make_writer
 from avala_infer.exporters.base import aborting_on_error, close_sinks
+from avala_infer.store.catalog import type_ontology
 from avala_infer.types import ModelType
 
 DETECTION_TYPES = (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION)
@@ -186,23 +188,23 @@ def record_to_prediction(
     return Prediction(index, path or f"<image {key}>", key, width=width, height=height, result=result)
 
 
-def _jobs_with_results(store, project_uid: str) -> list[dict[str, Any]]:
-    """The project's real (not dry-run) jobs that recorded results: who wrote what ``iter_results`` reads."""
-    jobs, cursor = [], None
-    while True:
-        rows, cursor = store.list_jobs(project=project_uid, limit=1000, cursor=cursor)
-        jobs += [job for job in rows if not job["dry_run"] and job["successful_items"] > 0]
-        if cursor is None:
-            return jobs
-
-
 def _pick_source(
-    store, project: dict[str, Any], model_type: str | None, model: str | None
+    store, project: dict[str, Any], model_type: str | None, model: str | None, job: str | None = None
 ) -> tuple[ModelType, str | None, set[str]]:
-    """(model type, model or None for any, labels its results use), refusing an ambiguous export."""
+    """(model type, model or None for any, labels its results use), refusing what has no results."""
     uid = project["uid"]
-    jobs = _jobs_with_results(store, uid)
-    types = sorted({job["model_type"] for job in jobs})
+    jobs = store.jobs_with_results(uid)
+    if job is not None:
+        picked = store.get_job(job)  # an unknown uid is a NotFoundError naming it
+        if picked["project_uid"] != uid:
+            raise ConfigError(f"job {job} labeled project {picked['project_uid']}, not {uid}")
+        if picked["dry_run"] or picked["uid"] not in {j["uid"] for j in jobs}:
+            raise ConfigError(f"job {job} holds no results to export (a dry run, or it labeled nothing)")
+        if model_type is not None and ModelType.parse(model_type).value != picked["model_type"]:
+            raise ConfigError(f"job {job} is a {picked['model_type']} job, not {ModelType.parse(model_type).value}")
+        model_type = picked["model_type"]
+        jobs = [j for j in jobs if j["uid"] == job]
+    types = sorted({j["model_type"] for j in jobs})
     if model_type is None:
         if not types:
             raise ConfigError(f"project {uid} has no results to export yet; run an auto-label job first")
@@ -216,26 +218,21 @@ def _pick_source(
         chosen = ModelType.parse(model_type)
         if chosen.media != project["data_type"]:
             raise ConfigError(f"project {uid} holds {project['data_type']} items; {chosen.value} reads {chosen.media}")
-    jobs = [job for job in jobs if job["model_type"] == chosen.value]
-    models = sorted({job["model"] for job in jobs})
+    jobs = [j for j in jobs if j["model_type"] == chosen.value]
     if model is not None:
+        models = sorted({j["model"] for j in jobs})
         if model not in models:
             raise ConfigError(
                 f"no {chosen.value} results of model {model!r} in project {uid}; models with results: "
                 f"{', '.join(models) or 'none'}"
             )
-        jobs = [job for job in jobs if job["model"] == model]
-    elif len(models) > 1:
-        raise ConfigError(
-            f"project {uid} holds {chosen.value} results of several models ({', '.join(models)}), so items can have "
-            "more than one; choose one with --model / model="
-        )
+        jobs = [j for j in jobs if j["model"] == model]
     if not jobs:
         raise ConfigError(
             f"project {uid} has no {chosen.value} results to export (results of: {', '.join(types) or 'none'}); "
             f"run an auto-label job with model_type={chosen.value} first"
         )
-    labels = {name for job in jobs for name in store.job_label_counts(job["uid"])}
+    labels = {name for j in jobs for name in store.job_label_counts(j["uid"])}
     return chosen, model, labels
 
 
@@ -248,15 +245,22 @@ def export_project(
     mask_format: str = "rle",
     *,
     model: str | None = None,
+    job: str | None = None,
+    ls_root: str | os.PathLike | None = None,
+    ls_url_prefix: str | None = None,
 ) -> list[Path]:
     """Write the project's results as ``formats`` into ``out_dir``; returns the files (and folders) written.
 
-    The vocabulary is the project's ontology, so class ids are ontology positions, the same in every export.
-    Every item with a result of ``model_type`` is written, in the order the results were made; items without
-    one (not labeled yet, or failed) are not exported. A project with results of several model types needs
-    ``model_type``; one whose items were labeled by several models of that type needs ``model`` (else an item
-    would appear twice). ``formats`` must suit the model type (``exporters.FORMATS_FOR``); ``mask_format``
-    (``rle`` or ``polygon``) is how COCO holds masks. Results are streamed from the store: memory stays flat.
+    The vocabulary is the project's ontology of the model type, so class ids are ontology positions, the same in
+    every export. Each item with a result of ``model_type`` is written once, in task order, with its newest
+    result: the one the most recent job of that type (of ``model``, when given) made or kept (a job that
+    skipped a task because it held a result with the same settings keeps that result); with ``job``, the
+    results of that job only. Items without one (not labeled yet, or failed) are not exported. A project with
+    results of several model types needs ``model_type`` (or ``job``). ``formats`` must suit the model type
+    (``exporters.FORMATS_FOR``); ``mask_format`` (``rle`` or ``polygon``) is how COCO holds masks. Results are
+    streamed from the store: memory stays flat.
+    ``ls_root`` / ``ls_url_prefix``: how Label Studio tasks point at their images (see ``exporters/labelstudio.py``);
+    an item outside ``ls_root`` stops the export with an error naming the root (nothing is left written).
     """
     formats = list(dict.fromkeys(formats))
     if not formats:
@@ -264,9 +268,16 @@ def export_project(
     if mask_format not in ("rle", "polygon"):
         raise ConfigError(f"mask_format must be rle or polygon, got {mask_format!r}")
     project = store.get_project(project_uid)
-    chosen, model, labels = _pick_source(store, project, None if model_type is None else str(model_type), model)
+    chosen, model, labels = _pick_source(store, project, None if model_type is None else str(model_type), model, job)
     check_formats(formats, chosen)
-    ontology = tuple(project["ontology"])
+    image_urls = None
+    if ls_root is not None or ls_url_prefix is not None:
+        from avala_infer.exporters.labelstudio import ImageUrls
+
+        if "labelstudio" not in formats:
+            raise ConfigError("ls_root / ls_url_prefix (--ls-root, --ls-url-prefix) apply to the labelstudio format")
+        image_urls = ImageUrls(ls_root, ls_url_prefix)
+    ontology = tuple(type_ontology(project, chosen.value))
     missing = sorted(labels - set(ontology))
     if missing:
         raise ConfigError(
@@ -279,10 +290,8 @@ def export_project(
     index = 0
     with aborting_on_error(writers):  # an error (a result, a text file gone, a writer) leaves no temporary file
         for fmt in formats:
-            writers.append(make_writer(fmt, out, ontology, mask_format, chosen))
-        for row in store.iter_results(project_uid, chosen.value):
-            if model is not None and row["model"] != model:
-                continue
+            writers.append(make_writer(fmt, out, ontology, mask_format, chosen, image_urls))
+        for row in store.iter_latest_results(project_uid, chosen.value, model=model, job=job):
             prediction = record_to_prediction(
                 row["annotations"], row["key"], row["path"], row["text"], ontology, model_type=chosen, index=index
             )

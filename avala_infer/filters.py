@@ -3,6 +3,10 @@
 Order: the label mapping renames, merges or drops model classes first; ``labels`` and per-label thresholds
 then speak the mapped names (the project's vocabulary), and the confidence thresholds apply last.
 Unknown names are errors that list the names that exist.
+
+Classes merged by the mapping (``cat->animal``, ``dog->animal``) become one class per item: its score is the sum
+of theirs for a softmax classifier (the probability of any of them) and the highest of theirs for a multi-label
+one (independent sigmoids); thresholds apply to that score. Boxes and entities keep one row per instance.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from avala_infer.annotations import UNLABELED, Result, SemanticMask
+from avala_infer.annotations import UNLABELED, Classifications, Result, SemanticMask
 from avala_infer.errors import ConfigError, UnknownLabelError
 
 
@@ -43,6 +47,8 @@ class LabelFilter:
         """
         if isinstance(result, SemanticMask):
             return self._apply_per_pixel(result)
+        if isinstance(result, Classifications) and len(result):
+            return self._apply_classes(result)
         if not len(result):
             return result  # keeps an empty (0, H, W) mask array when there is one
         ids = result.class_id
@@ -54,6 +60,26 @@ class LabelFilter:
         kept = result[keep]
         names = np.asarray(self.output_labels, dtype=object)[out_ids] if len(out_ids) else np.zeros(0, object)
         return dataclasses.replace(kept, class_id=out_ids, class_name=names)
+
+    def _apply_classes(self, result: Classifications) -> Classifications:
+        """One row per output class: merged classes' scores summed (softmax) or their max (multi-label), then
+        thresholded; sorted best first (ties in vocabulary order)."""
+        self._check_ids(result.class_id)
+        out_ids = self.class_to_output[result.class_id]
+        keep = out_ids >= 0
+        out_ids, scores = out_ids[keep], result.confidence[keep].astype(np.float64)
+        merged = np.zeros(len(self.output_labels), dtype=np.float64)
+        present = np.zeros(len(self.output_labels), dtype=bool)
+        present[out_ids] = True
+        if result.multi_label:
+            np.maximum.at(merged, out_ids, scores)
+        else:
+            np.add.at(merged, out_ids, scores)
+        merged = np.minimum(merged, 1.0).astype(np.float32)  # a sum of probabilities, rounded, stays a probability
+        ids = np.flatnonzero(present & (merged >= self.thresholds))
+        ids = ids[np.argsort(-merged[ids], kind="stable")]
+        names = np.asarray(self.output_labels, dtype=object)[ids] if len(ids) else np.zeros(0, object)
+        return Classifications(ids, merged[ids], names, result.multi_label)
 
     def _check_ids(self, ids: np.ndarray) -> None:
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.class_to_output)):

@@ -4,8 +4,12 @@ An image project takes image files, folders and globs, and manifests: a ``.txt``
 or a ``.jsonl``/``.csv`` whose ``path`` field names them, relative paths resolved from the manifest's folder. A
 text project takes text files as the engine reads them (``.txt`` whole or ``per_line``, ``.jsonl``/``.csv``
 records with ``text_field``) and :class:`~avala_infer.Text` strings. Every item gets its content's sha256.
-Sources that name nothing (a missing path, an empty glob, a bad record or manifest line) are reported, not
-imported; a corrupt image is imported and fails its task when labeled, as it would in the engine.
+Sources that name nothing (a missing path, an empty glob or folder, a bad record or manifest line, a manifest row
+with an empty path or naming a folder, an empty text) are reported, not imported; a bad line of a ``.jsonl``
+(not JSON, a byte that is not UTF-8) fails that line only. A corrupt image is imported and fails its task when
+labeled, as it would in the engine. A file reached twice in one import (named twice, a folder plus a glob, a
+manifest listing it twice: the same real path) is one item. Sources that stand for no file at all (an empty
+folder, a glob matching nothing) are refused before any work, with the error ``label`` gives.
 
 Importing again is cheap: a file already in the project with the same size and mtime is not read again (its
 recorded hash stands); only new or changed files are hashed.
@@ -22,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from avala_infer.engine.sources import TextReading, check_sources_fit, iter_items
+from avala_infer.engine.sources import TextReading, check_some_items, check_sources_fit, iter_items
 from avala_infer.errors import UnsupportedInputError
 from avala_infer.store import Store
 
@@ -54,7 +58,8 @@ def _sha256_file(path: str) -> tuple[str, int]:
 def _manifest_entries(path: Path) -> Iterator[tuple[str, str | None, str | None]]:
     """(where: ``manifest:line``, the path it names or None, what is wrong with the line or None) per entry."""
     suffix = path.suffix.lower()
-    with path.open(encoding="utf-8", newline="") as handle:
+    errors = "surrogateescape" if suffix == ".jsonl" else "strict"  # a bad byte fails its line of a .jsonl
+    with path.open(encoding="utf-8-sig", errors=errors, newline="") as handle:
         if suffix == ".csv":
             rows = csv.DictReader(handle)
             if "path" not in (rows.fieldnames or []):
@@ -69,6 +74,11 @@ def _manifest_entries(path: Path) -> Iterator[tuple[str, str | None, str | None]
                 if not line.strip():
                     continue
                 where = f"{path}:{number}"
+                try:
+                    line.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    yield where, None, f"not UTF-8 text (byte 0x{ord(line[exc.start]) & 0xFF:02x}); save it as UTF-8"
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
@@ -90,10 +100,14 @@ def _manifest_paths(path: Path, report: ImportReport) -> Iterator[str]:
     go into ``report``."""
     try:
         for where, entry, error in _manifest_entries(path):
+            if error is None:
+                entry = entry if os.path.isabs(entry) else str(path.parent / entry)
+                if os.path.isdir(entry):
+                    error = f"names a folder ({entry}); a manifest lists image files, one per row"
             if error is not None:
                 report.fail(where, error)
             else:
-                yield entry if os.path.isabs(entry) else str(path.parent / entry)
+                yield entry
     except UnicodeDecodeError as exc:
         report.fail(str(path), f"manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8")
     except csv.Error as exc:
@@ -147,6 +161,8 @@ def import_sources(
         sources = [_check_source(s) for s in sources]
         direct = [s for s in sources if media == "text" or not _is_manifest(s)]
         check_sources_fit(direct, media, f"project {project_uid} ({media})")
+        if len(direct) == len(sources):  # no manifest (its bad rows are reported): refuse sources that are empty
+            check_some_items(sources, media, TextReading(per_line=per_line, field=text_field))
     else:
         sources = (_check_source(s) for s in sources)
     report = ImportReport()
@@ -160,10 +176,12 @@ def import_sources(
         size = stat.st_size
         if digest is None:  # new, or changed since it was imported: read it
             digest, size = _sha256_file(path)
+        if media == "text" and size <= 4096 and not Path(path).read_bytes().decode("utf-8-sig", "replace").strip():
+            raise OSError(f"{path} holds no text (empty, or only blank space); nothing to label")
         return {"key": item.key, "path": path, "size": size, "content_hash": digest, "mtime_ns": stat.st_mtime_ns}
 
     def records() -> Iterator[dict[str, Any]]:
-        for item in iter_items(sources, media, TextReading(per_line=per_line, field=text_field)):
+        for item in iter_items(sources, media, TextReading(per_line=per_line, field=text_field), unique=True):
             try:
                 if item.error:
                     raise OSError(item.error)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -43,13 +44,14 @@ def uniform_images() -> list[Path]:
 
 
 def linked_copies(folder: Path, images: list[Path], copies: int) -> list[Path]:
-    """``copies`` symbolic links to each image under new names (distinct items of the same content)."""
+    """``copies`` copies of each image under new names (distinct items of the same content). Copies, not
+    symbolic links: an import counts a file reached twice (a link to a file it has already) once."""
     folder.mkdir(parents=True, exist_ok=True)
     links = []
     for n in range(copies):
         for image in images:
             link = folder / f"copy{n}_{image.name}"
-            link.symlink_to(image)
+            shutil.copyfile(image, link)
             links.append(link)
     return links
 

@@ -96,3 +96,13 @@ def test_a_model_that_does_not_fit_the_spec_is_refused(tmp_path, weights_pt):
     )
     with pytest.raises(Exception, match="lists 2 labels but .* has 80 classes"):
         Engine(spec, device="cpu")
+
+
+def test_label_labels_a_file_reached_twice_once(engine_pt, sample_images, tmp_path):
+    folder = sample_images[0].parent
+    sources = [folder, f"{folder}/*.jpg", sample_images[0], folder]
+    report = label(sources, engine_pt, out=tmp_path / "out", formats=["jsonl"])
+    keys = [json.loads(line)["key"] for line in (tmp_path / "out" / "annotations.jsonl").open()]
+    assert (report.total, report.succeeded) == (2, 2)
+    assert sorted(keys) == sorted(p.name for p in sample_images)  # no bus_1.jpg: one item per file
+    assert len(list(engine_pt.predict([sample_images[0], sample_images[0]]))) == 2  # Engine.predict: one per input

@@ -42,7 +42,8 @@ def ctx(tmp_path_factory):
     (tmp / "incomplete.yaml").write_text("name: incomplete\n", encoding="utf-8")
     client = Avala(home=tmp / "home", worker=False)
     image = client.projects.create("streets", models={DET: "yolo11n-onnx"})
-    text = client.projects.create("notes", data_type="text", models={NER: "ner-minilm-conll03", CLS: "sentiment"})
+    text_models = {NER: "ner-minilm-conll03", CLS: "sentiment-minilm-sst2"}  # known models: projects check them
+    text = client.projects.create("notes", data_type="text", models=text_models)
     cancelled = client.auto_label_jobs.create(image.uid)
     client.auto_label_jobs.cancel(cancelled.uid)
     yield types.SimpleNamespace(

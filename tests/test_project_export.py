@@ -28,8 +28,9 @@ def _run_jobs(home: Path) -> None:
     assert Worker(home, device="cpu", poll_s=0.05).run(until_idle=True) >= 1
 
 
-def _results(client, project_uid: str, model_type: str | None = None) -> list[dict]:
-    return list(client._store.iter_results(project_uid, model_type))
+def _results(client, project_uid: str, model_type: str = "object_detection") -> list[dict]:
+    """The results an export writes by default: each task's newest, in task order."""
+    return list(client._store.iter_latest_results(project_uid, model_type))
 
 
 def _copy(names: list[str], folder: Path, source: Path = VAL_IMAGES) -> Path:
@@ -41,7 +42,8 @@ def _copy(names: list[str], folder: Path, source: Path = VAL_IMAGES) -> Path:
 
 @pytest.fixture(scope="module")
 def detection(tmp_path_factory):
-    """A detection project labeled by two jobs with different label sets; an export after each job."""
+    """A detection project labeled by two jobs with different label sets (so the second labels every task
+    again); an export after each job, and one of the first job's results after both."""
     root = tmp_path_factory.mktemp("det")
     home = root / "home"
     client = Avala(home=home, worker=False)
@@ -54,6 +56,7 @@ def detection(tmp_path_factory):
     second = client.auto_label_jobs.create(project.uid, model_type="object_detection", labels=["bus", "person"])
     _run_jobs(home)
     files = export_project(client._store, project.uid, root / "out2", ["coco", "yolo", "jsonl", "labelstudio"])
+    export_project(client._store, project.uid, root / "first", ["coco"], job=first.uid)
     yield (
         client,
         project.uid,
@@ -69,17 +72,23 @@ def test_coco_ids_follow_the_ontology_across_jobs(detection):
 
     client, uid, root, files, (first, second) = detection
     assert first.status == second.status == "completed"
-    assert (first.successful_items, second.successful_items, second.skipped_items) == (4, 2, 4)
+    # other labels, other settings: the second job labels batch A again (and batch B)
+    assert (first.successful_items, second.successful_items, second.skipped_items) == (4, 6, 0)
     assert client.projects.get(uid).ontology == ["person", "car", "bus"]
     old = json.loads((root / "out1" / "annotations.coco.json").read_text())
     new = COCO(str(root / "out2" / "annotations.coco.json"))
     assert [c["name"] for c in old["categories"]] == ["person", "car"]
     assert [(c["id"], c["name"]) for c in new.dataset["categories"]] == [(1, "person"), (2, "car"), (3, "bus")]
     assert [i["file_name"] for i in new.dataset["images"]] == BATCH_A + BATCH_B
-    # the first job's items keep their annotations and category ids in the later export
-    assert new.dataset["images"][:4] == old["images"]
-    assert new.dataset["annotations"][: len(old["annotations"])] == old["annotations"]
+    # the first job's results, exported after the second job, keep their annotations and category ids
+    kept = json.loads((root / "first" / "annotations.coco.json").read_text())
+    assert kept["images"] == old["images"] and kept["annotations"] == old["annotations"]
+    assert [c["name"] for c in kept["categories"]] == ["person", "car", "bus"]
+    # by default each item's newest result: batch A as the second job (bus, person) labeled it
     names = {c["id"]: c["name"] for c in new.dataset["categories"]}
+    batch_a = {i["id"] for i in new.dataset["images"][:4]}
+    newest_a = {names[a["category_id"]] for a in new.dataset["annotations"] if a["image_id"] in batch_a}
+    assert newest_a <= {"bus", "person"}
     used = {names[a["category_id"]] for a in new.dataset["annotations"]}
     assert {"person", "bus"} <= used  # job 2 had bus as its engine class 1; the export says 3
     assert len(new.loadRes(new.dataset["annotations"]).getAnnIds()) == len(new.dataset["annotations"])

@@ -175,3 +175,55 @@ def test_bad_manifest_lines_are_reported_with_their_line_not_raised(store, tmp_p
     assert "no string 'path' field" in errors[f"{manifest}:3"] and "no string 'path' field" in errors[f"{manifest}:4"]
     assert errors[str(table)] == "no 'path' column in its header (file)"  # not the manifest's whole folder
     assert errors[str(binary)].startswith("manifest is not UTF-8 text")
+
+
+def test_a_store_of_the_previous_schema_keeps_its_results_and_moves_its_ontology(tmp_path):
+    """A store made before settings fingerprints (migrations 0001-0006): its results stay, each job keeps the
+    result it made or (a skipped task) the one it kept, and the old ontology becomes that of the model types
+    with results; those results have no fingerprint, so the next job labels again once."""
+    from avala_infer.store.db import _statements
+
+    (tmp_path / "home").mkdir(mode=0o700)
+    raw = sqlite3.connect(tmp_path / "home" / "avala-infer.db")
+    raw.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+    old = [(name, sql) for name, sql in MIGRATIONS if name < "0007"]
+    assert [name[:4] for name, _ in old] == ["0001", "0002", "0003", "0004", "0005", "0006"]
+    for name, sql in old:
+        for statement in _statements(sql):
+            raw.execute(statement)
+        raw.execute("INSERT INTO schema_migrations VALUES (?, 'then')", (name,))
+    now = "2026-01-01T00:00:00+00:00"
+    raw.executescript(f"""
+        INSERT INTO projects (uid, name, data_type, ontology, models, created_at, updated_at) VALUES
+            ('proj_old', 'old', 'image', '["person", "car"]', '{{"object_detection": "yolo11n"}}', '{now}', '{now}'),
+            ('proj_new', 'new', 'image', '["car"]', '{{}}', '{now}', '{now}');
+        INSERT INTO datasets (uid, name, slug, data_type, project_uid, created_at, updated_at) VALUES
+            ('ds_old', 'old', 'old', 'image', 'proj_old', '{now}', '{now}'),
+            ('ds_new', 'new', 'new', 'image', 'proj_new', '{now}', '{now}');
+        INSERT INTO items (uid, dataset_uid, key, path, size, content_hash, created_at) VALUES
+            ('item_1', 'ds_old', 'a.jpg', '/x/a.jpg', 1, 'h', '{now}');
+        INSERT INTO tasks (uid, project_uid, item_uid, type, name, status, created_at, updated_at) VALUES
+            ('task_1', 'proj_old', 'item_1', 'image', 'a.jpg', 'labeled', '{now}', '{now}');
+        INSERT INTO jobs (uid, project_uid, model_type, model, confidence_threshold, status, created_at) VALUES
+            ('job_1', 'proj_old', 'object_detection', 'yolo11n', 0.5, 'completed', '{now}'),
+            ('job_2', 'proj_old', 'object_detection', 'yolo11n', 0.5, 'completed', '{now}');
+        INSERT INTO job_tasks (job_uid, task_uid, outcome) VALUES ('job_1', 'task_1', 'succeeded'),
+            ('job_2', 'task_1', 'skipped');
+        INSERT INTO results (uid, task_uid, job_uid, model, model_type, annotations, created_at) VALUES
+            ('res_1', 'task_1', 'job_1', 'yolo11n', 'object_detection',
+             '{{"key": "a.jpg", "width": 4, "height": 4, "annotations": []}}', '{now}');
+    """)
+    raw.commit()
+    raw.close()
+    with Store(tmp_path / "home") as store:
+        kept = dict(store.conn.execute("SELECT job_uid, result_uid FROM job_tasks").fetchall())
+        assert kept == {"job_1": "res_1", "job_2": "res_1"}
+        (result,) = store.task_results("task_1")
+        assert (result["uid"], result["job_uid"], result["settings_hash"]) == ("res_1", "job_1", None)
+        assert [r["uid"] for r in store.iter_latest_results("proj_old", "object_detection", job="job_2")] == ["res_1"]
+        old, new = store.get_project("proj_old"), store.get_project("proj_new")
+        assert old["ontologies"] == {"object_detection": ["person", "car"]} and old["default_ontology"] == []
+        assert new["ontology"] == ["car"] and new["type_ontologies"] == {}  # no results: a declared ontology
+        job = store.create_job("proj_old", model_type="object_detection", confidence_threshold=0.5)
+        (task,) = store.remaining_tasks(job)
+        assert task["same_result"] is None  # an old result has no fingerprint: labeled again, once

@@ -7,7 +7,7 @@ import pytest
 
 from avala_infer import Text
 from avala_infer.engine.loaders import read_text
-from avala_infer.engine.sources import TextReading, check_sources_fit, count_items, iter_items
+from avala_infer.engine.sources import TextReading, check_some_items, check_sources_fit, count_items, iter_items
 from avala_infer.errors import ItemError, UnsupportedInputError
 
 
@@ -85,3 +85,65 @@ def test_media_mismatch_is_refused_before_work(tmp_path):
         check_sources_fit([np.zeros((4, 4, 3), np.uint8)], "text", "ner")
     with pytest.raises(UnsupportedInputError, match="reads images"):
         check_sources_fit([Text("hello")], "image", "yolo11n")
+
+
+def test_a_bad_byte_fails_its_record_not_the_rest_of_the_file(tmp_path):
+    records = tmp_path / "r.jsonl"
+    records.write_bytes(b'{"text": "one"}\n{"text": "caf\xe9"}\n{"text": "three"}\n')
+    items = _texts([records])
+    assert [k for k, _ in items] == ["r.jsonl:1", "r.jsonl:2", "r.jsonl:3"]
+    assert items[0][1] == "one" and items[2][1] == "three"
+    assert str(items[1][1]).startswith("line 2 is not UTF-8 text (byte 0xe9")
+    lines = tmp_path / "l.txt"
+    lines.write_bytes(b"first\n\xff\xfe second\nthird\n")
+    per_line = _texts([lines], TextReading(per_line=True))
+    assert per_line[0] == ("l.txt:1", "first") and per_line[2] == ("l.txt:3", "third")
+    assert "not UTF-8" in str(per_line[1][1])
+    table = tmp_path / "t.csv"
+    table.write_bytes(b"text\nok\nna\xefve\nfine\n")
+    rows = _texts([table])
+    assert rows[0] == ("t.csv:2", "ok") and rows[2] == ("t.csv:4", "fine") and "not UTF-8" in str(rows[1][1])
+
+
+def test_empty_texts_fail_with_a_reason(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "blank.txt").write_text("  \n\t\n", encoding="utf-8")
+    (tmp_path / "r.jsonl").write_text('{"text": ""}\n{"text": " "}\n{"text": "ok"}\n', encoding="utf-8")
+    (tmp_path / "t.csv").write_text("id,text\n1,\n2,ok\n", encoding="utf-8")
+    items = dict(_texts([tmp_path, Text(""), Text("   "), Text("fine")]))
+    assert items["r.jsonl:3"] == items["t.csv:3"] == "ok" and items["text_000009"] == "fine"
+    reasons = {key: str(value) for key, value in items.items() if isinstance(value, ItemError)}
+    assert set(reasons) == {"blank.txt", "empty.txt", "r.jsonl:1", "r.jsonl:2", "t.csv:2", "text_000007",
+                            "text_000008"}  # fmt: skip
+    assert "holds no text" in reasons["empty.txt"] and "holds no text" in reasons["blank.txt"]
+    assert "text in field 'text' is empty" in reasons["r.jsonl:1"] and "column 'text' is empty" in reasons["t.csv:2"]
+    assert reasons["text_000007"] == reasons["text_000008"] == "the text is empty"
+
+
+def test_unique_counts_a_file_reached_twice_once(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "sub/b.png"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "alias.jpg").symlink_to(folder / "a.jpg")
+    sources = [folder, folder / "a.jpg", f"{folder}/**/*.png", tmp_path / "in" / "sub" / ".." / "a.jpg",
+               tmp_path / "alias.jpg", folder]  # fmt: skip
+    assert [i.key for i in iter_items(sources, "image", unique=True)] == ["a.jpg", "sub/b.png"]
+    assert count_items(sources, "image", unique=True) == 2
+    assert count_items(sources, "image") == 8  # Engine.predict: one prediction per input given
+
+
+def test_an_empty_folder_and_an_empty_glob_give_one_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "x.md").write_text("not an image")
+    messages = []
+    for source in (tmp_path / "empty", f"{tmp_path}/*.png"):
+        with pytest.raises(UnsupportedInputError) as caught:
+            check_some_items([source], "image")
+        messages.append(str(caught.value).replace(str(source), "SOURCE"))
+    assert messages[0].split(": ")[0] == messages[1].split(": ")[0] == "no input items found in SOURCE"
+    assert messages[0].endswith("give image files, folders holding them, or globs that match them")
+    assert messages[0].rsplit(";", 1)[1] == messages[1].rsplit(";", 1)[1]
+    check_some_items([tmp_path / "empty", tmp_path / "missing.png"], "image")  # a missing file: a failed item
+    with pytest.raises(UnsupportedInputError, match="no text files"):
+        check_some_items([tmp_path / "empty"], "text")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from avala_infer.client.types import AutoLabelJob, CursorPage, Dataset, DatasetItem, Project, Task
@@ -27,19 +27,128 @@ class _Resource:
         return CursorPage([cls.from_row(r) for r in rows], next_cursor, kwargs.get("cursor"))
 
 
+DEFAULT_CONFIDENCE = 0.25  # as `avala-infer label` and ultralytics' predict (see the README)
+
+
+def _model_name(entry: Any) -> Any:
+    return entry.get("model") if isinstance(entry, Mapping) else entry
+
+
+def _check_models(store, models: Mapping[str, Any] | None, data_type: str) -> None:
+    """Refuse, before anything is stored, a model that no spec or weights file names, or one of another model
+    type than the one it serves (its spec says; the weights are neither needed nor loaded), listing the names
+    that would do; and a label map naming labels a model of known labels lacks."""
+    if not isinstance(models, Mapping):
+        return  # the store's checks say what is wrong with it
+    from avala_infer.errors import ConfigError, UnknownModelError
+    from avala_infer.specs import find_spec, scan_specs
+    from avala_infer.types import ModelType
+
+    for model_type, entry in models.items():
+        name = _model_name(entry)
+        if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+            continue
+        parsed = ModelType.parse(model_type)
+        if parsed.media != data_type:
+            continue  # the store refuses it: a model of the other media
+        wanted = parsed.value
+
+        def valid(wanted: str = wanted) -> str:
+            names = [e.spec.name for e in scan_specs() if e.spec is not None and e.spec.model_type.value == wanted]
+            return ", ".join(dict.fromkeys(names)) or "none installed"
+
+        try:
+            spec = find_spec(str(name))
+        except UnknownModelError:
+            raise UnknownModelError(
+                f"unknown model {str(name)!r} for {wanted}; {wanted} models: {valid()} (or a spec .yaml or "
+                "weights path; `avala-infer models list` shows them all)"
+            ) from None
+        if spec.model_type.value != wanted:
+            raise ConfigError(
+                f"model {str(name)!r} is a {spec.model_type.value} model, not {wanted}; {wanted} models: {valid()}; "
+                f"or set it as --model {spec.model_type.value}={name}"
+            )
+        label_map = entry.get("label_map") if isinstance(entry, Mapping) else None
+        labels = _static_labels(store, str(name))
+        if label_map and isinstance(label_map, Mapping) and labels is not None:
+            from avala_infer.filters import build_filter
+
+            build_filter(labels, label_map={k: (v or None) for k, v in label_map.items()})  # UnknownLabelError
+
+
+def _static_labels(store, model: str) -> list[str] | None:
+    """``model``'s labels without loading it: its spec's list, else those a job saw when it last loaded the
+    model in this store; None when neither says (labels read from the weights, never loaded here)."""
+    from avala_infer.errors import AvalaInferError
+    from avala_infer.specs import find_spec
+
+    try:
+        spec = find_spec(model)
+    except AvalaInferError:
+        return None
+    if not spec.labels_from_weights and not isinstance(spec.labels, str):
+        return [str(x) for x in spec.labels]
+    return store.model_labels(model)
+
+
+def _check_job_labels(store, project: dict[str, Any], model_type: str, labels: Any) -> None:
+    """Refuse ``labels`` that neither the model (after the project's label map) nor the model type's ontology
+    knows, with close matches ("Car" -> "car"). When the model's labels cannot be known before it loads (read
+    from its weights, and no job loaded it here yet), the job checks them when it starts."""
+    from avala_infer.store.catalog import type_ontology
+    from avala_infer.types import ModelType
+
+    if labels is None or isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
+        return  # the store refuses a string (never split into letters) or a non-list
+    model_type = ModelType.parse(model_type).value
+    model = project["models"].get(model_type)
+    model_labels = None if model is None else _static_labels(store, model)
+    if model_labels is None:
+        return
+    from avala_infer.errors import UnknownLabelError
+    from avala_infer.filters import build_filter
+
+    label_map = project["label_maps"].get(model_type)
+    mapped = build_filter(model_labels, label_map=label_map).output_labels
+    known = list(dict.fromkeys([*mapped, *type_ontology(project, model_type)]))
+    unknown = [str(x).strip() for x in labels if str(x).strip() not in known]
+    if not unknown:
+        return
+    import difflib
+
+    lowered = {name.lower(): name for name in known}
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
+        if close:
+            hints.append(f"{name!r} -> did you mean {' or '.join(repr(lowered[c]) for c in close)}?")
+    raise UnknownLabelError(
+        f"unknown label(s) {unknown} for project {project['uid']}'s {model_type} model {model}"
+        f"{' (after its label map)' if label_map else ''}; "
+        + (" ".join(hints) + " " if hints else "")
+        + f"labels it knows: {', '.join(known)}"
+    )
+
+
 class Projects(_Resource):
     def create(
         self,
         name: str,
         *,
         data_type: str = "image",
-        ontology: Sequence[str] | None = None,
+        ontology: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
         labels: Sequence[str] | None = None,
-        models: dict[str, str] | None = None,
+        models: Mapping[str, Any] | None = None,
     ) -> Project:
         """A project with its dataset. ``ontology`` (or ``labels``) lists label names, whose positions are the
-        class ids of exports; ``models`` maps a model type to the model (name, spec or weights path) that serves
-        it, e.g. ``{"object_detection": "yolo11n"}``."""
+        class ids of exports (a list: every model type's; ``{model_type: [...]}``: per type; with none, each
+        type's first job fills its own). ``models`` maps a model type to the model (name, spec or weights path)
+        that serves it, e.g. ``{"object_detection": "yolo11n"}``, or to ``{"model": "yolo11n", "label_map":
+        {"person": "pedestrian"}}`` to rename, merge (two labels, one name) or drop (None) model classes as
+        ``label --map`` does. An unknown model, or one of another type, is refused here."""
+        with self._client._lock:
+            _check_models(self._client._store, models, data_type)
         return Project.from_row(
             self._call("create_project", name, data_type=data_type, ontology=ontology or labels, models=models)
         )
@@ -55,9 +164,14 @@ class Projects(_Resource):
         uid: str,
         *,
         name: str | None = None,
-        ontology: Sequence[str] | None = None,
-        models: dict[str, str] | None = None,
+        ontology: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        models: Mapping[str, Any] | None = None,
     ) -> Project:
+        """``ontology``: a list replaces every model type's; ``{model_type: [...]}`` sets those types'.
+        ``models``: the entries given (as for :meth:`create`) replace those of their model types."""
+        with self._client._lock:
+            if models is not None:
+                _check_models(self._client._store, models, self._client._store.get_project(uid)["data_type"])
         return Project.from_row(self._call("update_project", uid, name=name, ontology=ontology, models=models))
 
     def import_items(
@@ -83,16 +197,18 @@ class Projects(_Resource):
         model_type: str | None = None,
         model: str | None = None,
         mask_format: str = "rle",
+        job: str | None = None,
     ) -> list:
         """Write the project's stored results (automatic drafts) in ``formats`` into ``out``; class ids are the
-        ontology's positions. Returns the files written."""
+        ontology's positions. Each task's newest result by default; with ``job``, that job's results. Returns
+        the files written."""
         from pathlib import Path
 
         from avala_infer.exporting import export_project
 
         with self._client._lock:
             return export_project(
-                self._client._store, uid, Path(out), list(formats), model_type, mask_format, model=model
+                self._client._store, uid, Path(out), list(formats), model_type, mask_format, model=model, job=job
             )
 
 
@@ -136,26 +252,35 @@ class AutoLabelJobs(_Resource):
         labels: Sequence[str] | None = None,
         dry_run: bool | None = None,
         aggregation: str | None = None,
+        overwrite: bool | None = None,
     ) -> AutoLabelJob:
         """Queue a job over the project's tasks; the worker runs it. ``model_type`` defaults to the project's
-        only configured model type; ``confidence_threshold`` to 0.5. ``aggregation`` (NER jobs only: ``none``,
-        ``simple``, ``first``, ``average``, ``max``) is how tokens become entities; by default ``first``, whole
-        words, as labeling tools expect."""
+        only configured model type; ``confidence_threshold`` to 0.25 (as ``avala-infer label``). ``labels``
+        must be known to the model (after the project's label map) or the ontology: unknown ones are refused
+        here, with close matches. ``aggregation`` (NER jobs only: ``none``, ``simple``, ``first``, ``average``,
+        ``max``) is how tokens become entities; by default ``first``, whole words, as labeling tools expect.
+
+        Tasks holding a result of the same model made with the same settings are skipped (their result is
+        kept); other settings label every task again. ``overwrite=True`` relabels even those."""
+        project = self._call("get_project", project_uid)
         if model_type is None:
-            models = self._call("get_project", project_uid)["models"]
+            models = project["models"]
             if len(models) != 1:
                 from avala_infer.errors import ConfigError
 
                 raise ConfigError(f"pass model_type: project {project_uid} serves {', '.join(models) or 'none'}")
             model_type = next(iter(models))
+        with self._client._lock:
+            _check_job_labels(self._client._store, project, model_type, labels)
         row = self._call(
             "create_job",
             project_uid,
             model_type=model_type,
-            confidence_threshold=0.5 if confidence_threshold is None else confidence_threshold,
+            confidence_threshold=DEFAULT_CONFIDENCE if confidence_threshold is None else confidence_threshold,
             labels=labels,
             dry_run=bool(dry_run),
             aggregation=aggregation,
+            overwrite=bool(overwrite),
         )
         return AutoLabelJob.from_row(row)
 

@@ -52,16 +52,23 @@ class Project:
     name: str
     status: str | None = None
     data_type: str = "image"
-    ontology: list[str] = dataclasses.field(default_factory=list)
-    models: dict[str, str] = dataclasses.field(default_factory=dict)
+    ontology: list[str] = dataclasses.field(default_factory=list)  # every model type's labels, in one list
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # model type -> model
     dataset: str | None = None
     task_count: int = 0
     created_at: datetime.datetime | None = None
     updated_at: datetime.datetime | None = None
+    ontologies: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # model type -> labels (class ids)
+    label_maps: dict[str, dict[str, str | None]] = dataclasses.field(default_factory=dict)  # model type -> map
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Project:
         return _build(cls, row)
+
+    @property
+    def labels(self) -> list[str]:
+        """The project's labels (``ontology``)."""
+        return self.ontology
 
 
 @dataclasses.dataclass
@@ -134,6 +141,9 @@ class AutoLabelJob:
     project: str | None = None
     model: str | None = None
     aggregation: str | None = None  # NER jobs: how tokens become entities (None: the default, first)
+    label_map: dict[str, str | None] | None = None  # the project's label map for the model, when the job began
+    settings_hash: str | None = None  # the fingerprint of the settings that change results (skip rule)
+    overwrite: bool = False  # relabel even tasks holding a result made with the same settings
     attempts: int = 0  # how many times a worker took the job up (more than 1 after a takeover or a restart)
 
     @classmethod

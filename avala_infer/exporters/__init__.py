@@ -40,8 +40,10 @@ def make_writer(
     labels: tuple[str, ...],
     mask_format: str = "rle",
     model_type: ModelType = ModelType.OBJECT_DETECTION,
+    image_urls=None,
 ):
-    """The annotation writer for ``fmt``; an unknown format, or one the model type cannot use, is an error."""
+    """The annotation writer for ``fmt``; an unknown format, or one the model type cannot use, is an error.
+    ``image_urls`` (a ``labelstudio.ImageUrls``) says how Label Studio tasks point at their images."""
     check_formats([fmt], model_type)
     if fmt == "jsonl":
         from avala_infer.exporters.jsonl import JsonlWriter
@@ -58,7 +60,7 @@ def make_writer(
     if fmt == "labelstudio":
         from avala_infer.exporters.labelstudio import LabelStudioWriter
 
-        return LabelStudioWriter(out_dir, labels, model_type)
+        return LabelStudioWriter(out_dir, labels, model_type, image_urls=image_urls)
     if fmt == "conll":
         from avala_infer.exporters.conll import ConllWriter
 

@@ -11,23 +11,93 @@ Results, as Label Studio's import format documents them (coordinates in percent 
 - named entities: ``labels`` results with ``start``, ``end`` and ``text`` (character offsets into the text).
 
 ``from_name``/``to_name`` follow Label Studio's templates: ``label`` for rectangles, polygons and entity
-labels, ``tag`` for brushes, ``choice`` for classes; ``image`` or ``text`` for the object. Image tasks hold
-``data.image`` = the source path (point Label Studio's local-files storage at the source folder); text tasks
-``data.text``. ``labelstudio.config.xml`` beside the JSON is a labeling config with these names and the run's
-labels: paste it into the project's settings, then import ``labelstudio.json``. Streamed item by item.
+labels, ``tag`` for brushes, ``choice`` for classes; ``image`` or ``text`` for the object. Text tasks hold
+``data.text``. Image tasks hold ``data.image``, a URL Label Studio can load (:class:`ImageUrls`):
+
+- ``root`` (``--ls-root DIR``): ``/data/local-files/?d=<path relative to DIR>``, Label Studio's local-files
+  convention (start it with ``LOCAL_FILES_SERVING_ENABLED=true`` and ``LOCAL_FILES_DOCUMENT_ROOT=DIR``, and add
+  a Local files source storage under DIR to the project);
+- ``url_prefix`` (``--ls-url-prefix URL``): ``URL/<path relative to the root>`` (the root defaults to the
+  current folder), for images served by any web server;
+- neither: the image's file path, as before (Label Studio cannot load it; for scripts that rewrite it).
+
+Relative paths are URL-quoted (``/`` kept). An image outside the root is a :class:`ConfigError` naming the root.
+``labelstudio.config.xml`` beside the JSON is a labeling config with these names and the run's labels: paste it
+into the project's settings, then import ``labelstudio.json``. Streamed item by item.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from html import escape
 from pathlib import Path
+from urllib.parse import quote
 
 from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask, brush_rle
 from avala_infer.annotations.polygons import mask_to_polygons
+from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import remove_quietly
-from avala_infer.types import ModelType
+from avala_infer.types import ModelType, Text
+
+LOCAL_FILES_URL = "/data/local-files/?d="
+
+
+class ImageUrls:
+    """What an image task's ``data.image`` holds: see the module docstring. Callable on a source path."""
+
+    def __init__(self, root: str | os.PathLike | None = None, url_prefix: str | None = None) -> None:
+        if url_prefix is not None and not str(url_prefix).strip():
+            raise ConfigError("the Label Studio URL prefix is empty; give the URL that serves the root folder")
+        self.url_prefix = str(url_prefix).rstrip("/") if url_prefix is not None else None
+        self.root = None if root is None and url_prefix is None else Path(os.path.abspath(root or os.curdir))
+        if self.root is not None and not self.root.is_dir():
+            raise ConfigError(f"the Label Studio root {self.root} is not a folder; give the folder Label Studio serves")
+
+    @property
+    def active(self) -> bool:
+        return self.root is not None
+
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the root (as given, else with links resolved); a path outside it is an error."""
+        assert self.root is not None
+        for candidate, root in (
+            (Path(os.path.abspath(path)), self.root),
+            (Path(os.path.realpath(path)), Path(os.path.realpath(self.root))),
+        ):
+            if candidate.is_relative_to(root):
+                return candidate.relative_to(root).as_posix()
+        raise ConfigError(
+            f"{path} is outside the Label Studio root {self.root}: Label Studio serves only files under it; "
+            "pass a --ls-root (ls_root=) that holds every image"
+        )
+
+    def __call__(self, source: str) -> str:
+        if self.root is None:
+            return source
+        relative = quote(self.relative(source), safe="/")
+        return f"{self.url_prefix}/{relative}" if self.url_prefix is not None else LOCAL_FILES_URL + relative
+
+    def check_sources(self, sources: Iterable) -> None:
+        """Before any work: every file, folder or glob named must lie under the root (and be a file at all)."""
+        if self.root is None:
+            return
+        if isinstance(sources, (str, os.PathLike)):
+            sources = [sources]
+        for source in sources:
+            if isinstance(source, Text):
+                continue
+            if not isinstance(source, (str, os.PathLike)):
+                raise ConfigError(
+                    "an in-memory image has no file Label Studio can serve; give image files under the Label Studio "
+                    f"root {self.root}"
+                )
+            text = os.fspath(source)
+            fixed = Path(text).expanduser().parts
+            cut = next((i for i, part in enumerate(fixed) if set("*?[") & set(part)), len(fixed))
+            self.relative(Path(*fixed[:cut]) if cut else Path(os.curdir))
+
 
 # (control tag, its name, the object it labels) per model type
 CONTROLS = {
@@ -130,7 +200,7 @@ def _entity_results(prediction: Prediction, e: Entities) -> list[dict]:
     ]
 
 
-def prediction_task(prediction: Prediction, model_version: str) -> dict:
+def prediction_task(prediction: Prediction, model_version: str, image_url=None) -> dict:
     result = prediction.result
     if isinstance(result, Detections):
         results = _box_results(prediction, result)
@@ -143,7 +213,8 @@ def prediction_task(prediction: Prediction, model_version: str) -> dict:
     else:
         raise TypeError(f"no Label Studio layout for {type(result).__name__}")
     scores = [r["score"] for r in results]
-    data = {"image": prediction.source} if prediction.text is None else {"text": prediction.text}
+    image = prediction.source if image_url is None else image_url(prediction.source)
+    data = {"image": image} if prediction.text is None else {"text": prediction.text}
     return {
         "data": data,
         "predictions": [
@@ -163,6 +234,7 @@ class LabelStudioWriter:
         labels: tuple[str, ...],
         model_type: ModelType = ModelType.OBJECT_DETECTION,
         model_version: str = "avala-infer",
+        image_urls: ImageUrls | None = None,
     ) -> None:
         self.path = out_dir / "labelstudio.json"
         self.config_path = out_dir / "labelstudio.config.xml"
@@ -171,6 +243,7 @@ class LabelStudioWriter:
         self.model_type = model_type
         self.model_version = model_version
         self.multi_label = False
+        self.image_urls = image_urls
         self._tmp = self.path.with_name(self.path.name + ".tmp")
         self._file = self._tmp.open("w", encoding="utf-8")
         self._file.write("[")
@@ -181,7 +254,7 @@ class LabelStudioWriter:
             return
         if isinstance(prediction.result, Classifications) and prediction.result.multi_label:
             self.multi_label = True
-        task = prediction_task(prediction, self.model_version)
+        task = prediction_task(prediction, self.model_version, self.image_urls)
         self._file.write(("\n" if self._count == 0 else ",\n") + json.dumps(task, ensure_ascii=False))
         self._count += 1
 

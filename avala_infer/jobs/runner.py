@@ -1,8 +1,12 @@
 """Run one auto-label job: the engine over the project's tasks the job has not finished with, committed per batch.
 
-What a job labels: every task of its project, except (real jobs only) tasks its model has labeled already, which
-count as skipped, so re-running a finished configuration labels nothing twice. The label filter is the job's
-``labels`` when given, else the project's ontology when it has one, else every model label (and the ontology
+What a job labels: every task of its project, except (real jobs only, unless ``overwrite``) tasks that hold a
+result of the job's model made with the same settings (the job's settings fingerprint: threshold, labels, label
+map, aggregation), which count as skipped and whose result the job keeps as its own; so re-running a finished
+configuration labels nothing twice, and a job with other settings labels every task again. The project's label
+map for the model (``models={"object_detection": {"model": ..., "label_map": {...}}}``) renames, merges or drops
+model classes first, as ``label --map``. The label filter is then the job's ``labels`` when given, else the
+ontology of the job's model type when it has one, else every (mapped) model label (and that type's ontology
 becomes those labels). ``labels`` outside the ontology are added to it, so exports keep stable class ids.
 A dry run writes previews into ``<home>/jobs/<job uid>/preview/`` and no results; its counters still advance.
 An NER job's ``aggregation`` (None: the engine's default, ``first``) is how its tokens become entities.
@@ -23,6 +27,7 @@ from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError, ConfigError
 from avala_infer.exporters.base import aborting_on_error, close_sinks
 from avala_infer.store import LeaseLost, Store, register_worker, unregister_worker
+from avala_infer.store.catalog import type_ontology
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +149,17 @@ class JobRunner:
 
     def _filter_labels(self, job: dict[str, Any], engine) -> list[str] | None:
         project = self.store.get_project(job["project_uid"])
-        ontology = project["ontology"]
+        ontology = type_ontology(project, job["model_type"])
         if job["labels"]:
             keep = job["labels"]
         elif ontology:
-            keep = [name for name in engine.labels if name in ontology]
+            mapped = engine.build_filter(label_map=job.get("label_map")).output_labels  # the model's, mapped
+            keep = [name for name in mapped if name in ontology]
             if not keep:
                 raise ConfigError(
-                    f"none of {job['model']}'s labels are in project {project['uid']}'s ontology "
-                    f"({', '.join(ontology)}); add them to the ontology or pass labels="
+                    f"none of {job['model']}'s labels{' (mapped)' if job.get('label_map') else ''} are in project "
+                    f"{project['uid']}'s {job['model_type']} ontology ({', '.join(ontology)}); add them to the "
+                    "ontology or pass labels="
                 )
         else:
             keep = None
@@ -165,12 +172,16 @@ class JobRunner:
             raise ConfigError(
                 f"the project's {job['model_type']} model {job['model']!r} is a {engine.model_type.value} model"
             )
+        self.store.record_model_labels(job["model"], engine.labels)  # for label checks when jobs are created
         extra = {"aggregation": job["aggregation"]} if job.get("aggregation") else {}
         options = engine.predict_options(
-            confidence_threshold=job["confidence_threshold"], labels=self._filter_labels(job, engine), **extra
+            confidence_threshold=job["confidence_threshold"],
+            labels=self._filter_labels(job, engine),
+            label_map=job.get("label_map"),
+            **extra,
         )
         if not job["dry_run"]:
-            self.store.extend_ontology(job["project_uid"], options.label_filter.output_labels)
+            self.store.extend_ontology(job["project_uid"], options.label_filter.output_labels, job["model_type"])
         cancel = self.store.record_batch(job, self.worker, [], self.lease_s)  # renews the lease after loading
         if cancel:
             return self.store.finish_job(job, self.worker, "cancelled", summary={"model": job["model"]})
@@ -181,8 +192,9 @@ class JobRunner:
 
         def items() -> Iterator[Item]:
             for seq, task in enumerate(self.store.remaining_tasks(job)):
-                if keep_results and task["labeled_by_model"]:
-                    skipped.append({"task_uid": task["task_uid"], "outcome": "skipped"})
+                if keep_results and task["same_result"]:
+                    kept = task["same_result"]  # the identical result: this job's too (exports of --job find it)
+                    skipped.append({"task_uid": task["task_uid"], "outcome": "skipped", "result_uid": kept})
                     continue
                 task_of[seq] = task["task_uid"]
                 source = task["path"] if task["path"] is not None else f"<text {task['key']}>"
@@ -191,11 +203,15 @@ class JobRunner:
         pending: list[dict[str, Any]] = []
         last_commit = time.monotonic()
         done = 0
-        stream = engine.stream(items(), options)
+        from avala_infer.exporters.summary import at_requested, dry_run_options
+
+        # a dry run predicts at a low floor for its gallery; its counts keep what the job's threshold keeps
+        stream = engine.stream(items(), dry_run_options(options, engine.model_type) if job["dry_run"] else options)
         with aborting_on_error(sinks):  # a job that fails leaves no half-written preview files
             try:
                 for prediction in stream:
-                    pending.append(_outcome(task_of.pop(prediction.index), prediction, keep_results))
+                    kept = at_requested(prediction, options.label_filter)
+                    pending.append(_outcome(task_of.pop(prediction.index), kept, keep_results))
                     for sink in sinks:
                         sink.write(prediction)
                     done += 1
@@ -231,8 +247,9 @@ class JobRunner:
 
         out = Path(self.store.home) / "jobs" / job["uid"]
         settings = {"model": job["model"], "model_type": job["model_type"], "dry_run": True,
-                    "confidence_threshold": job["confidence_threshold"], "labels": job["labels"] or None}  # fmt: skip
+                    "confidence_threshold": job["confidence_threshold"], "labels": job["labels"] or None,
+                    "project_uid": job["project_uid"]}  # fmt: skip
         if job["model_type"] == "named_entity_recognition":
             settings["aggregation"] = options.aggregation
-        summary = SummaryCollector(out, options.label_filter.output_labels, settings)
+        summary = SummaryCollector(out, options.label_filter.output_labels, settings, options.label_filter, True)
         return [summary, PreviewWriter(out, summary, PREVIEW_COUNT)]

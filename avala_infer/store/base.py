@@ -12,7 +12,9 @@ from typing import Any
 from avala_infer.errors import ConfigError, NotFoundError
 from avala_infer.store.db import DB_NAME, connect
 
-JSON_COLUMNS = frozenset({"ontology", "models", "labels", "summary", "label_counts", "annotations"})
+JSON_COLUMNS = frozenset(
+    {"ontology", "type_ontologies", "models", "labels", "label_map", "summary", "label_counts", "annotations"}
+)
 MAX_PAGE = 1000
 
 

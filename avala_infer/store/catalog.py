@@ -25,24 +25,64 @@ def _check_name(name: Any, what: str) -> str:
     return name
 
 
-def _check_models(models: Mapping[str, str] | None, data_type: str) -> dict[str, str]:
+def _check_label_map(label_map: Any, where: str) -> dict[str, str | None]:
+    """A label mapping as ``label --map`` takes it: model label -> project label (rename or merge), None or ""
+    to drop."""
+    if label_map is None:
+        return {}
+    if not isinstance(label_map, Mapping):
+        raise ConfigError(f"{where} must map model labels to project labels, e.g. {{'person': 'pedestrian'}}, "
+                          f"got {label_map!r}")  # fmt: skip
+    checked: dict[str, str | None] = {}
+    for source, target in label_map.items():
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"{where} has an empty model label; write model label -> project label")
+        if target is not None and not isinstance(target, str):
+            raise ConfigError(f"{where}[{source!r}] is {target!r}; give a label name, or None / '' to drop it")
+        checked[source.strip()] = target.strip() or None if isinstance(target, str) else None
+    return checked
+
+
+def _check_models(models: Mapping[str, Any] | None, data_type: str) -> dict[str, Any]:
+    """``{model_type: entry}`` as stored: the entry is the model (name, spec or weights path), or
+    ``{"model": ..., "label_map": {...}}`` when it maps the model's labels to the project's."""
     if models is None:
         return {}
     if not isinstance(models, Mapping):
         raise ConfigError(
             f"models must map a model type to a model, e.g. {{'object_detection': 'yolo11n'}}, got {models!r}"
         )
-    checked = {}
-    for model_type, model in models.items():
+    checked: dict[str, Any] = {}
+    for model_type, entry in models.items():
         parsed = ModelType.parse(model_type)
         if parsed.media != data_type:
             raise ConfigError(f"a {data_type} project cannot use a {parsed.value} model (it reads {parsed.media})")
+        model, label_map = entry, None
+        if isinstance(entry, Mapping):
+            unknown = sorted(set(entry) - {"model", "label_map"})
+            if unknown:
+                raise ConfigError(f"models[{model_type!r}] has unknown key(s) {unknown}; it takes model and label_map")
+            model, label_map = entry.get("model"), entry.get("label_map")
         if not isinstance(model, (str, os.PathLike)) or not str(model).strip():
             raise ConfigError(
-                f"models[{model_type!r}] is {model!r}; name a model, spec or weights path (avala-infer models list)"
+                f"models[{model_type!r}] is {entry!r}; name a model, spec or weights path (avala-infer models list)"
             )
-        checked[parsed.value] = str(model)
+        label_map = _check_label_map(label_map, f"models[{model_type!r}]['label_map']")
+        checked[parsed.value] = {"model": str(model), "label_map": label_map} if label_map else str(model)
     return checked
+
+
+def split_models(stored: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, dict[str, str | None]]]:
+    """Stored model entries -> (``{model_type: model}``, ``{model_type: label_map}`` for types with one)."""
+    models, maps = {}, {}
+    for model_type, entry in stored.items():
+        if isinstance(entry, Mapping):
+            models[model_type] = entry["model"]
+            if entry.get("label_map"):
+                maps[model_type] = dict(entry["label_map"])
+        else:
+            models[model_type] = entry
+    return models, maps
 
 
 def _label_names(labels: Iterable[str] | None, what: str) -> list[str]:
@@ -54,14 +94,52 @@ def _label_names(labels: Iterable[str] | None, what: str) -> list[str]:
     return [str(n).strip() for n in labels]
 
 
-def _check_ontology(ontology: Iterable[str] | None) -> list[str]:
-    names = _label_names(ontology, "ontology")
+def _check_ontology(ontology: Iterable[str] | None, what: str = "ontology") -> list[str]:
+    names = _label_names(ontology, what)
     if any(not n for n in names):
         raise ConfigError("ontology labels must be non-empty names")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ConfigError(f"ontology lists {duplicates} more than once; each label once (its position is its id)")
+        raise ConfigError(f"{what} lists {duplicates} more than once; each label once (its position is its id)")
     return names
+
+
+def _check_ontologies(ontology: Any, data_type: str) -> tuple[list[str] | None, dict[str, list[str]]]:
+    """``ontology`` as given: a list (every model type's, the default) or ``{model_type: labels}`` (those types'
+    own lists). Returns (default or None when a mapping was given, own lists)."""
+    if isinstance(ontology, Mapping):
+        own = {}
+        for model_type, labels in ontology.items():
+            parsed = ModelType.parse(model_type)
+            if parsed.media != data_type:
+                raise ConfigError(f"a {data_type} project has no {parsed.value} ontology (it reads {parsed.media})")
+            own[parsed.value] = _check_ontology(labels, f"ontology[{parsed.value!r}]")
+        return None, own
+    return _check_ontology(ontology), {}
+
+
+def type_ontology(project: Mapping[str, Any], model_type: str) -> list[str]:
+    """The labels of ``model_type``'s results in ``project``, in class-id order: the type's own list once a job
+    of that type added labels (or one was set for it), else the project's default ontology."""
+    own = project.get("type_ontologies") or {}
+    return list(own[model_type]) if model_type in own else list(project.get("default_ontology") or [])
+
+
+def _public_project(project: dict[str, Any]) -> dict[str, Any]:
+    """A project row for callers: ``models`` as names, ``label_maps``, ``ontologies`` per model type (served or
+    labeled) and ``ontology``, every type's labels in one list (the default's first; for a one-type project, the
+    list its exports use)."""
+    stored_models = project["models"]
+    project["models"], project["label_maps"] = split_models(stored_models)
+    project["default_ontology"] = list(project["ontology"])
+    own = project.get("type_ontologies") or {}
+    types = list(dict.fromkeys([*project["models"], *own]))
+    project["ontologies"] = {t: type_ontology(project, t) for t in types}
+    union = list(project["default_ontology"])
+    for labels in project["ontologies"].values():
+        union += [name for name in labels if name not in union]
+    project["ontology"] = union
+    return project
 
 
 class CatalogStore(StoreBase):
@@ -71,20 +149,22 @@ class CatalogStore(StoreBase):
         name: str,
         *,
         data_type: str = "image",
-        ontology: Iterable[str] | None = None,
-        models: dict[str, str] | None = None,
+        ontology: Iterable[str] | Mapping[str, Iterable[str]] | None = None,
+        models: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A project with its dataset. ``ontology`` is a list (the default of every model type) or
+        ``{model_type: labels}``; a ``models`` entry is a model or ``{"model": ..., "label_map": {...}}``."""
         _check_name(name, "a project")
         if data_type not in DATA_TYPES:
             raise ConfigError(f"data_type must be one of {', '.join(DATA_TYPES)}, got {data_type!r}")
         models = _check_models(models or {}, data_type)
-        labels = _check_ontology(ontology)
+        default, own = _check_ontologies(ontology, data_type)
         uid, now = new_uid("proj"), now_iso()
         with transaction(self.conn):
             self.conn.execute(
-                "INSERT INTO projects (uid, name, data_type, ontology, models, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (uid, name, data_type, json.dumps(labels), json.dumps(models), now, now),
+                "INSERT INTO projects (uid, name, data_type, ontology, type_ontologies, models, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (uid, name, data_type, json.dumps(default or []), json.dumps(own), json.dumps(models), now, now),
             )
             slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "dataset"
             self.conn.execute(
@@ -95,7 +175,7 @@ class CatalogStore(StoreBase):
         return self.get_project(uid)
 
     def get_project(self, uid: str) -> dict[str, Any]:
-        project = self._one("projects", uid, "project", "`avala-infer projects list` shows them")
+        project = _public_project(self._one("projects", uid, "project", "`avala-infer projects list` shows them"))
         counts = self.conn.execute(
             "SELECT COUNT(*) AS n, SUM(status != 'pending') AS labeled FROM tasks WHERE project_uid = ?", (uid,)
         ).fetchone()
@@ -106,19 +186,26 @@ class CatalogStore(StoreBase):
     def list_projects(self, *, limit: int | None = None, cursor: str | None = None):
         limit, after = page_args(limit, cursor)
         rows = self.conn.execute("SELECT * FROM projects WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1))
-        return page(rows.fetchall(), limit)
+        projects, next_cursor = page(rows.fetchall(), limit)
+        return [_public_project(p) for p in projects], next_cursor
 
     def update_project(
-        self, uid: str, *, name: str | None = None, ontology=None, models: dict[str, str] | None = None
+        self, uid: str, *, name: str | None = None, ontology=None, models: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        project = self.get_project(uid)
+        """``ontology``: a list replaces every model type's ontology; ``{model_type: labels}`` sets those types'.
+        ``models``: the entries given replace those of their model types (others keep theirs)."""
+        row = self._one("projects", uid, "project", "`avala-infer projects list` shows them")
         changes: dict[str, Any] = {}
         if name is not None:
             changes["name"] = _check_name(name, "a project")
         if ontology is not None:
-            changes["ontology"] = json.dumps(_check_ontology(ontology))
+            default, own = _check_ontologies(ontology, row["data_type"])
+            if default is not None:
+                changes["ontology"], changes["type_ontologies"] = json.dumps(default), "{}"
+            else:
+                changes["type_ontologies"] = json.dumps({**row["type_ontologies"], **own})
         if models is not None:
-            merged = {**project["models"], **_check_models(models, project["data_type"])}
+            merged = {**row["models"], **_check_models(models, row["data_type"])}
             changes["models"] = json.dumps(merged)
         if changes:
             sets = ", ".join(f"{k} = ?" for k in changes)
@@ -127,28 +214,56 @@ class CatalogStore(StoreBase):
                     f"UPDATE projects SET {sets}, updated_at = ? WHERE uid = ?",  # noqa: S608
                     (*changes.values(), now_iso(), uid),
                 )
-                emit(self.conn, "project.updated", project_uid=uid, data={"changed": sorted(changes)})
+                changed = sorted({"ontology" if key == "type_ontologies" else key for key in changes})
+                emit(self.conn, "project.updated", project_uid=uid, data={"changed": changed})
         return self.get_project(uid)
 
-    def extend_ontology(self, uid: str, labels: Iterable[str]) -> list[str]:
-        """Append the labels the ontology lacks (ids of existing labels never change); returns the ontology."""
+    def extend_ontology(self, uid: str, labels: Iterable[str], model_type: str | None = None) -> list[str]:
+        """Append the labels the ontology lacks (ids of existing labels never change); returns the ontology.
+
+        With ``model_type``, that type's ontology (its own list from now on, when labels are added); without,
+        the default and every type's own list."""
         names = _label_names(labels, "labels")
         if any(not name for name in names):
             raise ConfigError(f"labels must be non-empty names, got {list(labels)!r}")
         with transaction(self.conn):
-            row = self.conn.execute("SELECT ontology FROM projects WHERE uid = ?", (uid,)).fetchone()
+            row = self.conn.execute("SELECT ontology, type_ontologies FROM projects WHERE uid = ?", (uid,)).fetchone()
             if row is None:
                 raise NotFoundError(f"no project {uid!r} in the store at {self.path}; `avala-infer projects list`")
-            ontology = json.loads(row["ontology"])
-            added = [name for name in dict.fromkeys(names) if name not in ontology]
-            if added:
-                ontology += added
+            project = {"default_ontology": json.loads(row["ontology"]),
+                       "type_ontologies": json.loads(row["type_ontologies"])}  # fmt: skip
+            lists = {model_type: type_ontology(project, model_type)} if model_type else {
+                None: project["default_ontology"], **project["type_ontologies"]}  # fmt: skip
+            added_any: list[str] = []
+            for key, ontology in lists.items():
+                added = [name for name in dict.fromkeys(names) if name not in ontology]
+                if not added:
+                    continue
+                added_any += [name for name in added if name not in added_any]
+                if key is None:
+                    project["default_ontology"] = ontology + added
+                else:
+                    project["type_ontologies"][key] = ontology + added
+            if added_any:
                 self.conn.execute(
-                    "UPDATE projects SET ontology = ?, updated_at = ? WHERE uid = ?",
-                    (json.dumps(ontology), now_iso(), uid),
+                    "UPDATE projects SET ontology = ?, type_ontologies = ?, updated_at = ? WHERE uid = ?",
+                    (json.dumps(project["default_ontology"]), json.dumps(project["type_ontologies"]), now_iso(), uid),
                 )
-                emit(self.conn, "project.updated", project_uid=uid, data={"changed": ["ontology"], "added": added})
-        return ontology
+                emit(self.conn, "project.updated", project_uid=uid, data={"changed": ["ontology"], "added": added_any})
+        return type_ontology(project, model_type) if model_type else project["default_ontology"]
+
+    def model_labels(self, model: str) -> list[str] | None:
+        """``model``'s labels as a job last saw them when it loaded the model, or None (never loaded here)."""
+        row = self.conn.execute("SELECT labels FROM model_labels WHERE model = ?", (model,)).fetchone()
+        return None if row is None else json.loads(row["labels"])
+
+    def record_model_labels(self, model: str, labels: Iterable[str]) -> None:
+        with transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO model_labels (model, labels, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (model) DO UPDATE SET labels = excluded.labels, updated_at = excluded.updated_at",
+                (model, json.dumps([str(x) for x in labels]), now_iso()),
+            )
 
     # ------------------------------------------------------------------ datasets and items
     def project_dataset(self, project_uid: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ its holder, on this host, is dead; the first then finds it lost the lease at its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -28,7 +29,7 @@ JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
 JOB_EVENT_FIELDS = ("uid", "model_type", "model", "status", "dry_run", "total_items", "processed_items",
                     "successful_items", "failed_items", "skipped_items", "error_message")  # fmt: skip
-BOOLEAN_JOB_FIELDS = ("dry_run", "cancel_requested")  # stored as 0/1; true booleans in dicts and event payloads
+BOOLEAN_JOB_FIELDS = ("dry_run", "cancel_requested", "overwrite")  # 0/1 stored; true booleans in dicts, payloads
 
 _live_workers: set[str] = set()  # the worker ids that hold (or may hold) jobs in this process now
 _live_lock = threading.Lock()
@@ -114,6 +115,28 @@ def _check_aggregation(aggregation: str | None, model_type: str) -> str | None:
     return name
 
 
+def settings_fingerprint(settings: dict[str, Any]) -> str:
+    """A stable hash of the settings that change a job's results: sha256 of their canonical JSON (sorted keys,
+    no spaces), 16 hex digits. Equal settings, equal fingerprint, whatever the order they were given in."""
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def job_settings(job: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``job`` that change its results (what its fingerprint hashes): the model and its type,
+    the confidence threshold, the labels asked for (sorted; None: the project's ontology), the project's label
+    map for the model, the NER aggregation. Per-label thresholds and the IoU are not job settings (yet): they
+    are the engine's defaults for every job."""
+    return {
+        "model": job["model"],
+        "model_type": job["model_type"],
+        "confidence_threshold": round(float(job["confidence_threshold"]), 6),
+        "labels": sorted(job["labels"]) or None,
+        "label_map": job.get("label_map") or None,
+        "aggregation": job.get("aggregation"),
+    }
+
+
 class JobStore(CatalogStore):
     # ------------------------------------------------------------------ create, read, cancel
     def create_job(
@@ -125,9 +148,14 @@ class JobStore(CatalogStore):
         labels: Sequence[str] | None = None,
         dry_run: bool = False,
         aggregation: str | None = None,
+        overwrite: bool = False,
     ) -> dict[str, Any]:
         """A pending job. ``aggregation`` (NER jobs only: ``none``, ``simple``, ``first``, ``average``, ``max``)
-        is how tokens become entities; None keeps the engine's default (``first``, whole words)."""
+        is how tokens become entities; None keeps the engine's default (``first``, whole words).
+
+        The job takes the project's model for ``model_type`` and its label map now, and its settings fingerprint
+        (:func:`job_settings`): a real job skips the tasks that hold a result of the same model with the same
+        fingerprint, unless ``overwrite``."""
         project = self.get_project(project_uid)
         model_type = ModelType.parse(model_type).value
         model = project["models"].get(model_type)
@@ -148,14 +176,20 @@ class JobStore(CatalogStore):
             raise ConfigError(f"confidence_threshold must be between 0 and 1, got {confidence_threshold}")
         labels = _check_labels(labels)
         aggregation = _check_aggregation(aggregation, model_type)
+        label_map = project["label_maps"].get(model_type) or None
+        fingerprint = settings_fingerprint(job_settings({
+            "model": model, "model_type": model_type, "confidence_threshold": confidence_threshold,
+            "labels": labels, "label_map": label_map, "aggregation": aggregation}))  # fmt: skip
         uid, now = new_uid("job"), now_iso()
         with transaction(self.conn):
             total = self.count_tasks(project_uid)
             self.conn.execute(
                 "INSERT INTO jobs (uid, project_uid, model_type, model, confidence_threshold, labels, dry_run, "
-                "aggregation, total_items, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "aggregation, label_map, settings_hash, overwrite, total_items, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (uid, project_uid, model_type, model, confidence_threshold, json.dumps(labels), int(dry_run),
-                 aggregation, total, now),
+                 aggregation, json.dumps(label_map) if label_map else None, fingerprint, int(bool(overwrite)),
+                 total, now),
             )  # fmt: skip
         return self.get_job(uid)
 
@@ -213,18 +247,21 @@ class JobStore(CatalogStore):
         return self.get_job(row["uid"])
 
     def remaining_tasks(self, job: dict[str, Any], chunk: int = 256) -> Iterator[dict[str, Any]]:
-        """The project's tasks this job has not finished with, in task order, each with ``labeled_by_model``:
-        whether a result of the job's model exists already (a real job skips those). Read in chunks."""
+        """The project's tasks this job has not finished with, in task order, each with ``same_result``: the uid
+        of a result of the job's model made with the job's settings fingerprint (a real job keeps it and skips
+        the task), or None (always None for an ``overwrite`` job). Read in chunks."""
         after = 0
+        fingerprint = None if job.get("overwrite") else job.get("settings_hash")
         while True:
             rows = self.conn.execute(
                 "SELECT t.id, t.uid AS task_uid, i.key, i.path, i.text, "
-                "EXISTS (SELECT 1 FROM results r WHERE r.task_uid = t.uid AND r.model = ?) AS labeled_by_model "
+                "(SELECT r.uid FROM results r WHERE r.task_uid = t.uid AND r.model = ? AND r.settings_hash = ? "
+                "ORDER BY r.id DESC LIMIT 1) AS same_result "
                 "FROM tasks t JOIN items i ON i.uid = t.item_uid "
                 "WHERE t.project_uid = ? AND t.id > ? "
                 "AND NOT EXISTS (SELECT 1 FROM job_tasks j WHERE j.job_uid = ? AND j.task_uid = t.uid) "
                 "ORDER BY t.id LIMIT ?",
-                (job["model"], job["project_uid"], after, job["uid"], chunk),
+                (job["model"], fingerprint, job["project_uid"], after, job["uid"], chunk),
             ).fetchall()
             if not rows:
                 return
@@ -235,25 +272,28 @@ class JobStore(CatalogStore):
         self, job: dict[str, Any], worker: str, outcomes: Sequence[dict[str, Any]], lease_s: float
     ) -> bool:
         """Commit one batch: ``outcomes`` are dicts with task_uid, outcome, error, label_counts and (a real job's
-        successes) annotations. Results, job_tasks rows, task statuses and counters in one transaction; the lease
-        is renewed. Returns whether a cancel was requested. Raises :class:`LeaseLost` if the job is not ours."""
+        successes) annotations, or (a skipped task) ``result_uid``, the identical result the job keeps. Results,
+        job_tasks rows, task statuses and counters in one transaction; the lease is renewed. Returns whether a
+        cancel was requested. Raises :class:`LeaseLost` if the job is not ours."""
         now = now_iso()
         with transaction(self.conn):
             self._check_lease(job["uid"], worker)
             for o in outcomes:
+                new_result = o.get("annotations") is not None
+                result_uid = new_uid("res") if new_result else o.get("result_uid")
                 inserted = self.conn.execute(
-                    "INSERT OR IGNORE INTO job_tasks (job_uid, task_uid, outcome, error, label_counts) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (job["uid"], o["task_uid"], o["outcome"], o.get("error"), json.dumps(o.get("label_counts", {}))),
-                ).rowcount
-                if not inserted or o.get("annotations") is None:
+                    "INSERT OR IGNORE INTO job_tasks (job_uid, task_uid, outcome, error, label_counts, result_uid) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (job["uid"], o["task_uid"], o["outcome"], o.get("error"), json.dumps(o.get("label_counts", {})),
+                     result_uid),
+                ).rowcount  # fmt: skip
+                if not inserted or not new_result:
                     continue
-                result_uid = new_uid("res")
                 added = self.conn.execute(
                     "INSERT OR IGNORE INTO results (uid, task_uid, job_uid, model, model_type, annotations, "
-                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "settings_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (result_uid, o["task_uid"], job["uid"], job["model"], job["model_type"],
-                     json.dumps(o["annotations"]), now),
+                     json.dumps(o["annotations"]), job.get("settings_hash"), now),
                 ).rowcount  # fmt: skip
                 if added:
                     emit(self.conn, "result.submitted", project_uid=job["project_uid"], task_uid=o["task_uid"],
@@ -357,6 +397,49 @@ class JobStore(CatalogStore):
                 return
             yield from (row_dict(r) for r in rows)
             after = rows[-1]["id"]
+
+    def jobs_with_results(self, project_uid: str) -> list[dict[str, Any]]:
+        """The project's real (not dry-run) jobs that hold results (made, or identical ones kept), oldest first."""
+        rows = self.conn.execute(
+            "SELECT * FROM jobs j WHERE j.project_uid = ? AND j.dry_run = 0 AND EXISTS (SELECT 1 FROM job_tasks jt "
+            "WHERE jt.job_uid = j.uid AND jt.result_uid IS NOT NULL) ORDER BY j.id",
+            (project_uid,),
+        ).fetchall()
+        return [_job_booleans(row_dict(r)) for r in rows]
+
+    def iter_latest_results(
+        self,
+        project_uid: str,
+        model_type: str,
+        *,
+        model: str | None = None,
+        job: str | None = None,
+        chunk: int = 256,
+    ) -> Iterator[dict[str, Any]]:
+        """One result per task, in task order: the one kept by the newest real job of ``model_type`` (optionally
+        of ``model``) that holds a result for the task; with ``job``, that job's (made or kept). Tasks without
+        one are left out. Read in chunks."""
+        where, args = "j.model_type = ? AND j.dry_run = 0", [ModelType.parse(model_type).value]
+        if model is not None:
+            where += " AND j.model = ?"
+            args.append(model)
+        if job is not None:
+            where += " AND j.uid = ?"
+            args.append(job)
+        after = 0
+        while True:
+            rows = self.conn.execute(
+                "SELECT t.id AS task_id, r.id, r.uid, r.task_uid, r.job_uid, r.model, r.model_type, r.annotations, "
+                "r.is_draft, i.key, i.path, i.text FROM tasks t JOIN items i ON i.uid = t.item_uid "
+                "JOIN results r ON r.uid = (SELECT jt.result_uid FROM job_tasks jt JOIN jobs j ON j.uid = jt.job_uid "
+                f"WHERE jt.task_uid = t.uid AND jt.result_uid IS NOT NULL AND {where} ORDER BY j.id DESC LIMIT 1) "
+                "WHERE t.project_uid = ? AND t.id > ? ORDER BY t.id LIMIT ?",
+                (*args, project_uid, after, chunk),
+            ).fetchall()
+            if not rows:
+                return
+            yield from (row_dict(r) for r in rows)
+            after = rows[-1]["task_id"]
 
     def task_results(self, task_uid: str) -> list[dict[str, Any]]:
         self.get_task(task_uid)  # an unknown uid is an error, not an empty list

@@ -192,4 +192,54 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE jobs ADD COLUMN aggregation TEXT;  -- NER jobs: how tokens become entities (NULL: the default)
         """,
     ),
+    (
+        "0007_job_settings_and_result_history",
+        """
+        ALTER TABLE jobs ADD COLUMN label_map TEXT;       -- JSON {model label: project label, or null to drop}
+        ALTER TABLE jobs ADD COLUMN settings_hash TEXT;   -- the fingerprint of the settings that change results
+        ALTER TABLE jobs ADD COLUMN overwrite INTEGER NOT NULL DEFAULT 0;  -- 1: relabel even identical settings
+        CREATE TABLE results_v2 (                         -- a task keeps every job's result (not one per model)
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            task_uid TEXT NOT NULL REFERENCES tasks (uid),
+            job_uid TEXT NOT NULL REFERENCES jobs (uid),
+            model TEXT NOT NULL,
+            model_type TEXT NOT NULL,
+            annotations TEXT NOT NULL,
+            is_draft INTEGER NOT NULL DEFAULT 1,
+            created_at TEXT NOT NULL,
+            settings_hash TEXT,                            -- the job's; NULL for results made before fingerprints
+            UNIQUE (task_uid, job_uid)
+        );
+        INSERT INTO results_v2 (id, uid, task_uid, job_uid, model, model_type, annotations, is_draft, created_at)
+            SELECT id, uid, task_uid, job_uid, model, model_type, annotations, is_draft, created_at FROM results;
+        DROP TABLE results;
+        ALTER TABLE results_v2 RENAME TO results;
+        CREATE INDEX results_by_task ON results (task_uid, model, settings_hash);
+        ALTER TABLE job_tasks ADD COLUMN result_uid TEXT; -- the result the job made, or the identical one it kept
+        UPDATE job_tasks SET result_uid = COALESCE(
+            (SELECT r.uid FROM results r WHERE r.task_uid = job_tasks.task_uid AND r.job_uid = job_tasks.job_uid),
+            (SELECT r.uid FROM results r JOIN jobs j ON j.uid = job_tasks.job_uid
+             WHERE job_tasks.outcome = 'skipped' AND r.task_uid = job_tasks.task_uid AND r.model = j.model));
+        CREATE INDEX job_tasks_by_task ON job_tasks (task_uid);
+        """,
+    ),
+    (
+        "0008_ontology_per_model_type",
+        """
+        ALTER TABLE projects ADD COLUMN type_ontologies TEXT NOT NULL DEFAULT '{}';  -- JSON {model type: labels}
+        UPDATE projects SET type_ontologies = (
+            SELECT json_group_object(mt, json(projects.ontology)) FROM (
+                SELECT DISTINCT r.model_type AS mt FROM results r JOIN tasks t ON t.uid = r.task_uid
+                WHERE t.project_uid = projects.uid))
+            WHERE ontology != '[]' AND EXISTS (
+                SELECT 1 FROM results r JOIN tasks t ON t.uid = r.task_uid WHERE t.project_uid = projects.uid);
+        UPDATE projects SET ontology = '[]' WHERE type_ontologies != '{}';  -- the list moved to those types
+        CREATE TABLE model_labels (                       -- a model's labels, seen when a job loaded it
+            model TEXT PRIMARY KEY,
+            labels TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
