@@ -59,6 +59,30 @@ class Progress:
             self.stream.flush()
 
 
+class StatusLine(logging.Handler):
+    """Shows the ``avala_infer.status`` logger on stderr as one line per step: a step that starts
+    ("loading yolo11n on cpu ...") is finished on the same line by the record that ends it ("done in 0.4 s")."""
+
+    def __init__(self, stream=None) -> None:
+        super().__init__(logging.INFO)
+        self.stream = stream
+        self.open = False  # a started line waits for its end
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = self.stream or sys.stderr
+        try:
+            kind = getattr(record, "status", None)
+            if kind == "done" and self.open:
+                text = f" done in {record.s:.1f} s\n" if hasattr(record, "s") else " done\n"
+            else:
+                text = ("\n" if self.open else "") + record.getMessage() + ("" if kind == "start" else "\n")
+            self.open = kind == "start"
+            stream.write(text)
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.version_option(package_name="avala-infer")
@@ -66,6 +90,11 @@ def cli(verbose: int) -> None:
     """avala-infer: local auto-labeling on your own GPU hosts."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    status = logging.getLogger("avala_infer.status")  # "loading yolo11n on cpu ... done in 0.4 s"
+    if not any(isinstance(h, StatusLine) for h in status.handlers):
+        status.addHandler(StatusLine())
+    status.setLevel(logging.INFO)
+    status.propagate = False
 
 
 @cli.command("label")
@@ -113,18 +142,43 @@ def cli(verbose: int) -> None:
 @click.option("--text-field", default="text", show_default=True, help="JSONL field / CSV column holding the text.")
 @click.option("--per-line", is_flag=True, help="One item per non-empty line of .txt files (else one per file).")
 @click.option(
-    "-o", "--out", default="runs/label", show_default=True, type=click.Path(file_okay=False), help="Output folder."
+    "-o",
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Output folder (default: a new one, runs/label, runs/label2, ...). One run at a time may use it.",
 )
+@click.option("--overwrite", is_flag=True, help="Remove the outputs of an earlier run in --out (every format) first.")
+@click.option("--exist-ok", is_flag=True, help="Write into an --out that holds an earlier run's outputs, as it is.")
 @click.option("--dry-run", is_flag=True, help="Write previews and summary.json only, no annotation files.")
 @click.option("--preview-count", default=50, show_default=True, type=click.IntRange(0), help="Items to preview.")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=None, help="Images per forward pass.")
-@click.option("--imgsz", "input_size", type=click.IntRange(32), default=None, help="Model input size.")
+@click.option(
+    "--imgsz",
+    "input_size",
+    type=click.IntRange(32),
+    default=None,
+    help="Model input size (YOLO: rounded up to a multiple of the stride, 32).",
+)
 @click.option("--max-det", default=300, show_default=True, type=click.IntRange(1), help="Max boxes per image.")
 @click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--trust-weights",
     is_flag=True,
     help="Load a pickled .pt from outside the model folders for this run (a .pt runs code when loaded).",
+)
+@click.option(
+    "--ls-root",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Label Studio tasks point at /data/local-files/?d=<image path relative to this folder> "
+    "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT).",
+)
+@click.option(
+    "--ls-url-prefix",
+    default=None,
+    metavar="URL",
+    help="Label Studio tasks point at URL/<image path relative to --ls-root, default the current folder>.",
 )
 def label_command(
     sources,
@@ -142,6 +196,8 @@ def label_command(
     text_field,
     per_line,
     out,
+    overwrite,
+    exist_ok,
     dry_run,
     preview_count,
     batch_size,
@@ -149,6 +205,8 @@ def label_command(
     max_det,
     device,
     trust_weights,
+    ls_root,
+    ls_url_prefix,
 ) -> None:
     """Label SOURCES (files, folders searched recursively, or globs) and write annotations to --out.
 
@@ -160,11 +218,15 @@ def label_command(
 
     if not sources and not texts:
         raise click.UsageError("give SOURCES (files, folders or globs) or --text")
+    if overwrite and exist_ok:
+        raise click.UsageError("--overwrite removes an earlier run's outputs, --exist-ok keeps them: pass one")
     try:
         report = label(
             [*sources, *(Text(t) for t in texts)],
             model,
             out=out,
+            overwrite=overwrite,
+            exist_ok=exist_ok,
             formats=formats or ("jsonl",),
             mask_format=mask_format,
             dry_run=dry_run,
@@ -184,6 +246,8 @@ def label_command(
             input_size=input_size,
             progress=Progress(),
             trust_weights=trust_weights,
+            ls_root=ls_root,
+            ls_url_prefix=ls_url_prefix,
         )
     except AvalaInferError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -208,7 +272,7 @@ def label_command(
 
 @cli.group("models")
 def models_group() -> None:
-    """List, inspect and add models."""
+    """List, inspect, add and pull models."""
 
 
 def _model_rows() -> list[dict]:
@@ -270,6 +334,48 @@ def models_add(file: str, force: bool) -> None:
     except AvalaInferError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"added {target} (sha256 {digest}); use it with: avala-infer label -m {target.name} ...")
+
+
+@models_group.command("pull")
+@click.argument("name")
+@click.option(
+    "--mirror",
+    default=None,
+    metavar="URL",
+    help="Fetch from this base URL + the file name instead of the spec's url (env AVALA_INFER_MIRROR).",
+)
+@click.option("--force", is_flag=True, help="Fetch even when the weights are present already.")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=click.FloatRange(1), help="Per read, s.")
+def models_pull(name: str, mirror: str | None, force: bool, timeout_s: float) -> None:
+    """Fetch model NAME's weights from the url: in its spec into the user model folder (the only download
+    avala-infer makes). Does nothing when they are present already (e.g. in AVALA_INFER_MODELS). A sha256: in
+    the spec is checked before the file is stored."""
+    from avala_infer.pull import pull
+
+    shown = {"last": -1}
+
+    def progress(received: int, total: int | None) -> None:
+        if not sys.stderr.isatty():
+            return
+        mib = received >> 20
+        if mib != shown["last"] or received == total:
+            shown["last"] = mib
+            of = f"/{total / 2**20:.1f}" if total else ""
+            click.echo(f"\r  {received / 2**20:.1f}{of} MiB", err=True, nl=False)
+
+    try:
+        result = pull(name, mirror=mirror, force=force, timeout_s=timeout_s, progress=progress)
+    except AvalaInferError as exc:
+        if shown["last"] >= 0:
+            click.echo("", err=True)
+        raise click.ClickException(str(exc)) from exc
+    if shown["last"] >= 0:
+        click.echo("", err=True)
+    if not result.downloaded:
+        click.echo(f"{result.name}: weights present at {result.path}; nothing to pull")
+        return
+    check = "matches the spec's" if result.pinned else "not pinned by the spec"
+    click.echo(f"pulled {result.name} from {result.url} into {result.path} (sha256 {result.sha256}, {check})")
 
 
 @models_group.command("show")

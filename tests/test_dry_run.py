@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import cv2
 
 from avala_infer import label
+from avala_infer.importing import import_sources
+from avala_infer.jobs import JobRunner
+from avala_infer.store import Store, worker_id
+from tests.conftest import VAL_IMAGES
 
 
 def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_images, tmp_path):
@@ -22,7 +28,9 @@ def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_i
     image = cv2.imread(str(previews[0]))
     assert image is not None and image.shape[2] == 3
     page = (out / "preview" / "index.html").read_text()
-    assert page.count("<img ") == 5 and "http" not in page  # self-contained: no outside resources
+    assert page.count("<img ") == 5 and "http:" not in page and "https:" not in page  # self-contained
+    assert {link.split("/")[0] for link in re.findall(r"(?:src|href)=['\"]([^'\"]+)", page)} == {"images"}
+    assert "default-src 'none'" in html.unescape(page)  # and its policy lets nothing else load
     summary = json.loads((out / "summary.json").read_text())
     assert summary["items"] == 128 and summary["failed"] == 0
     assert summary["settings"]["dry_run"] is True
@@ -31,7 +39,9 @@ def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_i
     assert summary["per_label"] == real.summary["per_label"]
     assert sum(b["count"] for b in summary["score_histogram"]) == summary["annotations"]
     at = summary["annotations_at_threshold"]
-    assert at["0.25"] == summary["annotations"] >= at["0.5"] >= at["0.9"]
+    assert at["0.1"] > at["0.25"] == summary["annotations"] >= at["0.5"] >= at["0.9"]  # predicted at 0.05
+    assert summary["sweep"]["floor"] == 0.05 and summary["sweep"]["thresholds"][4] == 0.25
+    assert summary["sweep"]["annotations"][4] == summary["annotations"]
     assert summary["throughput_items_per_s"] > 0 and summary["mean_stage_ms"]["forward"] > 0
     assert dry.dry_run and dry.total == 128
 
@@ -39,3 +49,50 @@ def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_i
 def test_dry_run_default_previews_first_fifty(engine_onnx, val_images, tmp_path):
     label([val_images], engine_onnx, out=tmp_path, dry_run=True)
     assert len(list((tmp_path / "preview" / "images").iterdir())) == 50
+
+
+def _sixteen() -> list:
+    return sorted(VAL_IMAGES.glob("*.jpg"))[:16]
+
+
+def test_dry_run_counts_are_honest_below_its_threshold(engine_onnx, val_images, tmp_path):
+    """A dry run at 0.25 predicts at 0.05: its count at 0.1 is a real run's at 0.1 (it was the count at 0.25
+    before: predictions below the run's threshold were never made). A real run lists no threshold below its own.
+    """
+    images = _sixteen()
+    dry = label(images, engine_onnx, out=tmp_path / "dry", dry_run=True).summary
+    real = {t: label(images, engine_onnx, out=tmp_path / f"r{t}", confidence_threshold=t).summary for t in (0.1, 0.25)}
+    assert dry["per_label"] == real[0.25]["per_label"] and dry["annotations"] == real[0.25]["annotations"]
+    at = dry["annotations_at_threshold"]
+    assert at["0.1"] == real[0.1]["annotations"] > at["0.25"] == real[0.25]["annotations"]
+    sweep = dry["sweep"]
+    assert sweep["floor"] == 0.05 and sweep["thresholds"][:2] == [0.05, 0.1]
+    assert sweep["annotations"][1] == real[0.1]["annotations"]
+    assert {k: v[1] for k, v in sweep["per_label"].items() if v[1]} == real[0.1]["per_label"]
+    assert sum(sweep["annotations"][:1]) > real[0.1]["annotations"]  # 0.05: more than any run above it
+    # a real run at 0.25 cannot know what 0.1 would keep: no row for it, no sweep row below 0.25
+    assert "0.1" not in real[0.25]["annotations_at_threshold"]
+    assert real[0.25]["sweep"]["thresholds"][0] == 0.25
+    print(f"16 images: at 0.1 the dry run counts {at['0.1']}, a real run at 0.1 wrote {real[0.1]['annotations']}")
+
+
+def test_dry_run_job_counts_at_its_threshold_and_gallery_names_the_project(val_images, tmp_path):
+    """A dry-run job predicts at the floor for its gallery, but its stored counts are those of its threshold;
+    the gallery's settings to copy name the job's project."""
+    images = _sixteen()
+    with Store(tmp_path / "home") as store:
+        project = store.create_project("dry", models={"object_detection": "yolo11n-onnx"})["uid"]
+        assert import_sources(store, project, [str(p) for p in images]).created == 16
+        job = store.create_job(project, model_type="object_detection", confidence_threshold=0.5, dry_run=True)
+        with JobRunner(store, worker_id(), device="cpu") as runner:
+            claimed = store.claim_job(runner.worker, runner.lease_s, only=job["uid"])
+            finished = runner.run(claimed)
+            real = label(images, runner.engines["yolo11n-onnx"], out=tmp_path / "real", confidence_threshold=0.5)
+    assert finished["status"] == "completed"
+    summary = finished["summary"] if isinstance(finished["summary"], dict) else json.loads(finished["summary"])
+    assert summary["per_label"] == real.summary["per_label"]
+    folder = tmp_path / "home" / "jobs" / job["uid"]
+    written = json.loads((folder / "summary.json").read_text())
+    assert written["per_label"] == real.summary["per_label"] and written["sweep"]["floor"] == 0.05
+    page = (folder / "preview" / "index.html").read_text()
+    assert f"data-project='{project}'" in page and "data-model-type='object_detection'" in page

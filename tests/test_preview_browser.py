@@ -21,6 +21,7 @@ import pytest
 from avala_infer import label
 from avala_infer.annotations import Entities, Prediction
 from avala_infer.exporters.preview import PreviewWriter
+from avala_infer.exporters.preview_page import SCRIPT
 from avala_infer.exporters.summary import SummaryCollector
 from tests.conftest import ASSETS, IN_CI, need
 
@@ -43,9 +44,11 @@ document.getElementById('f').addEventListener('load', function () {
     out.textContent = JSON.stringify({
       images: imgs.map(function (i) { return [i.getAttribute('src'), i.naturalWidth, i.naturalHeight]; }),
       pwned: doc.body.getAttribute('data-pwned'), cards: doc.querySelectorAll('.card').length,
-      scripts: doc.querySelectorAll('script').length, handlers: doc.querySelectorAll('[onerror],[onload]').length,
+      scripts: text('script'), handlers: doc.querySelectorAll('[onerror],[onload]').length,
       keys: text('.card b'), tags: text('.tag'), cells: text('td'), texts: text('.card .text'),
-      marks: text('mark sub'), failed: text('.card.failed > div')});
+      marks: text('mark sub'), failed: text('.card.failed > div'), boxes: text('svg g.a text'),
+      rows: Array.from(doc.querySelectorAll('tr.label-row')).map(function (r) { return r.dataset.label; }),
+      visible: JSON.parse(doc.getElementById('state').getAttribute('data-visible-labels'))});
     document.body.appendChild(out);
   }
   Promise.all(imgs.map(function (i) {
@@ -106,7 +109,8 @@ def test_gallery_shows_hostile_names_as_text(chromium, engine_onnx, tmp_path):
     page = out / "preview" / "index.html"
     found = _probe(chromium, page)
     assert found["pwned"] is None  # no payload ran
-    assert found["scripts"] == 0 and found["handlers"] == 0  # and none became an element
+    # and none became an element: the page's own script is the only one (its CSP lets no other run)
+    assert found["scripts"] == [SCRIPT] and found["handlers"] == 0
     assert found["cards"] == 2
     assert [src for src, *_ in found["images"]] == sorted(
         "images/" + p.name for p in (out / "preview" / "images").iterdir()
@@ -116,8 +120,9 @@ def test_gallery_shows_hostile_names_as_text(chromium, engine_onnx, tmp_path):
         assert (height, width) == expected[:2], src
     # the hostile strings are there, as text
     assert found["keys"] == [IMG_NAME, "zidane.jpg"]
-    assert f"{SCRIPT_LABEL} 0.94" in found["tags"]
-    assert SCRIPT_LABEL in found["cells"]
+    assert f"{SCRIPT_LABEL} 0.94" in found["tags"] and f"{SCRIPT_LABEL} 0.94" in found["boxes"]
+    assert SCRIPT_LABEL in found["cells"] and SCRIPT_LABEL in found["rows"]
+    assert found["visible"][SCRIPT_LABEL] == 1  # the page counts it by its name, at the run's threshold
 
     screenshot = tmp_path / "gallery.png"  # kept with pytest --basetemp=DIR, to look at
     _chromium(chromium, tmp_path / "profile", "--window-size=1280,1400", f"--screenshot={screenshot}", page.as_uri())
@@ -148,7 +153,7 @@ def test_text_and_failure_cards_show_hostile_text_as_text(chromium, tmp_path):
     (page,) = preview.close()
 
     found = _probe(chromium, page)
-    assert found["pwned"] is None and found["scripts"] == 0 and found["handlers"] == 0
+    assert found["pwned"] is None and found["scripts"] == [SCRIPT] and found["handlers"] == 0
     assert found["cards"] == 2 and found["images"] == []
     assert found["keys"] == [IMG_NAME, "x.txt"]
     shown = found["texts"][0]

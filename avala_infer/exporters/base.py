@@ -4,15 +4,18 @@ streaming files."""
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import os
 import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from avala_infer.annotations import Prediction
+from avala_infer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +166,25 @@ def round_list(values, digits: int = 2) -> list[float]:
     return [round(float(v), digits) for v in values]
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through ``path.tmp`` and a rename: a crash or a failed write (a full disk) leaves
+    the earlier file or none, never half of one (per-item files: YOLO labels, mask PNGs)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """:func:`write_bytes_atomic` of ``text`` in UTF-8."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def write_json_atomic(path: Path, data: object) -> Path:
     """Write JSON to ``path`` through a temporary file, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -212,3 +234,95 @@ class FailureLog:
             return []
         self._file.close()
         return [self.path]
+
+
+# What a labeling run writes at the top of its output folder (every format, the summary, the failure list, the
+# previews, and the temporary files of a run that died): what `overwrite` removes, and what makes a folder "used".
+OUTPUT_PATTERNS = ("annotations.*", "labelstudio*", "summary.json*", "failures.jsonl*", "yolo", "masks", "preview")
+LOCK_NAME = ".avala-infer.lock"
+
+
+def earlier_outputs(folder: Path) -> list[Path]:
+    """The outputs of earlier runs in ``folder`` (names matching ``OUTPUT_PATTERNS``), sorted; other files are
+    not ours and never count."""
+    return sorted(p for p in folder.iterdir() if any(fnmatch.fnmatchcase(p.name, pat) for pat in OUTPUT_PATTERNS))
+
+
+def remove_outputs(paths: Iterable[Path]) -> None:
+    """Delete earlier outputs: folders with what they hold (YOLO's image links are removed, not followed)."""
+    for path in paths:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise ConfigError(f"cannot remove {path} of an earlier run: {reason}; remove it by hand") from exc
+
+
+class FolderLock:
+    """One run at a time in an output folder: ``fcntl.flock`` on ``FOLDER/.avala-infer.lock``, never waiting.
+
+    The kernel drops the lock when its process ends, however it ends, so a killed run leaves no stale lock (at
+    most the file, which the next run takes over). The file holds the holder's pid, for the message others get;
+    ``release`` removes it. A taker checks that the file it locked is still the one at the path (a holder may
+    remove it between our open and our lock), and tries again if not.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock; ``ConfigError`` if another process holds it, ``OSError`` if the file cannot be made."""
+        import fcntl
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                raise ConfigError(
+                    f"{self.folder} is in use by another labeling run{pid}; wait for it to end, or choose another "
+                    f"output folder (--out)"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the file and drop the lock (in that order: a waiting taker then locks a file at no path and
+        tries again). Calling it again does nothing."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        remove_quietly(self.path)
+        os.close(fd)
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from avala_infer.annotations import Prediction, SemanticMask
-from avala_infer.exporters.base import PathAllocator
+from avala_infer.exporters.base import PathAllocator, write_bytes_atomic, write_text_atomic
 
 
 class MaskWriter:
@@ -32,8 +32,10 @@ class MaskWriter:
         path = self._paths.allocate(prediction.key, ".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         values = (prediction.result.class_map + 1).astype(self.dtype)
-        if not cv2.imwrite(str(path), values):
-            raise OSError(f"cannot write {path}")
+        encoded, png = cv2.imencode(".png", values)
+        if not encoded:
+            raise OSError(f"cannot encode the mask of {prediction.key} as a PNG")
+        write_bytes_atomic(path, png.tobytes())  # whole or not at all
 
     def abort(self) -> None:
         """Nothing is open: the PNGs written so far stay, ``classes.txt`` is not written."""
@@ -41,5 +43,5 @@ class MaskWriter:
     def close(self) -> list[Path]:
         classes = self.root / "classes.txt"
         lines = ["0 unlabeled"] + [f"{i + 1} {name}" for i, name in enumerate(self.labels)]
-        classes.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_text_atomic(classes, "\n".join(lines) + "\n")
         return [self.root]

@@ -1,71 +1,47 @@
-"""Dry-run previews: overlays for the first K items and a self-contained ``index.html`` gallery.
+"""Dry-run previews: an interactive, self-contained ``index.html`` gallery of the first K items.
 
 ``preview/index.html`` needs nothing but the ``preview/images/`` folder beside it: no scripts, fonts or
-styles from anywhere else. The gallery shows the run's summary (counts per label, score histogram, counts
-at several thresholds, speed) and one card per previewed item; failed items show their reason. Image cards
-show boxes and instance masks, semantic masks with a legend, or class captions; text cards show the text with
-its class tags, or with its entity spans highlighted in their label's color (the first 2,000 characters).
+styles from anywhere else (its Content-Security-Policy lets only its own inline script run). A dry run
+predicts at a low floor (see :func:`avala_infer.exporters.summary.dry_run_options`), and the page draws the
+annotations itself over the plain images: boxes and instance masks (polygons) in SVG, classes and entity
+spans as tags and highlights, each with its label and full score. A threshold slider (starting at the run's
+threshold, or at ``#conf=0.6`` from the address) and a label filter hide and show them live and update the
+per-label counts: those of the previewed items, and the whole run's (from the summary's counts at every
+0.01 step). The chosen settings are shown as the ``avala-infer auto-label create ...`` command and the
+``client.auto_label_jobs.create(...)`` call to copy. Semantic masks keep the run's overlay drawn into the
+picture (their thresholds apply per pixel): the slider does not apply to them.
+
+Memory stays flat: each card is written to a part file as its item comes, and ``close`` streams it into the
+page after the summary. Every label, key and text is escaped; the script only ever sets ``textContent``.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
+import os
 import re
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from avala_infer.annotations import Entities, Prediction
+from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
 from avala_infer.engine.loaders import read_image
 from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError
-from avala_infer.exporters.base import safe_relative_path
-from avala_infer.exporters.drawing import color_for, draw_result
-from avala_infer.exporters.summary import SummaryCollector
+from avala_infer.exporters.base import remove_quietly, safe_relative_path
+from avala_infer.exporters.drawing import color_for, draw_semantic
+from avala_infer.exporters.preview_page import CSP, SCRIPT, STYLE
+from avala_infer.exporters.summary import FINE, SCORE_BINS, SummaryCollector
 
 DEFAULT_PREVIEW_COUNT = 50
-
-_STYLE = """
-body{font:14px system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
-h1{font-size:20px}table{border-collapse:collapse;margin:8px 0 16px}td,th{padding:3px 10px;border-bottom:1px solid #ddd;
-text-align:left}.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:14px}
-.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}.card img{width:100%;height:auto}
-.card.failed{border-color:#d33;color:#a00}.tag{display:inline-block;padding:1px 6px;margin:2px;border-radius:3px;
-color:#fff;font-size:12px}.bar{display:inline-block;background:#4a7;height:12px;vertical-align:middle}
-.muted{color:#777;font-size:12px}.text{white-space:pre-wrap;font-size:13px;line-height:1.7}
-mark{padding:1px 2px;border-radius:3px}mark sub{font-size:10px;margin-left:2px;color:#222}
-"""
-
 TEXT_SHOWN = 2000
+TABLE_ROWS = 15  # the per-label table shows this many rows; the rest on demand
+MAX_SIDE = 1024  # previewed pictures are at most this wide or high
 
-
-def _highlighted(text: str, entities: Entities | None) -> str:
-    """The text, escaped, with entity spans in ``<mark>`` tinted by label; only the first TEXT_SHOWN chars."""
-    e = html.escape
-    shown = text[:TEXT_SHOWN]
-    parts, at = [], 0
-    if entities is not None:
-        for start, end, cid, name, score in sorted(
-            zip(entities.start, entities.end, entities.class_id, entities.class_name, entities.confidence)
-        ):
-            start, end = int(start), int(end)
-            if start < at or start >= len(shown):
-                continue  # overlapping (aggregation none may repeat) or beyond what is shown
-            parts.append(e(shown[at:start]))
-            color = _hex(color_for(int(cid)))
-            parts.append(
-                f"<mark style='background:{color}55;border-bottom:2px solid {color}'>{e(shown[start:end])}"
-                f"<sub>{e(str(name))} {float(score):.2f}</sub></mark>"
-            )
-            at = end
-    parts.append(e(shown[at:]))
-    more = f"<span class='muted'> [+{len(text) - TEXT_SHOWN} characters]</span>" if len(text) > TEXT_SHOWN else ""
-    return "".join(parts) + more
-
-
-def _safe_name(index: int, key: str) -> str:
-    """A flat file name for an item's overlay: unique (the run's index first), portable, inside ``images/``."""
-    return f"{index:06d}_" + re.sub(r"[^A-Za-z0-9._-]+", "_", safe_relative_path(key).stem)[:80] + ".jpg"
+e = html.escape
 
 
 def _hex(bgr: tuple[int, int, int]) -> str:
@@ -73,97 +49,337 @@ def _hex(bgr: tuple[int, int, int]) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
+def _ink(bgr: tuple[int, int, int]) -> str:
+    """Black or white, whichever contrasts more with the label's color (WCAG relative luminance)."""
+
+    def linear(c: int) -> float:
+        c = c / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    b, g, r = bgr
+    luminance = 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
+    return "#000" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "#fff"
+
+
+def _score(value) -> str:
+    """The float32 score in full: the page compares it as the label filter does."""
+    return repr(float(np.float32(value)))
+
+
+def _data(name: str, score) -> str:
+    return f"data-label='{e(str(name))}' data-score='{_score(score)}'"
+
+
+def _tag(name: str, class_id: int, score, counted: bool) -> str:
+    color = color_for(class_id)
+    cls = "tag a" if counted else "tag"
+    return (
+        f"<span class='{cls}' {_data(name, score)} style='background:{_hex(color)};color:{_ink(color)}'>"
+        f"{e(str(name))} {float(score):.2f}</span>"
+    )
+
+
+def _highlighted(text: str, entities: Entities | None) -> str:
+    """The text, escaped, with entity spans in ``<mark>`` tinted by label; only the first TEXT_SHOWN chars.
+
+    Overlapping spans (aggregation ``none`` may repeat) keep the higher score."""
+    shown = text[:TEXT_SHOWN]
+    chosen: list[tuple[int, int, int, str, float]] = []
+    if entities is not None:
+        spans = zip(entities.start, entities.end, entities.class_id, entities.class_name, entities.confidence)
+        taken = np.zeros(len(shown) + 1, dtype=bool)
+        for start, end, cid, name, score in sorted(spans, key=lambda s: -float(s[4])):
+            start, end = int(start), min(int(end), len(shown))
+            if start >= len(shown) or end <= start or taken[start:end].any():
+                continue
+            taken[start:end] = True
+            chosen.append((start, end, int(cid), str(name), score))
+    parts, at = [], 0
+    for start, end, cid, name, score in sorted(chosen):
+        parts.append(e(shown[at:start]))
+        color = _hex(color_for(cid))
+        parts.append(
+            f"<mark class='a' {_data(name, score)} style='background:{color}55;border-bottom:2px solid {color}'>"
+            f"{e(shown[start:end])}<sub>{e(name)} {float(score):.2f}</sub></mark>"
+        )
+        at = end
+    parts.append(e(shown[at:]))
+    more = f"<span class='muted'> [+{len(text) - TEXT_SHOWN} characters]</span>" if len(text) > TEXT_SHOWN else ""
+    return "".join(parts) + more
+
+
+def _safe_name(index: int, key: str) -> str:
+    """A flat file name for an item's picture: unique (the run's index first), portable, inside ``images/``."""
+    return f"{index:06d}_" + re.sub(r"[^A-Za-z0-9._-]+", "_", safe_relative_path(key).stem)[:80] + ".jpg"
+
+
+def _scaled(image: np.ndarray) -> tuple[np.ndarray, float]:
+    scale = min(1.0, MAX_SIDE / max(image.shape[:2]))
+    if scale < 1:
+        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
+    return image, scale
+
+
+def _mask_path(mask: np.ndarray, box, scale: float) -> str:
+    """An SVG path (even-odd, holes kept) of an instance mask, traced at the preview's scale, in image pixels."""
+    h, w = mask.shape
+    x1, y1 = max(0, int(math.floor(box[0])) - 2), max(0, int(math.floor(box[1])) - 2)
+    x2, y2 = min(w, int(math.ceil(box[2])) + 2), min(h, int(math.ceil(box[3])) + 2)
+    crop = mask[y1:y2, x1:x2]
+    if crop.size == 0 or not crop.any():
+        return ""
+    crop = crop.astype(np.uint8)
+    if scale < 1:
+        size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_NEAREST)
+    contours, _ = cv2.findContours(crop, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    sx, sy = (x2 - x1) / crop.shape[1], (y2 - y1) / crop.shape[0]
+    path = []
+    for contour in contours:
+        points = cv2.approxPolyDP(contour, 0.6, True).reshape(-1, 2)
+        if len(points) < 3:
+            continue
+        path.append("M" + "L".join(f"{x1 + (px + 0.5) * sx:.1f} {y1 + (py + 0.5) * sy:.1f}" for px, py in points) + "Z")
+    return "".join(path)
+
+
+def _detections_svg(det: Detections, width: int, height: int, scale: float) -> str:
+    """Boxes (and instance masks) as SVG in the image's own pixels, lowest score first (the best on top)."""
+    side = max(width, height)
+    stroke, font = max(1.5, side / 400), max(9.0, side / 32)
+    parts = [f"<svg viewBox='0 0 {width} {height}' preserveAspectRatio='none'>"]
+    for i in np.argsort(det.confidence, kind="stable"):
+        name, cid, score = str(det.class_name[i]), int(det.class_id[i]), det.confidence[i]
+        color = color_for(cid)
+        x1, y1, x2, y2 = (float(v) for v in det.xyxy[i])
+        caption = f"{name} {float(score):.2f}"
+        top = y1 - font * 1.25 if y1 - font * 1.25 >= 0 else y1
+        parts.append(f"<g class='a' {_data(name, score)}>")
+        if det.mask is not None:
+            d = _mask_path(det.mask[i], det.xyxy[i], scale)
+            if d:
+                parts.append(f"<path d='{d}' fill='{_hex(color)}' fill-opacity='0.4' fill-rule='evenodd'/>")
+        parts.append(
+            f"<rect x='{x1:.1f}' y='{y1:.1f}' width='{x2 - x1:.1f}' height='{y2 - y1:.1f}' fill='none' "
+            f"stroke='{_hex(color)}' stroke-width='{stroke:.1f}'/>"
+            f"<rect x='{x1:.1f}' y='{top:.1f}' width='{0.6 * font * len(caption) + font * 0.4:.1f}' "
+            f"height='{font * 1.25:.1f}' fill='{_hex(color)}'/>"
+            f"<text x='{x1 + font * 0.2:.1f}' y='{top + font:.1f}' font-size='{font:.1f}' "
+            f"font-family='monospace' fill='{_ink(color)}'>{e(caption)}</text></g>"
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 class PreviewWriter:
+    """Writes the gallery of the first ``count`` items; needs the run's :class:`SummaryCollector` (the same
+    object the run feeds) for the page's header, counts and settings."""
+
     def __init__(self, out_dir: Path, summary: SummaryCollector, count: int = DEFAULT_PREVIEW_COUNT) -> None:
         self.root = out_dir / "preview"
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self.summary = summary
         self.count = count
-        self.cards: list[dict] = []  # at most ``count`` small dicts
+        self.written = 0
+        self.part = self.root / ".cards.part"
+        self._file = None
 
     def write(self, prediction: Prediction) -> None:
-        if len(self.cards) >= self.count:
+        if self.written >= self.count:
             return
-        result = prediction.result
-        card = {
-            "key": prediction.key,
-            "source": prediction.source,
-            "error": prediction.error,
-            "image": None,
-            "text": None,
-            "labels": [
-                (str(n), int(c), float(s)) for n, c, s in zip(result.class_name, result.class_id, result.confidence)
-            ],
-        }
+        if self._file is None:
+            self._file = self.part.open("w", encoding="utf-8")
+        self._file.write(self._card(prediction) + "\n")
+        self.written += 1
+
+    def _card(self, prediction: Prediction) -> str:
+        result, error = prediction.result, prediction.error
+        figure = body = ""
+        tags: list[str] = []
         if prediction.text is not None:
-            card["text"] = _highlighted(prediction.text, result if isinstance(result, Entities) else None)
+            entities = result if isinstance(result, Entities) else None
+            body = f"<div class='text'>{_highlighted(prediction.text, entities)}</div>"
+            if isinstance(result, Classifications):
+                tags = [_tag(n, c, s, True) for n, c, s in zip(result.class_name, result.class_id, result.confidence)]
         elif prediction.ok and not prediction.source.startswith("<"):
             try:
                 image = read_image(Item(prediction.index, prediction.source, prediction.key), {})
             except AvalaInferError as exc:  # the file changed since it was labeled
-                card["error"] = f"preview not drawn: {exc}"
+                error = f"preview not drawn: {exc}"
             else:
-                name = _safe_name(prediction.index, prediction.key)
-                cv2.imwrite(
-                    str(self.root / "images" / name),
-                    draw_result(image, result),
-                    [cv2.IMWRITE_JPEG_QUALITY, 85],
-                )
-                card["image"] = f"images/{name}"
-        self.cards.append(card)
+                figure, tags = self._figure(prediction, image)
+        cls = "card failed" if error else "card"
+        parts = [f"<div class='{cls}'>", figure, f"<div><b>{e(prediction.key)}</b></div>", body]
+        if error:
+            parts.append(f"<div>{e(error)}</div>")
+        if prediction.ok:
+            parts.append(f"<div>{''.join(tags) or '<span class=muted>no annotations</span>'}</div>")
+        parts.append("</div>")
+        return "".join(parts)
+
+    def _figure(self, prediction: Prediction, image: np.ndarray) -> tuple[str, list[str]]:
+        result = prediction.result
+        height, width = image.shape[:2]
+        name = _safe_name(prediction.index, prediction.key)
+        if isinstance(result, SemanticMask):  # thresholds act per pixel: the run's overlay, drawn in
+            picture, svg = draw_semantic(image, result, MAX_SIDE), ""
+            total = max(result.class_map.size, 1)
+            tags = [
+                f"<span class='tag' style='background:{_hex(color_for(c))};color:{_ink(color_for(c))}'>"
+                f"{e(str(n))} {100 * a / total:.1f}%</span>"
+                for c, n, a in zip(result.class_id, result.class_name, result.area)
+            ]
+        else:
+            picture, scale = _scaled(image)
+            if isinstance(result, Classifications):
+                svg = ""
+                tags = [_tag(n, c, s, True) for n, c, s in zip(result.class_name, result.class_id, result.confidence)]
+            else:
+                svg = _detections_svg(result, width, height, scale)
+                order = np.argsort(-result.confidence, kind="stable")
+                tags = [_tag(result.class_name[i], result.class_id[i], result.confidence[i], False) for i in order]
+        cv2.imwrite(str(self.root / "images" / name), picture, [cv2.IMWRITE_JPEG_QUALITY, 85])
+        figure = (
+            f"<figure><img loading='lazy' src='images/{e(name)}' alt='{e(prediction.key)}' "
+            f"width='{picture.shape[1]}' height='{picture.shape[0]}'>{svg}</figure>"
+        )
+        return figure, tags
 
     def abort(self) -> None:
-        """Nothing is open: the overlays drawn so far stay, ``index.html`` is not written."""
+        """Close and remove the part file: the pictures drawn so far stay, ``index.html`` is not written."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        remove_quietly(self.part)
 
     def close(self) -> list[Path]:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         path = self.root / "index.html"
-        path.write_text(self._render(self.summary.as_dict()), encoding="utf-8")
+        tmp = self.root / "index.html.tmp"
+        try:
+            with tmp.open("w", encoding="utf-8") as page:
+                page.write(self._head(self.summary.as_dict()))
+                page.write("<div class='grid'>\n")
+                if self.part.exists():
+                    with self.part.open(encoding="utf-8") as cards:
+                        for line in cards:
+                            page.write(line)
+                page.write(f"</div><div id='zoom'></div><script>{SCRIPT}</script></body></html>\n")
+            os.replace(tmp, path)
+        except BaseException:
+            remove_quietly(tmp)
+            raise
+        finally:
+            remove_quietly(self.part)
         return [path]
 
-    def _render(self, summary: dict) -> str:
-        e = html.escape
-        settings = summary.get("settings", {})
-        parts = [
-            f"<!doctype html><html><head><meta charset='utf-8'><title>avala-infer preview</title>"
-            f"<style>{_STYLE}</style></head><body>"
-        ]
-        parts.append(f"<h1>Dry run: {e(str(settings.get('model', '')))}</h1>")
-        parts.append(
-            f"<p>{summary['items']} items, {summary['succeeded']} labeled, {summary['failed']} failed, "
-            f"{summary['annotations']} annotations; {summary['throughput_items_per_s']} items/s. "
-            f"<span class='muted'>confidence &ge; {e(str(settings.get('confidence_threshold')))}, "
-            f"showing the first {len(self.cards)} items. Nothing was written to any annotation file.</span></p>"
-        )
-        parts.append("<table><tr><th>label</th><th>count</th></tr>")
-        for name, count in sorted(summary["per_label"].items(), key=lambda kv: -kv[1]):
-            parts.append(f"<tr><td>{e(name)}</td><td>{count}</td></tr>")
-        parts.append("</table><table><tr><th>score</th><th>annotations</th><th></th></tr>")
-        peak = max([b["count"] for b in summary["score_histogram"]] + [1])
-        for b in summary["score_histogram"]:
-            if b["count"]:
-                width = int(200 * b["count"] / peak)
-                parts.append(
-                    f"<tr><td>{b['from']:.2f}-{b['to']:.2f}</td><td>{b['count']}</td>"
-                    f"<td><span class='bar' style='width:{width}px'></span></td></tr>"
-                )
-        parts.append("</table><table><tr><th>at threshold</th><th>annotations</th></tr>")
-        for t, c in summary["annotations_at_threshold"].items():
-            parts.append(f"<tr><td>&ge; {e(t)}</td><td>{c}</td></tr>")
-        parts.append("</table><div class='grid'>")
-        for card in self.cards:
-            cls = "card failed" if card["error"] else "card"
-            parts.append(f"<div class='{cls}'>")
-            if card["image"]:
-                parts.append(f"<img loading='lazy' src='{e(card['image'])}' alt='{e(card['key'])}'>")
-            parts.append(f"<div><b>{e(card['key'])}</b></div>")
-            if card["text"] is not None:
-                parts.append(f"<div class='text'>{card['text']}</div>")
-            if card["error"]:
-                parts.append(f"<div>{e(card['error'])}</div>")
-            tags = "".join(
-                f"<span class='tag' style='background:{_hex(color_for(c))}'>{e(n)} {s:.2f}</span>"
-                for n, c, s in card["labels"]
+    def _rows(self, summary: dict) -> list[str]:
+        """One table row per label the run predicted, by count at the run's threshold, then at the floor."""
+        s = self.summary
+        labels = list(s.labels)
+        semantic = summary.get("sweep") is None
+        present = [j for j, name in enumerate(labels) if s.fine[j].any() or summary["per_label"].get(name)]
+        present.sort(key=lambda j: (-summary["per_label"].get(labels[j], 0), -int(s.fine[j, 0]), j))
+        rows = []
+        for j in present:
+            name, color = labels[j], color_for(j)
+            if semantic:  # known at the run's threshold only
+                fine = ["0"] * len(FINE)
+                fine[self._start_step()] = str(summary["per_label"].get(name, 0))
+            else:
+                fine = [str(int(v)) for v in s.fine[j]]
+            hist = s.label_histogram[j]
+            peak = max(int(hist.max()), 1)
+            bars = "".join(
+                f"<rect x='{b * 100 / SCORE_BINS:.1f}' y='{22 - 22 * c / peak:.1f}' width='4.4' "
+                f"height='{22 * c / peak:.1f}'/>"
+                for b, c in enumerate(hist)
+                if c
             )
-            parts.append(f"<div>{tags or '<span class=muted>no annotations</span>'}</div></div>")
-        parts.append("</div></body></html>")
+            rows.append(
+                f"<tr class='label-row' data-label='{e(name)}' data-fine='{' '.join(fine)}'>"
+                f"<td><input type='checkbox' checked></td>"
+                f"<td><span class='swatch' style='background:{_hex(color)}'></span>{e(name)}</td>"
+                f"<td class='n n-run'></td><td class='n n-preview'></td>"
+                f"<td><svg class='hist' viewBox='0 0 100 22' preserveAspectRatio='none'>{bars}"
+                f"<line x1='0' x2='0' y1='0' y2='22'/></svg></td></tr>"
+            )
+        return rows
+
+    def _start_step(self) -> int:
+        """The slider's first position: the run's threshold (never below the floor), in 0.01 steps."""
+        threshold = self.summary.settings.get("confidence_threshold")
+        threshold = self.summary.floor if threshold is None else float(threshold)
+        return min(100, max(self._min_step(), round(threshold * 100)))
+
+    def _min_step(self) -> int:
+        return min(100, math.ceil(round(self.summary.floor * 100, 6)))
+
+    def _head(self, summary: dict) -> str:
+        settings = summary.get("settings", {})
+        semantic = summary.get("sweep") is None and self.summary.semantic
+        start, low = self._start_step(), self._min_step()
+        known_from = start if semantic else low
+        labels_setting = settings.get("labels")
+        state = {
+            "data-project": settings.get("project_uid") or "PROJECT_UID",
+            "data-model-type": settings.get("model_type") or "",
+            "data-aggregation": settings.get("aggregation") or "",
+            "data-known-from": str(known_from),
+            "data-run-labels-setting": json.dumps(labels_setting),
+        }
+        attributes = " ".join(f"{k}='{e(str(v))}'" for k, v in state.items())
+        rows = self._rows(summary)
+        table = rows[:TABLE_ROWS]
+        more = rows[TABLE_ROWS:]
+        parts = [
+            "<!doctype html><html><head><meta charset='utf-8'>",
+            f"<meta http-equiv='Content-Security-Policy' content=\"{e(CSP)}\">",
+            f"<title>avala-infer preview</title><style>{STYLE}</style></head><body>",
+            f"<div id='state' hidden {attributes}></div>",
+            f"<h1>Dry run: {e(str(settings.get('model', '')))}</h1>",
+            f"<p>{summary['items']} items, {summary['succeeded']} labeled, {summary['failed']} failed; "
+            f"{summary['annotations']} annotations at the run's threshold "
+            f"(&ge; {e(str(settings.get('confidence_threshold')))}); {summary['throughput_items_per_s']} items/s. "
+            f"<span class='muted'>Predicted at &ge; {self.summary.floor:g} so that every threshold above can be "
+            f"tried; showing the first {self.written} items. Nothing was written to any annotation file.</span></p>",
+            "<div class='controls'><label>confidence <input type='range' id='conf' "
+            f"min='{low / 100:.2f}' max='1' step='0.01' value='{start / 100:.2f}'"
+            f"{' disabled' if semantic else ''}></label><span id='conf-value'></span>"
+            "<span>previewed items: <b id='n-visible'></b> annotations shown; whole run: <b id='n-run'></b></span>",
+        ]
+        if semantic:
+            parts.append(
+                "<div class='muted'>Semantic masks are thresholded per pixel: the overlay shows the run's "
+                "threshold; run again with another --confidence to compare.</div>"
+            )
+        parts += [
+            "<pre class='cmd' id='cmd-cli'></pre><pre class='cmd' id='cmd-py'></pre></div>",
+            "<div class='layout'><div><table><thead><tr><th></th><th>label</th><th>whole run</th>"
+            "<th>previewed</th><th>scores 0&ndash;1 (all predicted)</th></tr></thead><tbody>",
+            *table,
+            "</tbody>",
+        ]
+        if more:
+            parts += ["<tbody id='more-rows' hidden>", *more, "</tbody>"]
+        parts.append("</table>")
+        if more:
+            show = f"show all {len(rows)} labels"
+            parts.append(f"<button id='more-labels' data-show='{show}'>{show}</button> ")
+        parts.append("<button id='all-labels'>all labels</button> <button id='no-labels'>no label</button></div>")
+        parts.append(self._at_thresholds(summary))
+        parts.append("</div>")
         return "\n".join(parts)
+
+    @staticmethod
+    def _at_thresholds(summary: dict) -> str:
+        sweep = summary.get("sweep")
+        if not sweep:
+            return ""
+        cells = "".join(
+            f"<tr><td>&ge; {t:g}</td><td class='n'>{n}</td></tr>"
+            for t, n in zip(sweep["thresholds"], sweep["annotations"])
+        )
+        return f"<div><table><thead><tr><th>at threshold</th><th>annotations</th></tr></thead>{cells}</table></div>"

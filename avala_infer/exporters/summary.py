@@ -3,11 +3,20 @@
 ``annotations`` counts what each model type emits per item: boxes or instances, classes present in a semantic
 mask (their score is the mean probability over their pixels), classes kept for a classification, entities.
 Semantic segmentation adds ``labeled_pixel_fraction`` per label (its share of all pixels of labeled items).
+
+A dry run predicts at a low floor (:func:`dry_run_options`: 0.05, or the run's threshold when lower) so that
+its summary and gallery can say what every threshold above the floor would keep. The top-level counts
+(``annotations``, ``per_label``, ``score_histogram``...) are those of the requested thresholds; ``sweep`` counts
+what a run at each 0.05 step would keep, per label; ``annotations_at_threshold`` lists only thresholds at or
+above the score the run predicted at (below it, predictions were never made: a count there would be a lie).
+Semantic masks are filtered per pixel, so a class's count at another threshold is not known from its mean
+score: their sweep is ``null`` and ``annotations_at_threshold`` empty.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,18 +27,67 @@ from avala_infer.exporters.base import write_json_atomic
 
 SCORE_BINS = 20
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
+DRY_RUN_FLOOR = 0.05
+# the gallery's slider: every 0.01 from 0 to 1, as float32 as the label filter compares them
+FINE_STEPS = np.round(np.arange(101) / 100, 2)
+FINE = FINE_STEPS.astype(np.float32)
+SWEEP_EVERY = 5  # summary.json's sweep: every 0.05
+
+
+def dry_run_floor(label_filter) -> float:
+    """The score a dry run predicts at: 0.05, or the lowest requested threshold when that is lower."""
+    return min(DRY_RUN_FLOOR, label_filter.score_floor)
+
+
+def dry_run_options(options, model_type=None):
+    """``options`` with every label's threshold lowered to :func:`dry_run_floor`, for a dry run to predict with.
+
+    Semantic segmentation keeps its thresholds (they apply per pixel: its gallery keeps the run's overlay)."""
+    if getattr(model_type, "value", model_type) == "semantic_segmentation":
+        return options
+    lowered = options.label_filter
+    floor = np.float32(dry_run_floor(lowered))
+    lowered = dataclasses.replace(lowered, thresholds=np.minimum(lowered.thresholds, floor).astype(np.float32))
+    return dataclasses.replace(options, label_filter=lowered)
+
+
+def at_requested(prediction: Prediction, label_filter) -> Prediction:
+    """``prediction`` (made at the dry-run floor) with only what ``label_filter``'s thresholds keep."""
+    result = prediction.result
+    if label_filter is None or not prediction.ok or isinstance(result, SemanticMask) or not len(result):
+        return prediction
+    keep = result.confidence >= label_filter.thresholds[result.class_id]
+    return prediction if keep.all() else dataclasses.replace(prediction, result=result[keep])
 
 
 class SummaryCollector:
-    def __init__(self, out_dir: Path, labels: tuple[str, ...], settings: dict) -> None:
+    """Running counters of a run.
+
+    ``requested``: the run's :class:`~avala_infer.filters.LabelFilter` (its thresholds per output label);
+    with ``dry_run`` the predictions come at the floor and the top-level counts keep only what the requested
+    thresholds keep. Without ``requested`` every prediction counts (it was filtered already).
+    """
+
+    def __init__(
+        self, out_dir: Path, labels: tuple[str, ...], settings: dict, requested=None, dry_run: bool = False
+    ) -> None:
         self.path = out_dir / "summary.json"
-        self.labels = labels
+        self.labels = tuple(labels)
         self.settings = settings
+        self.requested = requested
+        if requested is not None:
+            self.floor = dry_run_floor(requested) if dry_run else requested.score_floor
+        else:
+            self.floor = float(settings.get("confidence_threshold") or 0.0)
         self.items = self.succeeded = self.failed = self.boxes = 0
         self.items_with_boxes = 0
         self.per_label: collections.Counter[str] = collections.Counter()
         self.histogram = np.zeros(SCORE_BINS, dtype=np.int64)
         self.at_threshold = np.zeros(len(THRESHOLDS), dtype=np.int64)
+        # per label: what a run at each 0.01 step would keep, and the scores' histogram (all predicted)
+        self.fine = np.zeros((len(self.labels), len(FINE)), dtype=np.int64)
+        self.label_histogram = np.zeros((len(self.labels), SCORE_BINS), dtype=np.int64)
+        self.semantic = False
         self.stage_ms: collections.Counter[str] = collections.Counter()
         self.pixels = 0
         self.pixels_per_label: collections.Counter[str] = collections.Counter()
@@ -44,15 +102,46 @@ class SummaryCollector:
             return
         self.succeeded += 1
         d = prediction.result
+        self.stage_ms.update(prediction.timings)
         if isinstance(d, SemanticMask):
+            self.semantic = True
             self.pixels += d.class_map.size
             self.pixels_per_label.update(dict(zip((str(n) for n in d.class_name), d.area.tolist())))
+        elif len(d):
+            ids = np.asarray(d.class_id, dtype=np.int64)
+            scores = np.asarray(d.confidence, dtype=np.float32)
+            if len(self.labels) and ids.max() < len(self.labels):
+                passes = scores[None, :] >= FINE[:, None]  # (steps, n)
+                for step in range(len(FINE)):
+                    self.fine[:, step] += np.bincount(ids[passes[step]], minlength=len(self.labels))
+                bins = np.clip((scores * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+                np.add.at(self.label_histogram, (ids, bins), 1)
+            d = at_requested(prediction, self.requested).result
         self.boxes += len(d)
         self.items_with_boxes += bool(len(d))
         self.per_label.update(str(n) for n in d.class_name)
         self.histogram += np.histogram(d.confidence, bins=SCORE_BINS, range=(0.0, 1.0))[0]
-        self.at_threshold += (d.confidence[None, :] >= np.asarray(THRESHOLDS)[:, None]).sum(1)
-        self.stage_ms.update(prediction.timings)
+        if not self.semantic:  # from everything predicted (a dry run: at the floor); as_dict drops rows below it
+            scores = np.asarray(prediction.result.confidence, dtype=np.float32)
+            self.at_threshold += (scores[None, :] >= np.asarray(THRESHOLDS, dtype=np.float32)[:, None]).sum(1)
+
+    def thresholds_known(self) -> np.ndarray:
+        """Which of the 0.01 steps a count is known for: those at or above the floor (float32, as filters)."""
+        return FINE >= np.float32(self.floor)
+
+    def sweep(self) -> dict | None:
+        """Counts a run at each 0.05 step (at or above the floor) would keep: in all and per label."""
+        if self.semantic:
+            return None
+        steps = [i for i in range(0, len(FINE), SWEEP_EVERY) if self.thresholds_known()[i]]
+        return {
+            "floor": round(float(self.floor), 4),
+            "thresholds": [float(FINE_STEPS[i]) for i in steps],
+            "annotations": [int(self.fine[:, i].sum()) for i in steps],
+            "per_label": {
+                name: [int(self.fine[j, i]) for i in steps] for j, name in enumerate(self.labels) if self.fine[j].any()
+            },
+        }
 
     def as_dict(self) -> dict:
         wall = max(self.finished - self.started, 1e-9)
@@ -64,6 +153,7 @@ class SummaryCollector:
                 for name in self.labels
                 if self.pixels_per_label.get(name)
             }
+        known = [not self.semantic and np.float32(t) >= np.float32(self.floor) for t in THRESHOLDS]
         return {
             "items": self.items,
             "succeeded": self.succeeded,
@@ -75,7 +165,10 @@ class SummaryCollector:
                 {"from": round(float(lo), 2), "to": round(float(hi), 2), "count": int(c)}
                 for lo, hi, c in zip(edges[:-1], edges[1:], self.histogram)
             ],
-            "annotations_at_threshold": {str(t): int(c) for t, c in zip(THRESHOLDS, self.at_threshold)},
+            "annotations_at_threshold": {
+                str(t): int(c) for t, c, ok in zip(THRESHOLDS, self.at_threshold, known) if ok
+            },
+            "sweep": self.sweep(),
             "throughput_items_per_s": round(self.items / wall, 2),
             "wall_s": round(wall, 3),
             "mean_stage_ms": {k: round(v / max(self.succeeded, 1), 3) for k, v in sorted(self.stage_ms.items())},

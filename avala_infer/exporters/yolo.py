@@ -22,7 +22,7 @@ import yaml
 
 from avala_infer.annotations import Prediction
 from avala_infer.annotations.polygons import largest_polygon
-from avala_infer.exporters.base import PathAllocator
+from avala_infer.exporters.base import PathAllocator, write_text_atomic
 
 
 class YoloWriter:
@@ -57,7 +57,7 @@ class YoloWriter:
                     f"{(y2 - y1) / h:.6f}",
                 ]
             lines.append(" ".join([str(int(cid)), *fields, *([f"{score:.5f}"] if self.save_conf else [])]))
-        label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        write_text_atomic(label_path, "".join(line + "\n" for line in lines))  # whole or not at all
         if image_suffix is not None:
             relative = label_path.relative_to(self.root / "labels")
             image_path = (self.root / "images" / relative).with_suffix(image_suffix)
@@ -72,13 +72,13 @@ class YoloWriter:
 
     def close(self) -> list[Path]:
         classes = self.root / "classes.txt"
-        classes.write_text("".join(name + "\n" for name in self.labels), encoding="utf-8")
+        write_text_atomic(classes, "".join(name + "\n" for name in self.labels))
         data = self.root / "data.yaml"
         names = dict(enumerate(self.labels))
-        data.write_text(
+        write_text_atomic(
+            data,
             yaml.safe_dump(
                 {"path": str(self.root.resolve()), "train": "images", "val": "images", "names": names}, sort_keys=False
             ),
-            encoding="utf-8",
         )
         return [self.root / "labels", classes, data]

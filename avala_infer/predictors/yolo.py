@@ -3,12 +3,15 @@
 Pre-processing mirrors ultralytics' ``LetterBox`` (same rounding, same 114 grey, same INTER_LINEAR resize)
 so that our boxes equal the reference's. Post-processing is ultralytics' class-aware NMS, image by image on
 the model's device (an image's boxes never depend on its batch), then boxes go back to original pixels with
-ultralytics' ``scale_boxes`` rule.
+ultralytics' ``scale_boxes`` rule. An input size that is not a multiple of the model's stride is rounded up, with a
+warning, as ultralytics' ``check_imgsz`` does (the network's feature maps would not line up otherwise).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -18,6 +21,8 @@ import numpy as np
 from avala_infer.annotations import Detections
 from avala_infer.predictors.base import Predictor
 from avala_infer.types import ModelType
+
+log = logging.getLogger(__name__)
 
 PAD_VALUE = 114
 MAX_NMS_CANDIDATES = 30000  # per image, as ultralytics
@@ -47,6 +52,11 @@ def letterbox(image: np.ndarray, size: int, stride: int, minimal: bool) -> np.nd
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     return cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+
+
+def stride_multiple(size: int, stride: int) -> int:
+    """``size`` rounded up to a multiple of ``stride`` (ultralytics ``check_imgsz``: 650 -> 672 at stride 32)."""
+    return max(math.ceil(size / stride) * stride, stride)
 
 
 def unletterbox_params(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> tuple[float, float, float, float]:
@@ -122,7 +132,29 @@ class YoloDetector(Predictor):
 
     model_type = ModelType.OBJECT_DETECTION
     default_input_size = 640
-    stride: int = 32
+    default_stride = 32
+
+    def __init__(self, spec, weights, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
+        self._requested_size = self.spec.input_size
+        self._stride = 0
+        self.stride = self.default_stride  # backends set the model's own once it is loaded
+
+    @property
+    def stride(self) -> int:
+        """The model's largest stride; setting it rounds the input size up to a multiple of it, with a warning."""
+        return self._stride
+
+    @stride.setter
+    def stride(self, value: int) -> None:
+        self._stride = int(value)
+        size = stride_multiple(self._requested_size, self._stride)
+        if size != self.spec.input_size:
+            log.warning(
+                "input size %d is not a multiple of %s's stride %d: using %d (pass a multiple of %d to choose)",
+                self._requested_size, self.spec.name, self._stride, size, self._stride,
+            )  # fmt: skip
+            self.spec = self.spec.with_overrides(input_size=size)
 
     @property
     def minimal_padding(self) -> bool:
