@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
     from avala_infer.labeling import LabelReport, label
 
 __version__ = "0.1.0"
+
+# the library convention: avala-infer logs to the "avala_infer" logger and prints nothing itself; without this,
+# logging's lastResort would print its warnings (a job worker thread's, say) to the stderr of a user's script
+logging.getLogger("avala_infer").addHandler(logging.NullHandler())
 
 __all__ = [
     "Avala",

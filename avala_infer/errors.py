@@ -12,6 +12,7 @@
     │   │   └── WeightsHashMismatchError  weights whose sha256 differs from the one the spec pins
     │   └── UnsafeURLError           a callback URL the policy refuses (scheme, link-local, metadata)
     ├── WeightsNotFoundError         a weights file that is not where the spec says; says where to put it
+    │   └── WeightsDownloadError     `models pull` could not fetch them (network, HTTP status, cut short)
     ├── BackendUnavailableError      a backend package or a device that is not installed / not present
     ├── ModelLoadError               weights that exist but do not load
     ├── ItemError                    one input item failed (missing, unreadable, corrupt); the run goes on
@@ -64,6 +65,11 @@ class UnsafeURLError(ConfigError):
 
 class WeightsNotFoundError(AvalaInferError, FileNotFoundError):
     """The weights file named by a spec is not in any of the searched places."""
+
+
+class WeightsDownloadError(WeightsNotFoundError):
+    """``avala-infer models pull`` could not fetch a spec's weights (no network, an HTTP error, a download
+    cut short); nothing was stored. A fetched file of the wrong sha256 is a :class:`WeightsHashMismatchError`."""
 
 
 class BackendUnavailableError(AvalaInferError, ImportError):

@@ -13,6 +13,7 @@ A spec is a small YAML file (see ``models/`` in the repository)::
     letterbox: rect              # rect: pad to a stride multiple (ultralytics predict); square: pad to input_size
     params: {}                   # backend-specific settings, checked by the predictor (see its docstring)
     sha256: <64 hex digits>      # optional: the weights file must have this hash, else nothing is loaded
+    url: https://.../yolo11n.pt  # optional: where `avala-infer models pull NAME` fetches the weights from
 
 ``weights`` may also name a folder (transformers models). Paths in ``params`` that name files (a tokenizer
 folder, say) are resolved like weights by :func:`resolve_path`.
@@ -22,7 +23,8 @@ the package (the repository's ``models/`` when running from a source checkout), 
 ``<user config>/avala-infer/models``. A spec file that cannot be read is an error only when that model is asked
 for (by its ``name:`` or its file name); listings show it with its problem. Weights are found by explicit path,
 else by file name in ``$AVALA_INFER_MODELS`` (folders, ``os.pathsep``-separated), else
-``<user data>/avala-infer/models``. Nothing is ever downloaded. Whether pickled weights may be loaded, and the
+``<user data>/avala-infer/models``. Nothing is downloaded while labeling: only ``avala-infer models pull NAME``
+(:mod:`avala_infer.pull`) fetches a spec's ``url``, on request. Whether pickled weights may be loaded, and the
 ``sha256`` check, are :mod:`avala_infer.trust`'s business.
 """
 
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 SPEC_SUFFIXES = (".yaml", ".yml")
 WEIGHT_BACKENDS = {".pt": "ultralytics", ".onnx": "onnxruntime"}
 PRECISIONS = ("auto", "fp32", "fp16")
+URL_SCHEMES = ("https", "http", "file")  # a spec's url: where `models pull` fetches its weights
 LETTERBOX_MODES = ("rect", "square")
 
 
@@ -66,6 +69,7 @@ class ModelSpec:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     source: str | None = None  # the YAML file this spec came from, if any
     sha256: str | None = None  # the weights file's pinned hash (hex); a mismatch is refused before loading
+    url: str | None = None  # where `avala-infer models pull` fetches the weights file (never fetched otherwise)
 
     def __post_init__(self) -> None:
         where = f" in {self.source}" if self.source else ""
@@ -87,6 +91,13 @@ class ModelSpec:
             raise ModelSpecError(
                 f"sha256 {self.sha256!r}{where} is not a sha256 hash: give the 64 lower-case hex digits "
                 "that `sha256sum WEIGHTS` prints"
+            )
+        if self.url is not None and (
+            not isinstance(self.url, str) or self.url.partition("://")[0].lower() not in URL_SCHEMES
+        ):
+            raise ModelSpecError(
+                f"url {self.url!r}{where} is not a download address: give a {'/'.join(URL_SCHEMES)}:// URL of the "
+                "weights file"
             )
 
     def param(self, key: str, default: Any = None, choices: tuple | None = None) -> Any:
@@ -196,6 +207,7 @@ def load_spec(path: str | Path) -> ModelSpec:
             params=data.get("params") or {},
             source=str(path),
             sha256=None if data.get("sha256") is None else str(data["sha256"]).strip().lower().removeprefix("sha256:"),
+            url=None if data.get("url") is None else str(data["url"]).strip(),
         )
     except ModelSpecError:
         raise
@@ -328,11 +340,14 @@ def resolve_path(spec: ModelSpec, name: str, what: str = "weights") -> Path:
         if candidate.exists():
             return candidate.resolve()
     searched = "\n  ".join(str(c) for c in candidates)
-    raise WeightsNotFoundError(
-        f"{what} {name!r} for model {spec.name!r} not found. Searched:\n  {searched}\n"
-        f"Put the file in a folder named by AVALA_INFER_MODELS (export AVALA_INFER_MODELS=/path/to/weights) "
-        f"or in {weights_dirs()[-1]}. avala-infer never downloads weights."
+    put = (
+        f"a folder named by AVALA_INFER_MODELS (export AVALA_INFER_MODELS=/path/to/weights) or in {weights_dirs()[-1]}"
     )
+    if spec.url and name == spec.weights:  # never fetched here: a download is asked for, not hidden in a load
+        how = f"Fetch it with `avala-infer models pull {spec.name}` (from {spec.url}), or put the file in {put}."
+    else:
+        how = f"Put the file in {put}. avala-infer downloads nothing while it labels."
+    raise WeightsNotFoundError(f"{what} {name!r} for model {spec.name!r} not found. Searched:\n  {searched}\n{how}")
 
 
 def weights_present(spec: ModelSpec) -> Path | None:

@@ -6,7 +6,8 @@ unpickled: loading one is running a program. So it is loaded only when
 1. its real path (symlinks resolved) lies in a model folder (:func:`avala_infer.specs.weights_dirs`:
    ``$AVALA_INFER_MODELS`` and ``<user data>/avala-infer/models``), the folders its owner put weights in; or
 2. it was added with ``avala-infer models add FILE`` (:func:`add_weights`: copied into the user model folder,
-   its sha256 recorded in ``trusted.json`` there); or
+   its sha256 recorded in ``trusted.json`` there), or fetched by ``avala-infer models pull NAME`` (recorded the
+   same way, with its URL as its source); or
 3. the caller trusts it for this run: ``trust_weights=True`` (``Engine``, ``label``) or ``--trust-weights``.
 
 Otherwise :class:`~avala_infer.errors.UntrustedWeightsError` is raised before a byte of it is unpickled.
@@ -157,14 +158,21 @@ def add_weights(source: str | os.PathLike, *, force: bool = False) -> tuple[Path
         if sha256_of(target) != digest:  # the source changed while it was copied
             target.unlink()
             raise ConfigError(f"{source} changed while it was being copied; add it again")
+    record_trusted(target, digest, str(source.resolve()))
+    return target, digest
+
+
+def record_trusted(target: Path, digest: str, source: str) -> None:
+    """Record ``target`` (a file in a model folder) with its sha256 and where it came from in ``trusted.json``
+    beside it (written to a temporary file, then renamed): from then on a file of another hash is refused."""
+    folder = target.parent
     files = read_registry(folder)
     files[target.name] = {
         "sha256": digest,
-        "source": str(source.resolve()),
+        "source": source,
         "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     registry = folder / REGISTRY_FILE
     tmp_registry = registry.with_name(f".{REGISTRY_FILE}.{os.getpid()}")
     tmp_registry.write_text(json.dumps({"files": files}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp_registry, registry)
-    return target, digest

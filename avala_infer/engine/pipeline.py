@@ -24,6 +24,7 @@ from avala_infer.specs import ModelSpec, find_spec, resolve_weights
 from avala_infer.trust import check_weights
 
 log = logging.getLogger(__name__)
+status = logging.getLogger("avala_infer.status")
 
 
 _threads_lock = threading.Lock()
@@ -169,8 +170,11 @@ class Engine:
             raise ConfigError(f"streams must be at least 1, got {self.streams}")
         self.cpu_threads = max(1, cores // self.streams) if on_cpu else None
         t0 = time.perf_counter()
+        # "avala_infer.status": one-line progress the CLI shows (silent in a library unless logging is set up)
+        status.info("loading %s on %s ...", self.spec.name, self.device, extra={"status": "start"})
         self._predictor = predictor_class(self.spec, weights, self.device, threads=self.cpu_threads)
-        log.info("loaded %s in %.2fs", self._predictor.describe(), time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        status.info("loaded %s in %.2fs", self._predictor.describe(), elapsed, extra={"status": "done", "s": elapsed})
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")

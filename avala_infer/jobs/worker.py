@@ -65,10 +65,17 @@ class Worker:
         return ran
 
     def start(self) -> Worker:
-        """Run on a daemon thread (the client's in-process worker)."""
-        self._thread = threading.Thread(target=self.run, name="avala-infer-worker", daemon=True)
+        """Run on a daemon thread (the client's in-process worker). What goes wrong there is logged to the
+        ``avala_infer`` logger, never printed: the user's script shows it only if it configures logging."""
+        self._thread = threading.Thread(target=self._run_logged, name="avala-infer-worker", daemon=True)
         self._thread.start()
         return self
+
+    def _run_logged(self) -> None:
+        try:
+            self.run()
+        except Exception:  # else threading's excepthook prints a traceback to the user's stderr
+            log.exception("job worker %s stopped (jobs wait for the next worker)", self.id)
 
     def stop(self, timeout: float | None = 30.0) -> None:
         """Ask the worker to stop after the batch in flight (its job stays running, to be resumed) and wait."""

@@ -63,7 +63,8 @@ def load_ultralytics_module(weights: Path):
         from ultralytics.nn.tasks import load_checkpoint
 
         with no_autoinstall():
-            model, _ = load_checkpoint(str(weights), device="cpu", fuse=True)
+            model, _ = load_checkpoint(str(weights), device="cpu", fuse=False)
+            model = model.fuse(verbose=False) if hasattr(model, "fuse") else model  # no summary printed to stdout
     except Exception as exc:  # unpickling errors come in many types
         raise ModelLoadError(f"cannot load {weights} as an ultralytics checkpoint: {exc}") from exc
     return model
