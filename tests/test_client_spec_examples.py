@@ -148,8 +148,9 @@ def test_docs_create_filter_and_monitor_examples_run(client, capsys):
     assert first.status == filtered.status == "completed"
     assert first.successful_items == 6 and first.progress == 100.0 and first.error is None
     assert set(filtered.summary["labels"]) == {"car", "truck", "bus"}
-    # the same model labeled every task in the first job: later jobs skip them
-    assert done.skipped_items == 6 and done.tasks_labeled == 0
+    # the same model and settings labeled every task in the first job: the monitored job keeps those results
+    # instead of predicting again (tasks_labeled counts them: "Labeled 6 tasks"; successful_items does not)
+    assert done.skipped_items == 6 and done.successful_items == 0 and done.tasks_labeled == 6
     assert set(first.summary["per_label"]) <= set(client.projects.get(client.ids["proj_abc123"]).ontology)
 
 

@@ -64,6 +64,9 @@ def test_new_settings_label_again_same_settings_skip_and_overwrite_relabels(jobs
     assert got["high"].settings_hash == got["again"].settings_hash == got["forced"].settings_hash
     assert got["low"].settings_hash != got["high"].settings_hash
     assert not got["again"].overwrite and got["forced"].overwrite
+    # a job that keeps identical results counts their labels as its own (its per_label is the job's output)
+    assert got["again"].summary["per_label"] == got["high"].summary["per_label"] != {}
+    assert got["again"].tasks_labeled == 4
     # every task keeps the result of each job that labeled it, with that job's uid
     for task in client.tasks.list(project=project):
         results = client.tasks.results(task.uid)

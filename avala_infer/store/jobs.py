@@ -281,10 +281,13 @@ class JobStore(CatalogStore):
             for o in outcomes:
                 new_result = o.get("annotations") is not None
                 result_uid = new_uid("res") if new_result else o.get("result_uid")
+                label_counts = o.get("label_counts")
+                if label_counts is None and result_uid is not None:  # a kept result: the counts it was made with
+                    label_counts = self._kept_label_counts(o["task_uid"], result_uid)
                 inserted = self.conn.execute(
                     "INSERT OR IGNORE INTO job_tasks (job_uid, task_uid, outcome, error, label_counts, result_uid) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (job["uid"], o["task_uid"], o["outcome"], o.get("error"), json.dumps(o.get("label_counts", {})),
+                    (job["uid"], o["task_uid"], o["outcome"], o.get("error"), json.dumps(label_counts or {}),
                      result_uid),
                 ).rowcount  # fmt: skip
                 if not inserted or not new_result:
@@ -359,6 +362,16 @@ class JobStore(CatalogStore):
                 emit(self.conn, f"auto_label.{status}", project_uid=job["project_uid"],
                      task_types=[job["model_type"]], data={"job": data})  # fmt: skip
         return self.get_job(job["uid"])
+
+    def _kept_label_counts(self, task_uid: str, result_uid: str) -> dict[str, int]:
+        """The label counts recorded by the job that made ``result_uid`` (a job that keeps an identical result
+        counts its labels too, so its ``summary["per_label"]`` covers every task it holds)."""
+        row = self.conn.execute(
+            "SELECT label_counts FROM job_tasks WHERE task_uid = ? AND result_uid = ? AND outcome = 'succeeded' "
+            "LIMIT 1",
+            (task_uid, result_uid),
+        ).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
 
     def job_label_counts(self, uid: str) -> dict[str, int]:
         """Annotations per label over everything the job recorded (summed in SQL, flat in memory)."""
