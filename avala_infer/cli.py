@@ -22,6 +22,7 @@ from avala_infer.cli_common import (  # noqa: F401  (EXIT_* are the documented e
     FORMAT_CHOICES,
     home_folder,
     home_option,
+    label_studio_url_options,
     mask_format_option,
 )
 from avala_infer.cli_common import pairs as _pairs
@@ -167,19 +168,7 @@ def cli(verbose: int) -> None:
     is_flag=True,
     help="Load a pickled .pt from outside the model folders for this run (a .pt runs code when loaded).",
 )
-@click.option(
-    "--ls-root",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Label Studio tasks point at /data/local-files/?d=<image path relative to this folder> "
-    "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT).",
-)
-@click.option(
-    "--ls-url-prefix",
-    default=None,
-    metavar="URL",
-    help="Label Studio tasks point at URL/<image path relative to --ls-root, default the current folder>.",
-)
+@label_studio_url_options
 def label_command(
     sources,
     model,

@@ -106,6 +106,25 @@ def echo_fields(fields: list[tuple[str, Any]]) -> None:
 
 
 FORMAT_CHOICES = click.Choice(["jsonl", "coco", "yolo", "labelstudio", "conll", "masks"])
+
+
+def label_studio_url_options(command):
+    """``--ls-root`` and ``--ls-url-prefix``: where Label Studio tasks point for their images (label, export)."""
+    command = click.option(
+        "--ls-url-prefix",
+        default=None,
+        metavar="URL",
+        help="Label Studio tasks point at URL/<image path relative to --ls-root, default the current folder>.",
+    )(command)
+    return click.option(
+        "--ls-root",
+        default=None,
+        type=click.Path(file_okay=False),
+        help="Label Studio tasks point at /data/local-files/?d=<image path relative to this folder> "
+        "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT).",
+    )(command)
+
+
 mask_format_option = click.option(
     "--mask-format",
     default="rle",

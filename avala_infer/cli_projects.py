@@ -34,6 +34,7 @@ from avala_infer.cli_common import (
     home_folder,
     home_option,
     json_option,
+    label_studio_url_options,
     limit_option,
     map_errors,
     mask_format_option,
@@ -621,19 +622,7 @@ def jobs_watch(uid, interval, home, as_json) -> None:
 @click.option("--model", default=None, help="Only the results of this model (default: each task's newest).")
 @click.option("--job", default=None, metavar="UID", help="The results of this job (default: each task's newest).")
 @mask_format_option
-@click.option(
-    "--ls-root",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="Label Studio tasks point at /data/local-files/?d=<image path relative to this folder> "
-    "(Label Studio's LOCAL_FILES_DOCUMENT_ROOT).",
-)
-@click.option(
-    "--ls-url-prefix",
-    default=None,
-    metavar="URL",
-    help="Label Studio tasks point at URL/<image path relative to --ls-root, default the current folder>.",
-)
+@label_studio_url_options
 @home_option
 @map_errors
 def export_command(project, formats, out, model_type, model, job, mask_format, ls_root, ls_url_prefix, home) -> None:
