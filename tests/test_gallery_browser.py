@@ -24,7 +24,7 @@ from avala_infer.annotations import Classifications, Entities, Prediction, Seman
 from avala_infer.exporters.preview import PreviewWriter
 from avala_infer.exporters.summary import SummaryCollector
 from tests.conftest import ASSETS, VAL_IMAGES, need
-from tests.test_preview_browser import _chromium, chromium  # noqa: F401  (a fixture)
+from tests.test_preview_browser import _chromium, chromium, read_probe  # noqa: F401  (a fixture)
 
 THRESHOLDS = (0.1, 0.6)  # below and above the dry run's own (0.25)
 
@@ -171,19 +171,7 @@ document.getElementById('f').addEventListener('load', function () {
 def _probe(binary: str, page: Path, fragment: str, workdir: Path) -> dict:
     probe = page.parent.parent / "probe.html"
     probe.write_text(PROBE % (page.relative_to(probe.parent).as_posix() + fragment), encoding="utf-8")
-    dom = _chromium(
-        binary,
-        workdir / "profile",
-        "--allow-file-access-from-files",
-        "--virtual-time-budget=8000",
-        "--window-size=1280,2000",
-        "--dump-dom",
-        probe.as_uri(),
-    )
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
-    assert found, f"the probe did not report; chromium gave:\n{dom[-2000:]}"
-    report = json.loads(html.unescape(found.group(1)))
-    return report
+    return read_probe(binary, probe, workdir / "profile", 8000, "1280,2000")
 
 
 def _contrast(ink, background) -> float:

@@ -78,21 +78,27 @@ def _chromium(binary: str, profile: Path, *arguments: str) -> str:
     return done.stdout
 
 
-def _probe(binary: str, page: Path) -> dict:
-    probe = page.parent.parent / "probe.html"
-    probe.write_text(PROBE % page.relative_to(probe.parent).as_posix(), encoding="utf-8")
+def read_probe(binary: str, probe: Path, profile: Path, budget_ms: int, window: str) -> dict:
+    """Load ``probe`` (a page that frames the gallery and writes what it finds as JSON into ``<pre id=probe>``)
+    in chromium and return that report."""
     dom = _chromium(
         binary,
-        page.parent.parent / "profile",
+        profile,
         "--allow-file-access-from-files",
-        "--virtual-time-budget=15000",
-        "--window-size=1600,6000",
+        f"--virtual-time-budget={budget_ms}",
+        f"--window-size={window}",
         "--dump-dom",
         probe.as_uri(),
     )
     found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
     assert found, f"the probe did not report; chromium gave:\n{dom[-2000:]}"
     return json.loads(html.unescape(found.group(1)))
+
+
+def _probe(binary: str, page: Path) -> dict:
+    probe = page.parent.parent / "probe.html"
+    probe.write_text(PROBE % page.relative_to(probe.parent).as_posix(), encoding="utf-8")
+    return read_probe(binary, probe, page.parent.parent / "profile", 15000, "1600,6000")
 
 
 def test_gallery_shows_hostile_names_as_text(chromium, engine_onnx, tmp_path):

@@ -198,6 +198,33 @@ def write_json_atomic(path: Path, data: object) -> Path:
     return path
 
 
+class PartFile:
+    """A text file written as ``<path>.part`` and renamed to ``path`` by :meth:`finish`, so a run that fails (or
+    :meth:`abort`) leaves no half file under the final name."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = path.with_name(path.name + ".part")
+        self._file = self._tmp.open("w", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self._file.write(text)
+
+    def finish(self) -> list[Path]:
+        try:
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return [self.path]
+
+    def abort(self) -> None:
+        self._file.close()
+        remove_quietly(self._tmp)
+
+
 class FailureLog:
     """``failures.jsonl``: one line per failed item (source, key, reason); created only when one fails."""
 

@@ -10,14 +10,13 @@ Written to ``annotations.conll.part`` and renamed at the end: a run that fails l
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from avala_infer.annotations import Entities, Prediction
-from avala_infer.exporters.base import remove_quietly
+from avala_infer.exporters.base import PartFile
 
 _TOKEN = re.compile(r"\S+")
 
@@ -45,9 +44,7 @@ def iob_tags(text: str, entities: Entities) -> list[tuple[str, str]]:
 class ConllWriter:
     def __init__(self, out_dir: Path, labels: tuple[str, ...]) -> None:
         self.path = out_dir / "annotations.conll"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".part")
-        self._file = self._tmp.open("w", encoding="utf-8")
+        self._file = PartFile(self.path)
 
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok or not isinstance(prediction.result, Entities):
@@ -56,14 +53,7 @@ class ConllWriter:
         self._file.write("\n".join(lines) + "\n\n" if lines else "")
 
     def close(self) -> list[Path]:
-        try:
-            self._file.close()
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        return [self.path]
+        return self._file.finish()
 
     def abort(self) -> None:
-        self._file.close()
-        remove_quietly(self._tmp)
+        self._file.abort()

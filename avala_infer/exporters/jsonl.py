@@ -20,11 +20,10 @@ arrive, renamed at the end: a run that fails leaves no half file (and an earlier
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask, rle
-from avala_infer.exporters.base import remove_quietly, round_list
+from avala_infer.exporters.base import PartFile, round_list
 
 
 def _boxes(d: Detections) -> list[dict]:
@@ -102,23 +101,14 @@ def prediction_record(prediction: Prediction) -> dict:
 class JsonlWriter:
     def __init__(self, out_dir: Path, labels: tuple[str, ...]) -> None:
         self.path = out_dir / "annotations.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(self.path.name + ".part")
-        self._file = self._tmp.open("w", encoding="utf-8")
+        self._file = PartFile(self.path)
 
     def write(self, prediction: Prediction) -> None:
         if prediction.ok:
             self._file.write(json.dumps(prediction_record(prediction), ensure_ascii=False) + "\n")
 
     def close(self) -> list[Path]:
-        try:
-            self._file.close()
-            os.replace(self._tmp, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        return [self.path]
+        return self._file.finish()
 
     def abort(self) -> None:
-        self._file.close()
-        remove_quietly(self._tmp)
+        self._file.abort()
