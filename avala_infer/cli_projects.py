@@ -629,7 +629,7 @@ def export_command(project, formats, out, model_type, model, job, mask_format, l
     """Write PROJECT's results (the automatic drafts in the store) as annotation files in --out. Class ids are
     the project's ontology positions, stable across jobs and exports; items without results are left out.
     Each item's newest result (of the latest job that labeled it, or kept its identical result), or --job's."""
-    from avala_infer.exporting import export_project
+    from avala_infer.projects.exports import export_project
     from avala_infer.store import Store
 
     store = Store(home_folder(home))

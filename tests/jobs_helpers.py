@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from avala_infer.engine.image_header import image_size
-from avala_infer.importing import import_sources
+from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store
 from tests.conftest import REPO, VAL_IMAGES
 

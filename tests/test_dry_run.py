@@ -9,8 +9,8 @@ import re
 import cv2
 
 from avala_infer import label
-from avala_infer.importing import import_sources
 from avala_infer.jobs import JobRunner
+from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store, worker_id
 from tests.conftest import VAL_IMAGES
 

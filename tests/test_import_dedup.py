@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from avala_infer.errors import UnsupportedInputError
-from avala_infer.importing import import_sources
+from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store
 from tests.conftest import VAL_IMAGES, need
 

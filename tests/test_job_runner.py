@@ -11,8 +11,8 @@ import pytest
 
 from avala_infer.agents import Dispatcher
 from avala_infer.errors import ConfigError
-from avala_infer.importing import import_sources
 from avala_infer.jobs import JobRunner
+from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store, worker_id
 from avala_infer.types import Text
 from tests.conftest import ASSETS, need

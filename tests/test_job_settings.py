@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from avala_infer import Avala
-from avala_infer.exporting import export_project
 from avala_infer.jobs import Worker
+from avala_infer.projects.exports import export_project
 from avala_infer.store import Store
 from avala_infer.store.jobs import job_settings, settings_fingerprint
 from tests.conftest import ASSETS, VAL_IMAGES, need

@@ -13,8 +13,8 @@ import pytest
 from avala_infer import Avala, label
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.labelstudio import ImageUrls
-from avala_infer.exporting import export_project
 from avala_infer.jobs import Worker
+from avala_infer.projects.exports import export_project
 from tests.conftest import VAL_IMAGES, need
 
 NAMES = {"000000000139.jpg": "living room #1.jpg", "000000000632.jpg": "bed & room.jpg"}  # names to quote

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from avala_infer import Avala, ConfigError, Text, label
-from avala_infer.annotations import rle
 from avala_infer.errors import ItemError
+from avala_infer.exporters.codecs import rle
 from avala_infer.exporters.jsonl import prediction_record
-from avala_infer.exporting import export_project, record_to_prediction
 from avala_infer.jobs import Worker
+from avala_infer.projects.exports import export_project, record_to_prediction
 from tests.conftest import ASSETS, VAL_IMAGES, need
 
 BATCH_A = ["000000000139.jpg", "000000000285.jpg", "000000000632.jpg", "000000000724.jpg"]

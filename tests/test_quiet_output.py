@@ -95,7 +95,7 @@ CLIENT_SCRIPT = textwrap.dedent(
     if sys.argv[1] == "logging":
         logging.basicConfig(level=logging.WARNING)
     from avala_infer import Avala
-    from avala_infer.importing import import_sources
+    from avala_infer.projects.imports import import_sources
     from avala_infer.store import Store
 
     home, spec, image = sys.argv[2:5]

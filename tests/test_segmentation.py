@@ -68,7 +68,7 @@ def test_mask_exports_round_trip(tmp_path, sample_images):
     from pycocotools.coco import COCO
 
     from avala_infer import Engine, label
-    from avala_infer.annotations import rle
+    from avala_infer.exporters.codecs import rle
 
     engine = Engine(need(ASSETS / "models" / "yolo11n-seg.onnx"), device="cpu")
     predictions = {p.key: p.detections for p in engine.predict(sample_images)}
@@ -98,7 +98,7 @@ def test_mask_exports_round_trip(tmp_path, sample_images):
 
 
 def test_rle_encode_decode_edge_cases():
-    from avala_infer.annotations import rle
+    from avala_infer.exporters.codecs import rle
 
     for mask in (np.zeros((3, 4), bool), np.ones((3, 4), bool), np.eye(4, 5, dtype=bool)):
         encoded = rle.encode(mask)

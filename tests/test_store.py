@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from avala_infer import Text, importing
+from avala_infer import Text
 from avala_infer.errors import ConfigError, NotFoundError
-from avala_infer.importing import import_sources
+from avala_infer.projects import imports as importing
+from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store
 from avala_infer.store.migrations import MIGRATIONS
 from tests.conftest import VAL_IMAGES, need

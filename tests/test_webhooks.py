@@ -28,8 +28,8 @@ from avala_infer import __version__
 from avala_infer.agents import Dispatcher, RetryPolicy, deliver_test, parse_retry_after, sign
 from avala_infer.agents.cli import register
 from avala_infer.errors import ConfigError
-from avala_infer.importing import import_sources
 from avala_infer.jobs import Worker
+from avala_infer.projects.imports import import_sources
 from avala_infer.store import EVENT_TYPES, Store
 from avala_infer.types import Text
 from tests.conftest import ASSETS, REPO, need

@@ -15,9 +15,10 @@ import cv2
 import numpy as np
 import pytest
 
-from avala_infer.annotations import Classifications, Entities, Prediction, SemanticMask, rle
+from avala_infer.annotations import Classifications, Entities, Prediction, SemanticMask
 from avala_infer.errors import ConfigError
 from avala_infer.exporters import check_formats, make_writer
+from avala_infer.exporters.codecs import rle
 from avala_infer.exporters.preview import PreviewWriter
 from avala_infer.exporters.summary import SummaryCollector
 from avala_infer.types import ModelType

@@ -11,7 +11,7 @@ from avala_infer.client.types import AutoLabelJob, CursorPage, Dataset, DatasetI
 
 if TYPE_CHECKING:
     from avala_infer.client import Avala
-    from avala_infer.importing import ImportReport
+    from avala_infer.projects.imports import ImportReport
 
 
 class _Resource:
@@ -183,7 +183,7 @@ class Projects(_Resource):
         per_line: bool = False,
     ) -> ImportReport:
         """Import files, folders, globs or manifests (texts for a text project) as items with a task each."""
-        from avala_infer.importing import import_sources
+        from avala_infer.projects.imports import import_sources
 
         with self._client._lock:
             return import_sources(self._client._store, uid, sources, text_field=text_field, per_line=per_line)
@@ -204,7 +204,7 @@ class Projects(_Resource):
         the files written."""
         from pathlib import Path
 
-        from avala_infer.exporting import export_project
+        from avala_infer.projects.exports import export_project
 
         with self._client._lock:
             return export_project(

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from avala_infer.annotations import Prediction, SemanticMask, rle
-from avala_infer.annotations.polygons import mask_to_polygons
+from avala_infer.annotations import Prediction, SemanticMask
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import remove_quietly, round_list
+from avala_infer.exporters.codecs import rle
+from avala_infer.exporters.codecs.polygons import mask_to_polygons
 
 MASK_FORMATS = ("rle", "polygon")
 

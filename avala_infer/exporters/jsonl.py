@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask, rle
+from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
 from avala_infer.exporters.base import PartFile, round_list
+from avala_infer.exporters.codecs import rle
 
 
 def _boxes(d: Detections) -> list[dict]:

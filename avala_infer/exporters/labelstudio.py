@@ -6,7 +6,7 @@ Results, as Label Studio's import format documents them (coordinates in percent 
 - boxes: ``rectanglelabels``; instance masks: ``polygonlabels``, one result per outline of the mask (ids
   ``<item>-<instance>-<part>``; holes are not kept: Label Studio polygons cannot hold them);
 - semantic segmentation: ``brushlabels``, one result per class present, the mask in Label Studio's own brush
-  RLE (``value.format = "rle"``; see ``annotations/brush_rle.py``);
+  RLE (``value.format = "rle"``; see ``exporters/codecs/brush_rle.py``);
 - image and text classification: one ``choices`` result (the best class; every class kept for multi-label);
 - named entities: ``labels`` results with ``start``, ``end`` and ``text`` (character offsets into the text).
 
@@ -35,10 +35,11 @@ from html import escape
 from pathlib import Path
 from urllib.parse import quote
 
-from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask, brush_rle
-from avala_infer.annotations.polygons import mask_to_polygons
+from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import remove_quietly
+from avala_infer.exporters.codecs import brush_rle
+from avala_infer.exporters.codecs.polygons import mask_to_polygons
 from avala_infer.types import ModelType, Text
 
 LOCAL_FILES_URL = "/data/local-files/?d="

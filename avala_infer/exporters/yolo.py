@@ -21,8 +21,8 @@ import numpy as np
 import yaml
 
 from avala_infer.annotations import Prediction
-from avala_infer.annotations.polygons import largest_polygon
 from avala_infer.exporters.base import PathAllocator, write_text_atomic
+from avala_infer.exporters.codecs.polygons import largest_polygon
 
 
 class YoloWriter:

@@ -29,11 +29,11 @@ from avala_infer.annotations import (
     Prediction,
     Result,
     SemanticMask,
-    rle,
 )
 from avala_infer.errors import ConfigError, ItemError
 from avala_infer.exporters import FORMATS, check_formats, make_writer
 from avala_infer.exporters.base import aborting_on_error, close_sinks
+from avala_infer.exporters.codecs import rle
 from avala_infer.store.catalog import type_ontology
 from avala_infer.types import ModelType
 

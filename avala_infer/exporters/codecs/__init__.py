@@ -1,0 +1,1 @@
+"""Format codecs the writers share: COCO RLE, Label Studio brush RLE, mask polygons."""
