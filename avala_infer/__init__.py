@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from avala_infer.engine import Engine
     from avala_infer.labeling import LabelReport, label
 
-__version__ = "0.1.0"
+from avala_infer.version import __version__
 
 # the library convention: avala-infer logs to the "avala_infer" logger and prints nothing itself; without this,
 # logging's lastResort would print its warnings (a job worker thread's, say) to the stderr of a user's script

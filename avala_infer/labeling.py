@@ -1,4 +1,10 @@
-"""One call that labels a whole set of inputs and writes the outputs, as the CLI's ``label`` does."""
+"""One call that labels a whole set of inputs and writes the outputs, as the CLI's ``label`` does.
+
+:func:`label` checks its arguments before the model loads and takes the output folder (:func:`output_folder`:
+made, locked, checked); then :class:`_Outputs` builds the run's sinks (the summary, the failure log, and the
+annotation writers or, for a dry run, the preview gallery) and :func:`_drive` runs the engine's stream through
+them (every prediction to every sink, progress), ending in a :class:`LabelReport`.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,20 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from avala_infer.annotations import Prediction
 from avala_infer.engine import Engine
-from avala_infer.engine.sources import Source, TextReading, check_some_items, check_sources_fit, count_items, iter_items
+from avala_infer.engine.pipeline import ImageCallback, PredictOptions
+from avala_infer.engine.sources import (
+    Item,
+    Source,
+    TextReading,
+    check_some_items,
+    check_sources_fit,
+    count_items,
+    iter_items,
+)
 from avala_infer.errors import ConfigError
 from avala_infer.exporters import FORMATS, check_formats, make_writer
 from avala_infer.exporters.base import (
@@ -26,8 +43,10 @@ from avala_infer.exporters.base import (
 from avala_infer.exporters.preview import DEFAULT_PREVIEW_COUNT, PreviewWriter
 from avala_infer.exporters.summary import SummaryCollector, dry_run_options
 from avala_infer.specs import find_spec
+from avala_infer.types import ModelType
 
 ProgressFn = Callable[[int, "int | None", int], None]  # (done, total or None, failed)
+PROGRESS_EVERY_S = 0.2  # the progress callback is called at most this often (and once more at the end)
 
 
 @dataclasses.dataclass
@@ -97,155 +116,219 @@ def label(
     A file reached twice (named twice, a folder plus a glob) is labeled once; empty folders and globs that match
     nothing are refused before the model loads.
     """
-    formats = list(dict.fromkeys(formats))
     model_type = model.model_type if isinstance(model, Engine) else find_spec(model).model_type
-    if not dry_run:
-        check_formats(formats, model_type)  # before loading the model
-    if not dry_run and not formats:
-        raise ConfigError("no output format given: pass at least one of " + ", ".join(FORMATS) + " or dry_run=True")
-    if mask_format not in ("rle", "polygon"):
-        raise ConfigError(f"mask_format must be rle or polygon, got {mask_format!r}")
-    if preview_count < 0:
-        raise ConfigError(f"preview_count must be >= 0, got {preview_count}")
+    run = _RunSettings(
+        formats=tuple(dict.fromkeys(formats)), mask_format=mask_format, dry_run=dry_run, preview_count=preview_count,
+        confidence_threshold=confidence_threshold, iou_threshold=iou_threshold, labels=labels,
+        label_thresholds=label_thresholds, label_map=label_map, max_det=max_det, top_k=top_k,
+        aggregation=aggregation, text_field=text_field, per_line=per_line,
+    )  # fmt: skip
+    run.check(model_type)  # before loading the model
     if isinstance(sources, (str, os.PathLike, list, tuple)):  # empty folders, globs matching nothing: before loading
         check_some_items(sources, model_type.media, TextReading(per_line=per_line, field=text_field))
-    image_urls = None
     if ls_root is not None or ls_url_prefix is not None:
-        from avala_infer.exporters.labelstudio import ImageUrls
-
-        if dry_run or "labelstudio" not in formats:
-            raise ConfigError("ls_root / ls_url_prefix (--ls-root, --ls-url-prefix) apply to the labelstudio format")
-        image_urls = ImageUrls(ls_root, ls_url_prefix)
-        if model_type.media == "image" and isinstance(sources, (str, os.PathLike, list, tuple)):
-            image_urls.check_sources(sources)  # an image outside the root: refused before the model loads
-    arguments = dict(
-        sources=sources, out=out, formats=formats, mask_format=mask_format, dry_run=dry_run,
-        preview_count=preview_count, confidence_threshold=confidence_threshold, iou_threshold=iou_threshold,
-        labels=labels, label_thresholds=label_thresholds, label_map=label_map, max_det=max_det, top_k=top_k,
-        aggregation=aggregation, text_field=text_field, per_line=per_line, progress=progress, image_urls=image_urls,
-    )  # fmt: skip
+        run = dataclasses.replace(run, image_urls=_image_urls(sources, model_type, run, ls_root, ls_url_prefix))
     with output_folder(out, overwrite=overwrite, exist_ok=exist_ok) as out_dir:  # before the model loads
-        arguments["out"] = out_dir
         if isinstance(model, Engine):
-            return _label(engine=model, **arguments)
+            return _label(model, sources, out_dir, run, progress)
         engine = Engine(model, device=device, batch_size=batch_size, input_size=input_size, trust_weights=trust_weights)
         with engine:  # ours: its model is released when the run ends, however it ends
-            return _label(engine=engine, **arguments)
+            return _label(engine, sources, out_dir, run, progress)
 
 
-def _label(
-    engine: Engine,
-    sources,
-    out,
-    formats: list[str],
-    mask_format: str,
-    dry_run: bool,
-    preview_count: int,
-    confidence_threshold: float,
-    iou_threshold: float,
-    labels,
-    label_thresholds,
-    label_map,
-    max_det: int,
-    top_k: int | None,
-    aggregation: str,
-    text_field: str,
-    per_line: bool,
-    progress: ProgressFn | None,
-    image_urls=None,
-) -> LabelReport:
+@dataclasses.dataclass(frozen=True)
+class _RunSettings:
+    """How one :func:`label` run predicts and what it writes, as the caller gave them."""
+
+    formats: tuple[str, ...]
+    mask_format: str
+    dry_run: bool
+    preview_count: int
+    confidence_threshold: float
+    iou_threshold: float
+    labels: Sequence[str] | None
+    label_thresholds: Mapping[str, float] | None
+    label_map: Mapping[str, str | None] | None
+    max_det: int
+    top_k: int | None
+    aggregation: str
+    text_field: str
+    per_line: bool
+    image_urls: Any = None  # an exporters.labelstudio.ImageUrls, for the labelstudio format
+
+    def check(self, model_type: ModelType) -> None:
+        """Refuse, before the model loads, formats the model type cannot use and out-of-range settings."""
+        if not self.dry_run:
+            check_formats(list(self.formats), model_type)
+        if not self.dry_run and not self.formats:
+            raise ConfigError("no output format given: pass at least one of " + ", ".join(FORMATS) + " or dry_run=True")
+        if self.mask_format not in ("rle", "polygon"):
+            raise ConfigError(f"mask_format must be rle or polygon, got {self.mask_format!r}")
+        if self.preview_count < 0:
+            raise ConfigError(f"preview_count must be >= 0, got {self.preview_count}")
+
+    def predict_options(self, engine: Engine) -> PredictOptions:
+        """The engine's options for this run (checks every argument before any work)."""
+        return engine.predict_options(
+            confidence_threshold=self.confidence_threshold,
+            iou_threshold=self.iou_threshold,
+            labels=self.labels,
+            label_thresholds=self.label_thresholds,
+            label_map=self.label_map,
+            max_det=self.max_det,
+            top_k=self.top_k,
+            aggregation=self.aggregation,
+            text_field=self.text_field,
+            per_line=self.per_line,
+        )
+
+    def summary_settings(self, engine: Engine) -> dict:
+        """The settings ``summary.json`` records: the model's, then those that matter for its model type."""
+        model_type = engine.model_type
+        settings: dict = {
+            "model": engine.spec.name,
+            "model_type": model_type.value,
+            "backend": engine.spec.backend,
+            "device": engine.device,
+            "batch_size": engine.batch_size,
+            "input_size": engine.predictor.spec.input_size,
+            "confidence_threshold": self.confidence_threshold,
+        }
+        if model_type in (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION):
+            settings.update(iou_threshold=self.iou_threshold, max_det=self.max_det)
+        if model_type in (ModelType.IMAGE_CLASSIFICATION, ModelType.TEXT_CLASSIFICATION):
+            settings["top_k"] = self.top_k
+        if model_type is ModelType.NAMED_ENTITY_RECOGNITION:
+            settings["aggregation"] = self.aggregation
+        if model_type.media == "text":
+            settings.update(text_field=self.text_field, per_line=self.per_line)
+        settings.update(
+            labels=list(self.labels) if self.labels else None,
+            dry_run=self.dry_run,
+            formats=[] if self.dry_run else list(self.formats),
+        )
+        return settings
+
+
+def _image_urls(sources, model_type: ModelType, run: _RunSettings, ls_root, ls_url_prefix):
+    """How Label Studio tasks point at their images; an image outside ``ls_root`` is refused before loading."""
+    from avala_infer.exporters.labelstudio import ImageUrls
+
+    if run.dry_run or "labelstudio" not in run.formats:
+        raise ConfigError("ls_root / ls_url_prefix (--ls-root, --ls-url-prefix) apply to the labelstudio format")
+    image_urls = ImageUrls(ls_root, ls_url_prefix)
+    if model_type.media == "image" and isinstance(sources, (str, os.PathLike, list, tuple)):
+        image_urls.check_sources(sources)
+    return image_urls
+
+
+def _label(engine: Engine, sources, out_dir: Path, run: _RunSettings, progress: ProgressFn | None) -> LabelReport:
+    """Label with a loaded engine into a folder :func:`output_folder` took: build the sinks, drive them."""
+    options = run.predict_options(engine)
+    items, total = _items(engine, sources, options)
+    outputs = _Outputs(engine, out_dir, run, options)
+    # on any error (the inputs, the model, a writer, the progress callback) the stream stops and every sink is
+    # aborted: files closed, temporary files removed; then the error goes on to the caller
+    with aborting_on_error(outputs.sinks):
+        outputs.open_writers()
+        predict_with = dry_run_options(options, engine.model_type) if run.dry_run else options  # at a floor
+        predictions = engine.stream(items, predict_with, on_image=outputs.on_image)
+        with contextlib.closing(predictions):
+            done = _drive(predictions, outputs.sinks, progress, total, outputs.failures)
+    return outputs.close(done)
+
+
+def _items(engine: Engine, sources, options: PredictOptions) -> tuple[Iterator[Item], int | None]:
+    """The items to label, and how many when the sources can be counted (not a generator); none is an error.
+
+    Unique: a file reached twice (named twice, a folder plus a glob) is labeled once (``Engine.predict`` keeps one
+    prediction per input given)."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    options = engine.predict_options(  # checks every argument before any work
-        confidence_threshold=confidence_threshold,
-        iou_threshold=iou_threshold,
-        labels=labels,
-        label_thresholds=label_thresholds,
-        label_map=label_map,
-        max_det=max_det,
-        top_k=top_k,
-        aggregation=aggregation,
-        text_field=text_field,
-        per_line=per_line,
-    )
-    vocabulary = options.label_filter.output_labels
     media = engine.model_type.media
     if isinstance(sources, (list, tuple)):
         check_sources_fit(sources, media, engine.spec.name)
-    # unique: a file reached twice (named twice, a folder plus a glob) is labeled once (Engine.predict keeps one
-    # prediction per input given)
-    predict_with = dry_run_options(options, engine.model_type) if dry_run else options  # a dry run: at a floor
-    predictions = engine.stream(iter_items(sources, media, options.text_reading, unique=True), predict_with)
+    items = iter_items(sources, media, options.text_reading, unique=True)
     total = (
         count_items(sources, media, options.text_reading, unique=True) if isinstance(sources, (list, tuple)) else None
     )
     if total == 0:
         kinds = "image files" if media == "image" else ".txt/.jsonl/.csv/.tsv files"
         raise ConfigError(f"no input items found in {[str(s) for s in sources]}: give {kinds}, folders or globs")
-    out_dir = Path(out)  # made, locked and checked by output_folder
-    settings = {
-        "model": engine.spec.name,
-        "model_type": engine.model_type.value,
-        "backend": engine.spec.backend,
-        "device": engine.device,
-        "batch_size": engine.batch_size,
-        "input_size": engine.predictor.spec.input_size,
-        "confidence_threshold": confidence_threshold,
-        **_type_settings(engine.model_type, iou_threshold, max_det, top_k, aggregation, text_field, per_line),
-        "labels": list(labels) if labels else None,
-        "dry_run": dry_run,
-        "formats": [] if dry_run else formats,
-    }
-    summary = SummaryCollector(out_dir, vocabulary, settings, requested=options.label_filter, dry_run=dry_run)
-    failures = FailureLog(out_dir)
-    sinks: list[Sink] = [summary, failures]
+    return items, total
+
+
+class _Outputs:
+    """A run's sinks: the summary and the failure log from the start, then (:meth:`open_writers`) the preview
+    gallery of a dry run or one annotation writer per format; :meth:`close` finishes them into the report."""
+
+    def __init__(self, engine: Engine, out_dir: Path, run: _RunSettings, options: PredictOptions) -> None:
+        self.engine = engine
+        self.out_dir = out_dir
+        self.run = run
+        self.vocabulary = options.label_filter.output_labels
+        self.summary = SummaryCollector(
+            out_dir, self.vocabulary, run.summary_settings(engine), requested=options.label_filter, dry_run=run.dry_run
+        )
+        self.failures = FailureLog(out_dir)
+        self.preview: PreviewWriter | None = None
+        self.sinks: list[Sink] = [self.summary, self.failures]
+
+    def open_writers(self) -> None:
+        """Add the preview (a dry run) or the writers; each joins :attr:`sinks` as soon as it exists, so that an
+        error opening the next one aborts it."""
+        run = self.run
+        if run.dry_run:
+            self.preview = PreviewWriter(self.out_dir, self.summary, run.preview_count)
+            self.sinks.append(self.preview)
+            return
+        for fmt in run.formats:
+            self.sinks.append(
+                make_writer(fmt, self.out_dir, self.vocabulary, run.mask_format, self.engine.model_type, run.image_urls)
+            )
+
+    @property
+    def on_image(self) -> ImageCallback | None:
+        """Where the engine hands its decoded pictures: the preview, which draws them (no file is read twice)."""
+        return self.preview.take_image if self.preview is not None else None
+
+    def close(self, done: int) -> LabelReport:
+        """Finish every sink (files renamed into place, the summary and the gallery written): the run's report."""
+        files = close_sinks(self.sinks)
+        return LabelReport(
+            out_dir=self.out_dir,
+            total=done,
+            succeeded=self.summary.succeeded,
+            failed=self.summary.failed,
+            dry_run=self.run.dry_run,
+            files=files,
+            summary=self.summary.as_dict(),
+            failures_file=self.failures.path if self.failures.count else None,
+        )
+
+
+def _drive(
+    predictions: Iterator[Prediction],
+    sinks: list[Sink],
+    progress: ProgressFn | None,
+    total: int | None,
+    failures: FailureLog,
+) -> int:
+    """Every prediction to every sink, in order; ``progress(done, total, failed)`` at most every
+    :data:`PROGRESS_EVERY_S` and once at the end. Returns how many items came."""
     done = reported = 0
     last_report = 0.0
-    # on any error (the inputs, the model, a writer, the progress callback) every sink is aborted: files closed,
-    # temporary files removed; then the error goes on to the caller
-    with contextlib.closing(predictions), aborting_on_error(sinks):
-        if dry_run:
-            sinks.append(PreviewWriter(out_dir, summary, preview_count))
-        else:
-            for fmt in formats:
-                sinks.append(make_writer(fmt, out_dir, vocabulary, mask_format, engine.model_type, image_urls))
-        for prediction in predictions:
-            for sink in sinks:
-                sink.write(prediction)
-            done += 1
-            now = time.monotonic()
-            if progress is not None and (now - last_report > 0.2 or done == total):
-                progress(done, total, failures.count)
-                last_report, reported = now, done
-        if progress is not None and reported != done:
+    for prediction in predictions:
+        for sink in sinks:
+            sink.write(prediction)
+        done += 1
+        now = time.monotonic()
+        if progress is not None and (now - last_report > PROGRESS_EVERY_S or done == total):
             progress(done, total, failures.count)
-    files = close_sinks(sinks)
-    return LabelReport(
-        out_dir=out_dir,
-        total=done,
-        succeeded=summary.succeeded,
-        failed=summary.failed,
-        dry_run=dry_run,
-        files=files,
-        summary=summary.as_dict(),
-        failures_file=failures.path if failures.count else None,
-    )
-
-
-def _type_settings(model_type, iou_threshold, max_det, top_k, aggregation, text_field, per_line) -> dict:
-    """The settings that matter for this model type, for ``summary.json``."""
-    from avala_infer.types import ModelType
-
-    settings: dict = {}
-    if model_type in (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION):
-        settings.update(iou_threshold=iou_threshold, max_det=max_det)
-    if model_type in (ModelType.IMAGE_CLASSIFICATION, ModelType.TEXT_CLASSIFICATION):
-        settings["top_k"] = top_k
-    if model_type is ModelType.NAMED_ENTITY_RECOGNITION:
-        settings["aggregation"] = aggregation
-    if model_type.media == "text":
-        settings.update(text_field=text_field, per_line=per_line)
-    return settings
+            last_report, reported = now, done
+    if progress is not None and reported != done:
+        progress(done, total, failures.count)
+    return done
 
 
 DEFAULT_OUT = Path("runs") / "label"

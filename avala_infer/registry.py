@@ -55,36 +55,50 @@ def get_predictor_class(model_type: ModelType | str, backend: str) -> type[Predi
     return getattr(importlib.import_module(module_name), class_name)
 
 
-register(ModelType.OBJECT_DETECTION, "ultralytics", "avala_infer.predictors.ultralytics:UltralyticsDetector")
-register(ModelType.OBJECT_DETECTION, "onnxruntime", "avala_infer.predictors.onnxruntime:OnnxYoloDetector")
-register(ModelType.INSTANCE_SEGMENTATION, "ultralytics", "avala_infer.predictors.ultralytics:UltralyticsSegmenter")
-register(ModelType.INSTANCE_SEGMENTATION, "onnxruntime", "avala_infer.predictors.onnxruntime:OnnxYoloSegmenter")
+register(ModelType.OBJECT_DETECTION, "ultralytics", "avala_infer.predictors.detection.ultralytics:UltralyticsDetector")
+register(ModelType.OBJECT_DETECTION, "onnxruntime", "avala_infer.predictors.detection.onnx:OnnxYoloDetector")
+register(
+    ModelType.INSTANCE_SEGMENTATION, "ultralytics", "avala_infer.predictors.detection.ultralytics:UltralyticsSegmenter"
+)
+register(ModelType.INSTANCE_SEGMENTATION, "onnxruntime", "avala_infer.predictors.detection.onnx:OnnxYoloSegmenter")
 register(
     ModelType.SEMANTIC_SEGMENTATION,
     "torchvision",
-    "avala_infer.predictors.torchvision_semantic:TorchvisionSemanticSegmenter",
+    "avala_infer.predictors.segmentation.torchvision:TorchvisionSemanticSegmenter",
 )
 register(
     ModelType.SEMANTIC_SEGMENTATION,
     "transformers",
-    "avala_infer.predictors.transformers_semantic:TransformersSemanticSegmenter",
+    "avala_infer.predictors.segmentation.transformers:TransformersSemanticSegmenter",
 )
-register(ModelType.SEMANTIC_SEGMENTATION, "onnxruntime", "avala_infer.predictors.onnx_semantic:OnnxSemanticSegmenter")
-register(ModelType.IMAGE_CLASSIFICATION, "ultralytics", "avala_infer.predictors.ultralytics_cls:UltralyticsClassifier")
-register(ModelType.IMAGE_CLASSIFICATION, "torchvision", "avala_infer.predictors.torchvision_cls:TorchvisionClassifier")
+register(
+    ModelType.SEMANTIC_SEGMENTATION, "onnxruntime", "avala_infer.predictors.segmentation.onnx:OnnxSemanticSegmenter"
+)
+register(
+    ModelType.IMAGE_CLASSIFICATION,
+    "ultralytics",
+    "avala_infer.predictors.classification.ultralytics:UltralyticsClassifier",
+)
+register(
+    ModelType.IMAGE_CLASSIFICATION,
+    "torchvision",
+    "avala_infer.predictors.classification.torchvision:TorchvisionClassifier",
+)
 register(
     ModelType.IMAGE_CLASSIFICATION,
     "transformers",
-    "avala_infer.predictors.transformers_image_cls:TransformersImageClassifier",
+    "avala_infer.predictors.classification.transformers:TransformersImageClassifier",
 )
-register(ModelType.IMAGE_CLASSIFICATION, "onnxruntime", "avala_infer.predictors.onnx_image_cls:OnnxImageClassifier")
 register(
-    ModelType.TEXT_CLASSIFICATION, "transformers", "avala_infer.predictors.transformers_text:TransformersTextClassifier"
+    ModelType.IMAGE_CLASSIFICATION, "onnxruntime", "avala_infer.predictors.classification.onnx:OnnxImageClassifier"
 )
-register(ModelType.TEXT_CLASSIFICATION, "onnxruntime", "avala_infer.predictors.onnx_text:OnnxTextClassifier")
+register(
+    ModelType.TEXT_CLASSIFICATION, "transformers", "avala_infer.predictors.text.transformers:TransformersTextClassifier"
+)
+register(ModelType.TEXT_CLASSIFICATION, "onnxruntime", "avala_infer.predictors.text.onnx:OnnxTextClassifier")
 register(
     ModelType.NAMED_ENTITY_RECOGNITION,
     "transformers",
-    "avala_infer.predictors.transformers_text:TransformersTokenClassifier",
+    "avala_infer.predictors.text.transformers:TransformersTokenClassifier",
 )
-register(ModelType.NAMED_ENTITY_RECOGNITION, "onnxruntime", "avala_infer.predictors.onnx_text:OnnxTokenClassifier")
+register(ModelType.NAMED_ENTITY_RECOGNITION, "onnxruntime", "avala_infer.predictors.text.onnx:OnnxTokenClassifier")

@@ -64,3 +64,11 @@ _DESCRIPTIONS = {
     ModelType.TEXT_CLASSIFICATION: "Classify text documents",
     ModelType.NAMED_ENTITY_RECOGNITION: "Extract entities from text",
 }
+
+
+# How a named_entity_recognition model's sub-token tags become entity spans (transformers' aggregation strategies);
+# jobs, the engine and the CLI's config files all take these names.
+AGGREGATIONS = ("none", "simple", "first", "average", "max")
+# whole words, as labeling tools expect: "simple" groups sub-tokens by their own tags and can cut a word in two
+# ("Nad" + "im"); "first" tags each word by its first sub-token, as the CoNLL scorers do
+DEFAULT_AGGREGATION = "first"

@@ -72,7 +72,7 @@ def make_project(home: Path, sources: list[Any], model: str | Path, name: str = 
     """A project in ``home`` serving ``model`` for object detection, with ``sources`` imported; its uid."""
     store = Store(home)
     try:
-        project = store.create_project(name, models={MODEL_TYPE: str(model)})
+        project = store.projects.create(name, models={MODEL_TYPE: str(model)})
         report = import_sources(store, project["uid"], [str(s) for s in sources])
         assert report.failed_count == 0, report.failed
         assert report.created == len(sources), report
@@ -85,7 +85,7 @@ def create_job(home: Path, project_uid: str, **options: Any) -> str:
     store = Store(home)
     try:
         options.setdefault("confidence_threshold", 0.25)
-        return store.create_job(project_uid, model_type=MODEL_TYPE, **options)["uid"]
+        return store.jobs.create(project_uid, model_type=MODEL_TYPE, **options)["uid"]
     finally:
         store.close()
 

@@ -44,13 +44,13 @@ def _record_results(home, project_uid: str, tasks: list[str]) -> list[str]:
     """Results for ``tasks`` written as a worker writes a job's (claim, record a batch, finish); their uids."""
     store = Store(home)
     try:
-        job = store.create_job(project_uid, model_type="text_classification")
-        job = store.claim_job("test-worker", 60.0, only=job["uid"])
+        job = store.jobs.create(project_uid, model_type="text_classification")
+        job = store.jobs.claim("test-worker", 60.0, only=job["uid"])
         outcomes = [{"task_uid": t, "outcome": "succeeded", "annotations": [{"label": "POSITIVE", "score": 0.9}],
                      "label_counts": {"POSITIVE": 1}} for t in tasks]  # fmt: skip
-        store.record_batch(job, "test-worker", outcomes, 60.0)
-        store.finish_job(job, "test-worker", "completed")
-        return [store.task_results(t)[0]["uid"] for t in tasks]
+        store.jobs.record_batch(job, "test-worker", outcomes, 60.0)
+        store.jobs.finish(job, "test-worker", "completed")
+        return [store.results.for_task(t)[0]["uid"] for t in tasks]
     finally:
         store.close()
 

@@ -173,7 +173,7 @@ def test_run_in_the_foreground_skips_labeled_and_exits_three_on_failed_items(pro
 
     other = tmp_path / "home"
     with Store(other) as store:
-        broken = store.create_project("broken", models={"object_detection": "yolo99"})
+        broken = store.projects.create("broken", models={"object_detection": "yolo99"})
     assert _run(other, "import", broken["uid"], folder / IMAGES[0]).returncode == 0
     failed = _run(other, "auto-label", "create", broken["uid"], "--run", "--device", "cpu")
     assert failed.returncode == 1 and "error: unknown model 'yolo99'" in failed.stderr
@@ -188,7 +188,7 @@ class _Terminal(io.StringIO):
 
 
 def test_watch_progress_bar_on_a_terminal():
-    from avala_infer.cli_projects import JobProgress
+    from avala_infer.cli.common import JobProgress
     from avala_infer.client import AutoLabelJob
 
     stream = _Terminal()

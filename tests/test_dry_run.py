@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import shutil
 
 import cv2
+import numpy as np
 
 from avala_infer import label
 from avala_infer.jobs import JobRunner
@@ -81,11 +84,11 @@ def test_dry_run_job_counts_at_its_threshold_and_gallery_names_the_project(val_i
     the gallery's settings to copy name the job's project."""
     images = _sixteen()
     with Store(tmp_path / "home") as store:
-        project = store.create_project("dry", models={"object_detection": "yolo11n-onnx"})["uid"]
+        project = store.projects.create("dry", models={"object_detection": "yolo11n-onnx"})["uid"]
         assert import_sources(store, project, [str(p) for p in images]).created == 16
-        job = store.create_job(project, model_type="object_detection", confidence_threshold=0.5, dry_run=True)
+        job = store.jobs.create(project, model_type="object_detection", confidence_threshold=0.5, dry_run=True)
         with JobRunner(store, worker_id(), device="cpu") as runner:
-            claimed = store.claim_job(runner.worker, runner.lease_s, only=job["uid"])
+            claimed = store.jobs.claim(runner.worker, runner.lease_s, only=job["uid"])
             finished = runner.run(claimed)
             real = label(images, runner.engines["yolo11n-onnx"], out=tmp_path / "real", confidence_threshold=0.5)
     assert finished["status"] == "completed"
@@ -96,3 +99,68 @@ def test_dry_run_job_counts_at_its_threshold_and_gallery_names_the_project(val_i
     assert written["per_label"] == real.summary["per_label"] and written["sweep"]["floor"] == 0.05
     page = (folder / "preview" / "index.html").read_text()
     assert f"data-project='{project}'" in page and "data-model-type='object_detection'" in page
+
+
+def _decoded_once_then_removed(monkeypatch) -> list[str]:
+    """Count the loaders' image decodes, and remove each file as soon as the engine has read it: a preview that
+    read or decoded a file a second time would find it gone (and count a decode more)."""
+    from avala_infer.engine import loaders, pipeline
+
+    decoded: list[str] = []
+    decode, read_image = loaders.decode_quietly, pipeline.read_image
+
+    def counted_decode(data):
+        decoded.append(len(data))
+        return decode(data)
+
+    def read_then_remove(item, timings, *args, **kwargs):
+        image = read_image(item, timings, *args, **kwargs)
+        os.unlink(item.source)
+        return image
+
+    monkeypatch.setattr(loaders, "decode_quietly", counted_decode)
+    monkeypatch.setattr(pipeline, "read_image", read_then_remove)
+    return decoded
+
+
+def _copies(folder, count: int = 6) -> list:
+    folder.mkdir(parents=True)
+    originals = _sixteen()[:count]
+    for path in originals:
+        shutil.copy(path, folder / path.name)
+    return originals
+
+
+def _assert_gallery_shows(folder, originals) -> None:
+    """Every original is in the gallery, as the picture the pipeline decoded (the files are gone by now)."""
+    page = (folder / "preview" / "index.html").read_text()
+    assert page.count("<img ") == len(originals) and "preview not drawn" not in page
+    for original in originals:
+        (drawn,) = (folder / "preview" / "images").glob(f"*_{original.stem}.jpg")
+        picture, truth = cv2.imread(str(drawn)), cv2.imread(str(original))
+        assert picture.shape == truth.shape  # under 1024 pixels: drawn at full size
+        assert np.abs(picture.astype(int) - truth.astype(int)).mean() < 6  # the same picture, JPEG noise aside
+
+
+def test_the_gallery_draws_the_pictures_the_pipeline_decoded(engine_onnx, tmp_path, monkeypatch):
+    """The preview reads no file: each image is read and decoded once, by the engine's loaders, which hand the
+    picture on for the items the gallery shows (those beyond it are decoded once too, and not kept)."""
+    originals = _copies(tmp_path / "in")
+    decoded = _decoded_once_then_removed(monkeypatch)
+    report = label(tmp_path / "in", engine_onnx, out=tmp_path / "dry", dry_run=True, preview_count=4)
+    assert report.total == 6 and report.failed == 0 and len(decoded) == 6
+    assert not list((tmp_path / "in").iterdir())  # each file was removed once the engine had read it
+    _assert_gallery_shows(tmp_path / "dry", originals[:4])
+
+
+def test_a_dry_run_jobs_gallery_draws_the_pictures_the_pipeline_decoded(tmp_path, monkeypatch):
+    originals = _copies(tmp_path / "in")
+    with Store(tmp_path / "home") as store:
+        project = store.projects.create("dry", models={"object_detection": "yolo11n-onnx"})["uid"]
+        assert import_sources(store, project, [str(tmp_path / "in")]).created == 6
+        job = store.jobs.create(project, model_type="object_detection", dry_run=True)
+        decoded = _decoded_once_then_removed(monkeypatch)
+        with JobRunner(store, worker_id(), device="cpu") as runner:
+            finished = runner.run(store.jobs.claim(runner.worker, runner.lease_s, only=job["uid"]))
+    assert finished["status"] == "completed" and len(decoded) == 6
+    _assert_gallery_shows(tmp_path / "home" / "jobs" / job["uid"], originals)

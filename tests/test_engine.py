@@ -98,6 +98,29 @@ def test_stream_keeps_arrival_order_whatever_the_item_indices(engine_onnx, val_i
     assert [p.index for p in out] == indices
 
 
+def test_stream_hands_each_decoded_image_to_on_image_by_position(engine_onnx, val_images):
+    """``on_image`` gets every image the loaders decoded (not the ones that failed), by position in the stream,
+    whatever the item indices; an error in it stops the stream instead of failing items."""
+    from avala_infer.engine.sources import Item
+
+    paths = sorted(val_images.glob("*.jpg"))[:6]
+    items = [Item(10 - i, str(p), p.name) for i, p in enumerate(paths)]
+    items.insert(3, Item(99, "/no/such.jpg", "gone.jpg"))
+    seen: dict[int, tuple[int, int]] = {}
+    out = list(
+        engine_onnx.stream(items, engine_onnx.predict_options(), on_image=lambda i, a: seen.update({i: a.shape[:2]}))
+    )
+    assert sorted(seen) == [0, 1, 2, 4, 5, 6] and not out[3].ok
+    assert all(seen[i] == (p.height, p.width) for i, p in enumerate(out) if p.ok)
+    assert seen[0] == cv2.imread(str(paths[0])).shape[:2]
+
+    def broken(position, image):
+        raise ValueError("a sink failed")
+
+    with pytest.raises(ValueError, match="a sink failed"):
+        list(engine_onnx.stream(items, engine_onnx.predict_options(), on_image=broken))
+
+
 def test_one_stream_and_several_give_the_same_predictions(weights_onnx, val_images):
     import torch
 

@@ -200,16 +200,17 @@ CASES: list[tuple[str, Callable[[Any], Any], type[AvalaInferError], str]] = [
     ("agent respond action", lambda c: c.client.agents.respond("exe_nope", action="maybe"), ConfigError,
      "action must be one of approve, reject, flag, skip"),
     # ------------------------------------------------------------------ the store underneath
-    ("extend ontology of unknown project", lambda c: c.client._store.extend_ontology("proj_nope", ["a"]),
+    ("extend ontology of unknown project", lambda c: c.client._store.projects.extend_ontology("proj_nope", ["a"]),
      NotFoundError, "no project 'proj_nope'"),
-    ("extend ontology with an int", lambda c: c.client._store.extend_ontology(c.image, 5), ConfigError,
+    ("extend ontology with an int", lambda c: c.client._store.projects.extend_ontology(c.image, 5), ConfigError,
      "labels must be a list of label names"),
-    ("extend ontology with a string", lambda c: c.client._store.extend_ontology(c.image, "car"), ConfigError,
+    ("extend ontology with a string", lambda c: c.client._store.projects.extend_ontology(c.image, "car"), ConfigError,
      "labels must be a list of label names"),
-    ("extend ontology with an empty name", lambda c: c.client._store.extend_ontology(c.image, ["car", ""]),
+    ("extend ontology with an empty name", lambda c: c.client._store.projects.extend_ontology(c.image, ["car", ""]),
      ConfigError, "non-empty names"),
-    ("record a batch without the lease", lambda c: c.client._store.record_batch({"uid": c.cancelled}, "me", [], 60),
-     LeaseLost, "no longer held by me"),
+    ("record a batch without the lease",
+     lambda c: c.client._store.jobs.record_batch({"uid": c.cancelled}, "me", [], 60), LeaseLost,
+     "no longer held by me"),
 ]  # fmt: skip
 
 

@@ -253,6 +253,7 @@ def test_semantic_masks_keep_the_runs_overlay(chromium, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     summary = SummaryCollector(out, ("sky",), {"model": "seg", "confidence_threshold": 0.3})
     preview = PreviewWriter(out, summary, 5)
+    preview.take_image(0, image)  # the picture the pipeline decoded
     prediction = Prediction(0, str(source), "bus.jpg", result=mask)
     summary.write(prediction)
     preview.write(prediction)

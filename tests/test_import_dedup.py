@@ -39,8 +39,8 @@ def folder(tmp_path):
 
 
 def _keys(store, project):
-    dataset = store.project_dataset(project)["uid"]
-    return sorted(row["key"] for row in store.list_items(dataset, limit=1000)[0])
+    dataset = store.items.project_dataset(project)["uid"]
+    return sorted(row["key"] for row in store.items.list(dataset, limit=1000)[0])
 
 
 def _cli(*args, home):
@@ -49,7 +49,7 @@ def _cli(*args, home):
 
 
 def test_a_file_reached_twice_in_one_import_is_one_item(store, folder, tmp_path):
-    project = store.create_project("p")["uid"]
+    project = store.projects.create("p")["uid"]
     link = tmp_path / "link.jpg"
     os.symlink(folder / IMAGES[0], link)  # another name for the same file: the real path decides
     manifest = tmp_path / "list.csv"
@@ -57,7 +57,7 @@ def test_a_file_reached_twice_in_one_import_is_one_item(store, folder, tmp_path)
     report = import_sources(store, project, [folder, folder, f"{folder}/**/*.jpg", link, manifest])
     assert (report.created, report.existing, report.failed_count) == (3, 0, 0), report.failed
     assert _keys(store, project) == sorted([IMAGES[0], IMAGES[1], f"sub/{IMAGES[2]}"])
-    assert store.count_tasks(project) == 3
+    assert store.items.count_tasks(project) == 3
     again = import_sources(store, project, [folder, folder])  # and a second import finds them all there
     assert (again.created, again.existing) == (0, 3)
 
@@ -72,7 +72,7 @@ def test_import_dir_dir_on_the_cli_creates_each_file_once(folder, tmp_path):
 
 
 def test_manifest_rows_with_an_empty_path_or_a_folder_fail_alone(store, folder, tmp_path):
-    project = store.create_project("p")["uid"]
+    project = store.projects.create("p")["uid"]
     (folder / "notes").mkdir()
     table = folder / "list.csv"  # in the image folder: an empty row must not stand for this whole folder
     table.write_text(f'path\n{IMAGES[0]}\n""\n   \n.\nnotes\n', encoding="utf-8")
@@ -94,7 +94,7 @@ def test_manifest_rows_with_an_empty_path_or_a_folder_fail_alone(store, folder, 
 
 
 def test_text_records_fail_alone_bad_bytes_bad_json_and_empty_texts(store, tmp_path):
-    project = store.create_project("t", data_type="text")["uid"]
+    project = store.projects.create("t", data_type="text")["uid"]
     records = tmp_path / "reviews.jsonl"
     records.write_bytes(
         b'{"text": "great product"}\n{"text": "caf\xe9 au lait"}\n{not json}\n{"text": ""}\n{"text": "  "}\n'
@@ -118,19 +118,19 @@ def test_text_records_fail_alone_bad_bytes_bad_json_and_empty_texts(store, tmp_p
     assert "text in field 'text' is empty" in errors[f"{records}:4"] and "is empty" in errors[f"{records}:5"]
     assert "is empty" in errors[f"{table}:3"] and "not UTF-8" in errors[f"{table}:4"]
     assert "holds no text" in errors[str(empty)] and "holds no text" in errors[str(blank)]
-    texts = sorted(row["text"] or "" for row in store.list_items(store.project_dataset(project)["uid"])[0])
+    texts = sorted(row["text"] or "" for row in store.items.list(store.items.project_dataset(project)["uid"])[0])
     assert texts == ["", "also fine", "awful", "fine", "great product"]  # "" : whole.txt, stored by path
 
 
 def test_an_empty_folder_and_an_empty_glob_are_refused_alike_before_any_work(store, tmp_path, folder):
-    project = store.create_project("p")["uid"]
+    project = store.projects.create("p")["uid"]
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "readme.md").write_text("no images here")
     for source in (empty, f"{tmp_path}/nothing-*.jpg"):
         with pytest.raises(UnsupportedInputError, match=r"^no input items found in .*; give image files"):
             import_sources(store, project, [source])
-    assert store.count_tasks(project) == 0
+    assert store.items.count_tasks(project) == 0
     mixed = import_sources(store, project, [folder, empty, f"{tmp_path}/nothing-*.jpg"])  # with others: reported
     assert mixed.created == 3
     assert [f["error"] for f in mixed.failed] == [

@@ -212,29 +212,29 @@ def test_a_job_commits_as_it_goes_when_one_item_has_an_odd_shape(tmp_path, spec,
 def test_claim_takes_a_running_job_only_from_a_dead_holder_or_after_its_lease(tmp_path):
     """The lease rules at the store, with a real live and then dead holder process on this host."""
     store = Store(tmp_path)
-    project = store.create_project("leases", models={MODEL_TYPE: "yolo11n-onnx"})["uid"]
-    local, remote = store.create_job(project, model_type=MODEL_TYPE), store.create_job(project, model_type=MODEL_TYPE)
+    project = store.projects.create("leases", models={MODEL_TYPE: "yolo11n-onnx"})["uid"]
+    local, remote = store.jobs.create(project, model_type=MODEL_TYPE), store.jobs.create(project, model_type=MODEL_TYPE)
     holder_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         holder = f"{socket.gethostname()}:{holder_proc.pid}:aaaaaa"
-        assert store.claim_job(holder, FAR_LEASE, only=local["uid"])["worker"] == holder
+        assert store.jobs.claim(holder, FAR_LEASE, only=local["uid"])["worker"] == holder
         # A live holder with a lease far ahead keeps its job.
-        assert store.claim_job("challenger", 60, only=local["uid"]) is None
+        assert store.jobs.claim("challenger", 60, only=local["uid"]) is None
         holder_proc.kill()
         holder_proc.wait()
         # Its process is gone: the job is taken at once, lease or not, and the old holder cannot commit any more.
-        taken = store.claim_job("challenger", 60, only=local["uid"])
+        taken = store.jobs.claim("challenger", 60, only=local["uid"])
         assert taken is not None and (taken["worker"], taken["attempts"]) == ("challenger", 2)
         with pytest.raises(LeaseLost):
-            store.record_batch(local, holder, [], 60)
+            store.jobs.record_batch(local, holder, [], 60)
     finally:
         holder_proc.kill()
         holder_proc.wait()
     # A holder on another host cannot be checked: its lease is waited out.
-    store.claim_job("elsewhere.example:4242:bbbbbb", 0.2, only=remote["uid"])
-    assert store.claim_job("challenger", 60, only=remote["uid"]) is None
+    store.jobs.claim("elsewhere.example:4242:bbbbbb", 0.2, only=remote["uid"])
+    assert store.jobs.claim("challenger", 60, only=remote["uid"]) is None
     time.sleep(0.3)
-    assert store.claim_job("challenger", 60, only=remote["uid"])["attempts"] == 2
+    assert store.jobs.claim("challenger", 60, only=remote["uid"])["attempts"] == 2
     store.close()
 
 
@@ -244,21 +244,21 @@ def test_a_holder_with_our_pid_that_is_no_live_worker_here_is_taken_over_at_once
 
     Failed before: a holder with our own pid counted as alive whatever it was, and the job waited out its lease."""
     with Store(tmp_path) as store:
-        project = store.create_project("leases", models={MODEL_TYPE: "yolo11n-onnx"})["uid"]
-        job = store.create_job(project, model_type=MODEL_TYPE)["uid"]
+        project = store.projects.create("leases", models={MODEL_TYPE: "yolo11n-onnx"})["uid"]
+        job = store.jobs.create(project, model_type=MODEL_TYPE)["uid"]
         stale = f"{socket.gethostname()}:{os.getpid()}:deadbe"
-        assert store.claim_job(stale, FAR_LEASE, only=job)["worker"] == stale
+        assert store.jobs.claim(stale, FAR_LEASE, only=job)["worker"] == stale
         with JobRunner(store, worker_id(), lease_s=FAR_LEASE) as runner:
-            taken = store.claim_job(runner.worker, FAR_LEASE, only=job)
+            taken = store.jobs.claim(runner.worker, FAR_LEASE, only=job)
             assert taken is not None and (taken["worker"], taken["attempts"]) == (runner.worker, 2)
             with pytest.raises(LeaseLost):
-                store.record_batch({"uid": job}, stale, [], 60)
+                store.jobs.record_batch({"uid": job}, stale, [], 60)
             # A live runner of this process keeps its job from another one here until its lease runs out.
             with JobRunner(store, worker_id()) as other:
-                assert store.claim_job(other.worker, 60, only=job) is None
+                assert store.jobs.claim(other.worker, 60, only=job) is None
         # That runner stopped (closed): its job is taken at once.
         with JobRunner(store, worker_id()) as after:
-            assert store.claim_job(after.worker, 60, only=job)["attempts"] == 3
+            assert store.jobs.claim(after.worker, 60, only=job)["attempts"] == 3
 
 
 def test_live_worker_keeps_its_job_while_loading_longer_than_its_lease(tmp_path, spec, workers):
@@ -380,7 +380,7 @@ def test_corrupt_items_fail_alone_with_their_reasons(six_jobs):
     assert job["status"] == "completed" and job["error_message"] is None, job
     assert (job["successful_items"], job["failed_items"], job["total_items"]) == (6, 3, 9)
     store = Store(six_jobs.home)
-    failures = {f["key"]: f["error"] for f in store.job_failures(uid)}
+    failures = {f["key"]: f["error"] for f in store.jobs.failures(uid)}
     store.close()
     assert set(failures) == {"empty.jpg", "truncated.jpg", "notes.jpg"}
     assert "empty" in failures["empty.jpg"]
@@ -435,19 +435,19 @@ def two_workers(tmp_path_factory, spec):
         while True:
             for n, (project, job_uid) in enumerate(zip(projects, jobs)):
                 t0 = time.perf_counter()
-                client_store.get_job(job_uid)
+                client_store.jobs.get(job_uid)
                 t1 = time.perf_counter()
-                client_store.list_tasks(project=project, limit=100)
+                client_store.items.list_tasks(project=project, limit=100)
                 t2 = time.perf_counter()
                 if n == 0:  # a CLI call: open the store, read, close
                     fresh = Store(home)
-                    fresh.get_job(job_uid)
-                    fresh.list_tasks(project=project, limit=100)
+                    fresh.jobs.get(job_uid)
+                    fresh.items.list_tasks(project=project, limit=100)
                     fresh.close()
                     timings["open_and_read"].append(time.perf_counter() - t2)
                 timings["get_job"].append(t1 - t0)
                 timings["list_tasks"].append(t2 - t1)
-            if all(client_store.get_job(uid)["status"] in ("completed", "failed", "cancelled") for uid in jobs):
+            if all(client_store.jobs.get(uid)["status"] in ("completed", "failed", "cancelled") for uid in jobs):
                 break
             assert all(w.proc.poll() is None for w in started), "a worker exited while polling"
             assert len(timings["get_job"]) < 30_000, "the jobs did not finish"

@@ -37,13 +37,13 @@ def store(tmp_path):
 
 
 def text_project(store: Store, models: dict[str, str], name: str = "texts") -> str:
-    project = store.create_project(name, data_type="text", models=models)["uid"]
+    project = store.projects.create(name, data_type="text", models=models)["uid"]
     assert import_sources(store, project, [Text(TEXT)]).created == 1
     return project
 
 
 def run(store: Store, runner: JobRunner, job_uid: str) -> dict:
-    job = store.claim_job(runner.worker, runner.lease_s, only=job_uid)
+    job = store.jobs.claim(runner.worker, runner.lease_s, only=job_uid)
     finished = runner.run(job)
     assert finished is not None and finished["status"] == "completed", finished
     return finished
@@ -54,10 +54,10 @@ def test_runner_keeps_only_the_engine_of_the_latest_model(store):
     freed (no reference left to it)."""
     project = text_project(store, {NER: "ner-minilm-conll03", CLS: "sentiment-minilm-sst2"})
     with JobRunner(store, worker_id(), device="cpu") as runner:
-        run(store, runner, store.create_job(project, model_type=NER)["uid"])
+        run(store, runner, store.jobs.create(project, model_type=NER)["uid"])
         assert list(runner.engines) == ["ner-minilm-conll03"]
         first = weakref.ref(runner.engines["ner-minilm-conll03"])
-        run(store, runner, store.create_job(project, model_type=CLS, labels=SENTIMENT)["uid"])
+        run(store, runner, store.jobs.create(project, model_type=CLS, labels=SENTIMENT)["uid"])
         assert list(runner.engines) == ["sentiment-minilm-sst2"]
         gc.collect()
         assert first() is None, gc.get_referrers(first())
@@ -70,12 +70,12 @@ def test_runner_with_room_for_two_drops_the_least_recently_used(store):
     with pytest.raises(ConfigError, match="max_engines must be at least 1"):
         JobRunner(store, worker_id(), max_engines=0)
     with JobRunner(store, worker_id(), device="cpu", max_engines=2) as runner:
-        run(store, runner, store.create_job(project, model_type=NER)["uid"])
-        run(store, runner, store.create_job(project, model_type=CLS, labels=SENTIMENT)["uid"])
+        run(store, runner, store.jobs.create(project, model_type=NER)["uid"])
+        run(store, runner, store.jobs.create(project, model_type=CLS, labels=SENTIMENT)["uid"])
         assert list(runner.engines) == ["ner-minilm-conll03", "sentiment-minilm-sst2"]
-        run(store, runner, store.create_job(project, model_type=NER)["uid"])  # used again: the newest now
+        run(store, runner, store.jobs.create(project, model_type=NER)["uid"])  # used again: the newest now
         assert list(runner.engines) == ["sentiment-minilm-sst2", "ner-minilm-conll03"]
-        run(store, runner, store.create_job(onnx, model_type=NER)["uid"])
+        run(store, runner, store.jobs.create(onnx, model_type=NER)["uid"])
         assert list(runner.engines) == ["ner-minilm-conll03", "ner-minilm-conll03-onnx"]
 
 
@@ -84,11 +84,11 @@ def test_ner_job_aggregation_simple_cuts_a_name_that_first_keeps_whole(store):
     with JobRunner(store, worker_id(), device="cpu") as runner:
         for aggregation in ("simple", "first", None):
             project = text_project(store, {NER: "ner-minilm-conll03"}, name=f"ner {aggregation}")
-            job = store.create_job(project, model_type=NER, aggregation=aggregation)
+            job = store.jobs.create(project, model_type=NER, aggregation=aggregation)
             assert job["aggregation"] == aggregation
             run(store, runner, job["uid"])
-            (task,) = store.list_tasks(project=project)[0]
-            (result,) = store.task_results(task["uid"])
+            (task,) = store.items.list_tasks(project=project)[0]
+            (result,) = store.results.for_task(task["uid"])
             entities = result["annotations"]["annotations"]
             words[aggregation] = [(TEXT[e["start"] : e["end"]], e["label"]) for e in entities]
     assert words["simple"] == [("Nad", "PER"), ("im Ladki", "PER"), ("Paris", "LOC")]
@@ -99,10 +99,10 @@ def test_ner_job_aggregation_simple_cuts_a_name_that_first_keeps_whole(store):
 def test_aggregation_is_refused_for_other_model_types_and_unknown_names(store):
     project = text_project(store, {NER: "ner-minilm-conll03", CLS: "sentiment-minilm-sst2"})
     with pytest.raises(ConfigError, match="aggregation applies to named_entity_recognition jobs only"):
-        store.create_job(project, model_type=CLS, aggregation="first")
+        store.jobs.create(project, model_type=CLS, aggregation="first")
     with pytest.raises(ConfigError, match="aggregation must be one of none, simple, first, average, max, got 'word'"):
-        store.create_job(project, model_type=NER, aggregation="word")
-    assert store.create_job(project, model_type=NER, aggregation=" Max ")["aggregation"] == "max"
+        store.jobs.create(project, model_type=NER, aggregation="word")
+    assert store.jobs.create(project, model_type=NER, aggregation=" Max ")["aggregation"] == "max"
 
 
 def test_job_events_carry_json_booleans_in_the_store_and_the_delivered_body(store):
@@ -110,11 +110,11 @@ def test_job_events_carry_json_booleans_in_the_store_and_the_delivered_body(stor
     booleans. Failed before: ``"dry_run": 0``."""
     project = text_project(store, {CLS: "sentiment-minilm-sst2"})
     with Receiver() as receiver:
-        store.create_agent(name="jobs", events=["auto_label.completed"], callback_url=receiver.url)
+        store.agents.create(name="jobs", events=["auto_label.completed"], callback_url=receiver.url)
         for dry_run in (False, True):
-            job = store.create_job(project, model_type=CLS, dry_run=dry_run)
-            store.claim_job("test-worker", 60, only=job["uid"])
-            store.finish_job(job, "test-worker", "completed")
+            job = store.jobs.create(project, model_type=CLS, dry_run=dry_run)
+            store.jobs.claim("test-worker", 60, only=job["uid"])
+            store.jobs.finish(job, "test-worker", "completed")
         stored = [
             json.loads(row[0])["data"]["job"]
             for row in store.conn.execute("SELECT payload FROM events WHERE type = 'auto_label.completed' ORDER BY id")

@@ -111,8 +111,8 @@ def test_the_fingerprint_is_stable_and_covers_the_settings(tmp_path):
                    {"label_map": None}, {"model": "yolo11n-onnx"}):  # fmt: skip
         assert settings_fingerprint(job_settings({**base, **change})) != settings_fingerprint(job_settings(base))
     with Store(tmp_path / "home") as store:
-        project = store.create_project("p", models={DET: {"model": "yolo11n", "label_map": {"person": "pedestrian"}}})
-        one = store.create_job(project["uid"], model_type=DET, labels=["person", "car"], confidence_threshold=0.5)
-        two = store.create_job(project["uid"], model_type=DET, labels=["car", "person"], confidence_threshold=0.5)
+        project = store.projects.create("p", models={DET: {"model": "yolo11n", "label_map": {"person": "pedestrian"}}})
+        one = store.jobs.create(project["uid"], model_type=DET, labels=["person", "car"], confidence_threshold=0.5)
+        two = store.jobs.create(project["uid"], model_type=DET, labels=["car", "person"], confidence_threshold=0.5)
         assert one["settings_hash"] == two["settings_hash"] == settings_fingerprint(job_settings(base))
         assert one["label_map"] == {"person": "pedestrian"}

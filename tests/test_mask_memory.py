@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from avala_infer.predictors import yolo_seg
+from avala_infer.predictors.detection import yolo_seg
 from tests.conftest import REPO
 
 # 100 instances on a 5000x4000 (w x h) photo letterboxed to 640x640 (content 640x512, 64 px of padding above)
@@ -101,7 +101,7 @@ PEAK_SCRIPT = """
 import json, sys
 import torch
 sys.path.insert(0, sys.argv[1])
-from avala_infer.predictors import yolo_seg
+from avala_infer.predictors.detection import yolo_seg
 from tests.test_mask_memory import INPUT, INSTANCES, ORIGINAL, reference_instance_masks, synthetic_instances
 
 def kib(field):

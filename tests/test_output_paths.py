@@ -87,13 +87,14 @@ def test_hostile_keys_stay_inside_the_output_folder(engine_onnx, tmp_path):
     (canary / "keep.txt").write_text("canary")
     keys = _hostile_keys(canary)
     items = [Item(i, str(bus if i % 2 == 0 else zidane), key) for i, key in enumerate(keys)]
-    predictions = list(engine_onnx.stream(items, engine_onnx.predict_options()))
-    assert [p.key for p in predictions] == list(keys) and all(p.ok for p in predictions)
-
     labels = engine_onnx.labels
     writers = [make_writer(fmt, out, labels) for fmt in ("jsonl", "coco", "yolo", "labelstudio")]
     summary = SummaryCollector(out, labels, {"model": "yolo11n-onnx"})
-    sinks = [*writers, summary, PreviewWriter(out, summary, len(items))]
+    preview = PreviewWriter(out, summary, len(items))
+    sinks = [*writers, summary, preview]
+    predictions = list(engine_onnx.stream(items, engine_onnx.predict_options(), on_image=preview.take_image))
+    assert [p.key for p in predictions] == list(keys) and all(p.ok for p in predictions)
+
     for prediction in predictions:
         for sink in sinks:
             sink.write(prediction)

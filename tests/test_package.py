@@ -56,4 +56,4 @@ def test_registry_refuses_duplicates_and_explains_unknown_pairs():
 
 def test_registry_imports_backends_lazily():
     modules = _modules_after("from avala_infer import registry; registry.registered()")
-    assert "avala_infer.predictors.ultralytics" not in modules and "torch" not in modules
+    assert "avala_infer.predictors.detection.ultralytics" not in modules and "torch" not in modules

@@ -15,9 +15,9 @@ import pytest
 from avala_infer import Avala, ConfigError, Text, label
 from avala_infer.errors import ItemError
 from avala_infer.exporters.codecs import rle
-from avala_infer.exporters.jsonl import prediction_record
+from avala_infer.exporters.records import prediction_to_record, record_to_prediction
 from avala_infer.jobs import Worker
-from avala_infer.projects.exports import export_project, record_to_prediction
+from avala_infer.projects.exports import export_project, stored_prediction
 from tests.conftest import ASSETS, VAL_IMAGES, need
 
 BATCH_A = ["000000000139.jpg", "000000000285.jpg", "000000000632.jpg", "000000000724.jpg"]
@@ -30,7 +30,7 @@ def _run_jobs(home: Path) -> None:
 
 def _results(client, project_uid: str, model_type: str = "object_detection") -> list[dict]:
     """The results an export writes by default: each task's newest, in task order."""
-    return list(client._store.iter_latest_results(project_uid, model_type))
+    return list(client._store.results.iter_latest(project_uid, model_type))
 
 
 def _copy(names: list[str], folder: Path, source: Path = VAL_IMAGES) -> Path:
@@ -176,7 +176,8 @@ def test_a_label_dropped_from_the_ontology_is_a_clear_error(detection, tmp_path)
 
 
 def test_records_round_trip_for_masks_classes_and_entities(detection):
-    """``record_to_prediction`` inverts ``prediction_record`` (class ids aside, which it remaps)."""
+    """``record_to_prediction`` inverts ``prediction_to_record`` (class ids aside, which it remaps), for each of
+    the six model types."""
     client, uid, root, files, _ = detection
     ontology = ["person", "car", "bus"]
     mask = np.zeros((4, 6), bool)
@@ -186,19 +187,29 @@ def test_records_round_trip_for_masks_classes_and_entities(detection):
          "segmentation": rle.encode(mask)}]}  # fmt: skip
     p = record_to_prediction(boxes, "a.jpg", "/x/a.jpg", None, ontology)
     assert p.detections.mask.shape == (1, 4, 6) and np.array_equal(p.detections.mask[0], mask)
-    assert {k: v for k, v in prediction_record(p).items() if k != "source"} == boxes
+    assert {k: v for k, v in prediction_to_record(p).items() if k != "source"} == boxes
+    plain = {"key": "d.jpg", "width": 6, "height": 4, "annotations": [
+        {"label": "car", "class_id": 1, "score": 0.5, "bbox": [0.5, 1.25, 3.0, 4.0]}]}  # fmt: skip
+    p = record_to_prediction(plain, "d.jpg", "/x/d.jpg", None, ontology, model_type="object_detection")
+    assert p.detections.mask is None and (p.width, p.height) == (6, 4)
+    assert {k: v for k, v in prediction_to_record(p).items() if k != "source"} == plain
+    image_classes = {"key": "f.jpg", "width": 6, "height": 4, "multi_label": False, "annotations": [
+        {"label": "bus", "class_id": 2, "score": 0.7}, {"label": "car", "class_id": 1, "score": 0.2}]}  # fmt: skip
+    p = record_to_prediction(image_classes, "f.jpg", "/x/f.jpg", None, ontology)
+    assert p.text is None and not p.result.multi_label and list(p.result.class_id) == [2, 1]
+    assert {k: v for k, v in prediction_to_record(p).items() if k != "source"} == image_classes
     semantic = {"key": "b.png", "width": 6, "height": 4, "annotations": [
         {"label": "car", "class_id": 1, "score": 0.75, "area": 6, "segmentation": rle.encode(mask)}]}  # fmt: skip
     p = record_to_prediction(semantic, "b.png", "/x/b.png", None, ontology, model_type="semantic_segmentation")
     assert p.result.labels == tuple(ontology) and np.array_equal(p.result.class_map == 1, mask)
-    assert {k: v for k, v in prediction_record(p).items() if k != "source"} == semantic
+    assert {k: v for k, v in prediction_to_record(p).items() if k != "source"} == semantic
     empty = record_to_prediction({"key": "c.png", "width": 6, "height": 4, "annotations": []}, "c.png", "/x/c.png",
                                  None, ontology, model_type="semantic_segmentation")  # fmt: skip
     assert empty.result.shape == (4, 6) and len(empty.result) == 0
     classes = {"key": "t", "multi_label": True, "annotations": [
         {"label": "car", "class_id": 1, "score": 0.8}, {"label": "person", "class_id": 0, "score": 0.3}]}  # fmt: skip
     p = record_to_prediction(classes, "t", None, "some text", ontology)
-    assert p.result.multi_label and {k: v for k, v in prediction_record(p).items() if k != "source"} == {
+    assert p.result.multi_label and {k: v for k, v in prediction_to_record(p).items() if k != "source"} == {
         **classes, "text": "some text"}  # fmt: skip
     text = "Angela Merkel visited Paris"
     entities = {"key": "e", "annotations": [
@@ -207,11 +218,11 @@ def test_records_round_trip_for_masks_classes_and_entities(detection):
         {"label": "car", "class_id": 1, "score": 0.9, "start": 22, "end": 27, "text": "Paris", "word": "paris",
          "tag": "B-LOC"}]}  # fmt: skip
     p = record_to_prediction(entities, "e", None, text, ontology, model_type="named_entity_recognition")
-    assert {k: v for k, v in prediction_record(p).items() if k != "source"} == {**entities, "text": text}
+    assert {k: v for k, v in prediction_to_record(p).items() if k != "source"} == {**entities, "text": text}
     # a text item stored as a file is read back from it
     path = root / "note.txt"
     path.write_text(text, encoding="utf-8")
-    p = record_to_prediction(entities, "note.txt", str(path), None, ontology, model_type="named_entity_recognition")
+    p = stored_prediction(entities, "note.txt", str(path), None, ontology, model_type="named_entity_recognition")
     assert p.text == text and p.source == str(path)
 
 

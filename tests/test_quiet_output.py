@@ -100,7 +100,7 @@ CLIENT_SCRIPT = textwrap.dedent(
 
     home, spec, image = sys.argv[2:5]
     store = Store(home)
-    project = store.create_project("quiet", models={"object_detection": spec})
+    project = store.projects.create("quiet", models={"object_detection": spec})
     import_sources(store, project["uid"], [image])
     store.close()
     with Avala(home=home, device="cpu") as client:  # its worker runs the job on a thread of this process

@@ -312,7 +312,7 @@ def test_onnx_spec_errors(tmp_path):
 
 
 def test_multiple_of_sizes():
-    from avala_infer.predictors.onnx_semantic import multiple_of_size
+    from avala_infer.predictors.segmentation.onnx import multiple_of_size
 
     assert multiple_of_size(191, 384, 448, 32, upscale=True) == (224, 448)
     assert multiple_of_size(191, 384, 960, 32, upscale=False) == (192, 384)

@@ -41,20 +41,20 @@ def test_migrations_run_once_in_order_and_the_store_is_wal(tmp_path):
 
 def test_project_settings_are_checked(store):
     with pytest.raises(ConfigError, match="data_type"):
-        store.create_project("x", data_type="video")
+        store.projects.create("x", data_type="video")
     with pytest.raises(ConfigError, match="a image project cannot use a named_entity_recognition model"):
-        store.create_project("x", models={"named_entity_recognition": "ner-minilm-conll03"})
+        store.projects.create("x", models={"named_entity_recognition": "ner-minilm-conll03"})
     with pytest.raises(ConfigError, match="unknown model type"):
-        store.create_project("x", models={"detection": "yolo11n"})
+        store.projects.create("x", models={"detection": "yolo11n"})
     with pytest.raises(ConfigError, match=r"\['car'\] more than once"):
-        store.create_project("x", ontology=["car", "bus", "car"])
-    project = store.create_project("streets", ontology=["car"], models={"object_detection": "yolo11n"})
+        store.projects.create("x", ontology=["car", "bus", "car"])
+    project = store.projects.create("streets", ontology=["car"], models={"object_detection": "yolo11n"})
     assert project["uid"].startswith("proj_") and project["ontology"] == ["car"] and project["task_count"] == 0
     with pytest.raises(NotFoundError, match="projects list"):
-        store.get_project("proj_nope")
+        store.projects.get("proj_nope")
     with pytest.raises(ConfigError, match="no model for image_classification"):
-        store.create_job(project["uid"], model_type="image_classification")
-    assert store.extend_ontology(project["uid"], ["bus", "car", "truck"]) == ["car", "bus", "truck"]
+        store.jobs.create(project["uid"], model_type="image_classification")
+    assert store.projects.extend_ontology(project["uid"], ["bus", "car", "truck"]) == ["car", "bus", "truck"]
 
 
 def test_import_folder_twice_manifest_and_key_clashes(store, tmp_path):
@@ -63,7 +63,7 @@ def test_import_folder_twice_manifest_and_key_clashes(store, tmp_path):
     folder.mkdir()
     for image in images[:3]:
         shutil.copy(image, folder / image.name)
-    project = store.create_project("p")
+    project = store.projects.create("p")
     report = import_sources(store, project["uid"], [folder, tmp_path / "missing"])
     assert (report.created, report.existing, report.failed_count) == (3, 0, 1)
     assert "no such file" in report.failed[0]["error"]
@@ -79,10 +79,10 @@ def test_import_folder_twice_manifest_and_key_clashes(store, tmp_path):
     manifest.write_text(f"# images\n{images[4]}\nbatch1/{images[1].name}\n", encoding="utf-8")
     listed = import_sources(store, project["uid"], [manifest])
     assert (listed.created, listed.existing) == (1, 1)
-    keys = [t["name"] for t in store.list_tasks(project=project["uid"])[0]]
+    keys = [t["name"] for t in store.items.list_tasks(project=project["uid"])[0]]
     stem, suffix = images[0].name.rsplit(".", 1)
     assert keys == [i.name for i in images[:3]] + [f"{stem}_1.{suffix}", images[4].name]
-    items, _ = store.list_items(store.project_dataset(project["uid"])["uid"])
+    items, _ = store.items.list(store.items.project_dataset(project["uid"])["uid"])
     assert all(len(i["content_hash"]) == 64 and i["size"] > 0 and i["path"].startswith("/") for i in items)
 
 
@@ -91,38 +91,38 @@ def test_text_project_imports_records_and_strings(store, tmp_path):
     lines.write_text("first\n\nsecond\n", encoding="utf-8")
     records = tmp_path / "r.jsonl"
     records.write_text('{"body": "alpha"}\n{"nobody": 1}\n', encoding="utf-8")
-    project = store.create_project("texts", data_type="text", models={"text_classification": "sentiment-minilm-sst2"})
+    project = store.projects.create("texts", data_type="text", models={"text_classification": "sentiment-minilm-sst2"})
     report = import_sources(store, project["uid"], [lines, Text("a literal")], per_line=True)
     assert (report.created, report.failed_count) == (3, 0)
     report = import_sources(store, project["uid"], [records], text_field="body")
     assert (report.created, report.failed_count) == (1, 1)
-    tasks = list(store.iter_task_items(project["uid"]))
+    tasks = list(store.items.iter_task_items(project["uid"]))
     assert [t["text"] for t in tasks] == ["first", "second", "a literal", "alpha"]
     assert [t["path"] for t in tasks] == [None] * 4
 
 
 def test_pages_walk_every_row_once(store):
-    uids = [store.create_project(f"p{i}")["uid"] for i in range(7)]
+    uids = [store.projects.create(f"p{i}")["uid"] for i in range(7)]
     seen, cursor = [], None
     while True:
-        rows, cursor = store.list_projects(limit=3, cursor=cursor)
+        rows, cursor = store.projects.list(limit=3, cursor=cursor)
         seen += [r["uid"] for r in rows]
         if cursor is None:
             break
     assert seen == uids
     with pytest.raises(ConfigError, match="limit"):
-        store.list_projects(limit=0)
+        store.projects.list(limit=0)
     with pytest.raises(ConfigError, match="bad cursor"):
-        store.list_projects(cursor="abc")
+        store.projects.list(cursor="abc")
 
 
 def test_store_is_a_context_manager_that_closes_its_connection(tmp_path):
     with Store(tmp_path) as store:
-        uid = store.create_project("p")["uid"]
+        uid = store.projects.create("p")["uid"]
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        store.get_project(uid)
+        store.projects.get(uid)
     with Store(tmp_path) as again:
-        assert again.get_project(uid)["name"] == "p"
+        assert again.projects.get(uid)["name"] == "p"
 
 
 def test_reimport_hashes_only_new_or_changed_files(store, tmp_path, monkeypatch):
@@ -135,7 +135,7 @@ def test_reimport_hashes_only_new_or_changed_files(store, tmp_path, monkeypatch)
     hashed: list[str] = []
     real_hash = importing._sha256_file
     monkeypatch.setattr(importing, "_sha256_file", lambda path: hashed.append(Path(path).name) or real_hash(path))
-    project = store.create_project("p")["uid"]
+    project = store.projects.create("p")["uid"]
     first = import_sources(store, project, [folder])
     assert (first.created, first.existing, len(hashed)) == (20, 0, 20)
 
@@ -168,7 +168,7 @@ def test_bad_manifest_lines_are_reported_with_their_line_not_raised(store, tmp_p
     table.write_text(f"file\n{image}\n", encoding="utf-8")
     binary = tmp_path / "list.txt"
     binary.write_bytes(b"\xff\xfe\x00 not text")
-    project = store.create_project("p")["uid"]
+    project = store.projects.create("p")["uid"]
     report = import_sources(store, project, [manifest, table, binary])
     assert report.created == 1 and report.failed_count == 5
     errors = {failure["source"]: failure["error"] for failure in report.failed}
@@ -219,12 +219,12 @@ def test_a_store_of_the_previous_schema_keeps_its_results_and_moves_its_ontology
     with Store(tmp_path / "home") as store:
         kept = dict(store.conn.execute("SELECT job_uid, result_uid FROM job_tasks").fetchall())
         assert kept == {"job_1": "res_1", "job_2": "res_1"}
-        (result,) = store.task_results("task_1")
+        (result,) = store.results.for_task("task_1")
         assert (result["uid"], result["job_uid"], result["settings_hash"]) == ("res_1", "job_1", None)
-        assert [r["uid"] for r in store.iter_latest_results("proj_old", "object_detection", job="job_2")] == ["res_1"]
-        old, new = store.get_project("proj_old"), store.get_project("proj_new")
+        assert [r["uid"] for r in store.results.iter_latest("proj_old", "object_detection", job="job_2")] == ["res_1"]
+        old, new = store.projects.get("proj_old"), store.projects.get("proj_new")
         assert old["ontologies"] == {"object_detection": ["person", "car"]} and old["default_ontology"] == []
         assert new["ontology"] == ["car"] and new["type_ontologies"] == {}  # no results: a declared ontology
-        job = store.create_job("proj_old", model_type="object_detection", confidence_threshold=0.5)
-        (task,) = store.remaining_tasks(job)
+        job = store.jobs.create("proj_old", model_type="object_detection", confidence_threshold=0.5)
+        (task,) = store.jobs.remaining_tasks(job)
         assert task["same_result"] is None  # an old result has no fingerprint: labeled again, once

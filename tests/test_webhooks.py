@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from avala_infer import __version__
 from avala_infer.agents import Dispatcher, RetryPolicy, deliver_test, parse_retry_after, sign
-from avala_infer.agents.cli import register
+from avala_infer.cli.workers import dispatcher_command
 from avala_infer.errors import ConfigError
 from avala_infer.jobs import Worker
 from avala_infer.projects.imports import import_sources
@@ -56,19 +56,19 @@ def store(home):
 
 
 def text_project(store: Store, name: str = "texts") -> str:
-    return store.create_project(name, data_type="text", models={"text_classification": "sentiment-minilm-sst2"})["uid"]
+    return store.projects.create(name, data_type="text", models={"text_classification": "sentiment-minilm-sst2"})["uid"]
 
 
 def add_texts(store: Store, project: str, *texts: str) -> list[str]:
     """Import ``texts``; the uids of their tasks, in order."""
     report = import_sources(store, project, [Text(t) for t in texts])
     assert report.created == len(texts), report
-    tasks, _ = store.list_tasks(project=project, limit=1000)
+    tasks, _ = store.items.list_tasks(project=project, limit=1000)
     return [t["uid"] for t in tasks][-len(texts) :]
 
 
 def executions(store: Store, agent_uid: str) -> list[dict]:
-    rows, _ = store.list_executions(agent_uid, limit=1000)
+    rows, _ = store.agents.list_executions(agent_uid, limit=1000)
     return rows
 
 
@@ -94,14 +94,14 @@ def wait_until(condition, timeout: float, what: str):
 def test_a_delivery_is_signed_with_the_agents_secret_and_carries_the_stored_payload(store, home):
     project = text_project(store)
     with Receiver() as receiver:
-        made = store.create_agent(name="made", events=["project.updated"], callback_url=receiver.url + "/made")
-        given = store.create_agent(
+        made = store.agents.create(name="made", events=["project.updated"], callback_url=receiver.url + "/made")
+        given = store.agents.create(
             name="given", events=["project.updated"], callback_url=receiver.url + "/given", secret="s3cr3t"
         )
         assert (
-            given["secret"] == "s3cr3t" and len(made["secret"]) >= 32 and "secret" not in store.get_agent(made["uid"])
+            given["secret"] == "s3cr3t" and len(made["secret"]) >= 32 and "secret" not in store.agents.get(made["uid"])
         )
-        store.update_project(project, name="renamed")
+        store.projects.update(project, name="renamed")
         assert dispatch(home) == 2
         seen = {r.path: r for r in receiver.seen()}
 
@@ -127,7 +127,7 @@ def test_a_delivery_is_signed_with_the_agents_secret_and_carries_the_stored_payl
         assert execution["response_excerpt"] == '{"ok": true}' and execution["error"] is None
         assert execution["started_at"] <= execution["completed_at"]
         assert delivery["status"] == "succeeded" and delivery["attempts"] == 1
-        stats = store.execution_stats(agent["uid"])
+        stats = store.agents.execution_stats(agent["uid"])
         assert (stats["total"], stats["succeeded"], stats["pending_deliveries"]) == (1, 1, 0)
     assert seen["/hook/made"].delivery != seen["/hook/given"].delivery  # one delivery per agent and event
 
@@ -136,8 +136,8 @@ def test_a_delivery_is_signed_with_the_agents_secret_and_carries_the_stored_payl
 def test_500_twice_then_200_is_retried_with_the_same_delivery_id(store, home):
     project = text_project(store)
     with Receiver(answers(500, 500, 200)) as receiver:
-        agent = store.create_agent(name="flaky", events=["project.updated"], callback_url=receiver.url)
-        store.update_project(project, name="renamed")
+        agent = store.agents.create(name="flaky", events=["project.updated"], callback_url=receiver.url)
+        store.projects.update(project, name="renamed")
         assert dispatch(home) == 3
         seen = receiver.seen()
 
@@ -151,17 +151,17 @@ def test_500_twice_then_200_is_retried_with_the_same_delivery_id(store, home):
     assert runs[0]["error"] == runs[1]["error"] == "HTTP 500 Internal Server Error" and runs[2]["error"] is None
     assert {e["delivery_uid"] for e in runs} == {delivery["uid"]}
     assert (delivery["status"], delivery["attempts"]) == ("succeeded", 3)
-    stats = store.execution_stats(agent["uid"])
+    stats = store.agents.execution_stats(agent["uid"])
     assert stats == {"total": 3, "failed": 2, "succeeded": 1, "pending_deliveries": 0}
     assert stats["total"] == sum(v for k, v in stats.items() if k not in ("total", "pending_deliveries"))
-    assert store.get_agent(agent["uid"])["execution_stats"] == stats
+    assert store.agents.get(agent["uid"])["execution_stats"] == stats
 
 
 def test_a_receiver_slower_than_the_timeout_is_retried_then_fails(store, home):
     project = text_project(store)
     with Receiver(slow(3.0)) as receiver:
-        agent = store.create_agent(name="slow", events=["project.updated"], callback_url=receiver.url)
-        store.update_project(project, name="renamed")
+        agent = store.agents.create(name="slow", events=["project.updated"], callback_url=receiver.url)
+        store.projects.update(project, name="renamed")
         started = time.monotonic()
         assert dispatch(home, timeout_s=0.3, max_attempts=2) == 2
         took = time.monotonic() - started
@@ -174,13 +174,13 @@ def test_a_receiver_slower_than_the_timeout_is_retried_then_fails(store, home):
     assert runs[-1]["error"].endswith("gave up after 2 attempt(s)") and "gave up" not in runs[0]["error"]
     (delivery,) = deliveries(store, agent["uid"])
     assert (delivery["status"], delivery["attempts"]) == ("failed", 2)
-    assert store.execution_stats(agent["uid"]) == {"total": 2, "failed": 2, "pending_deliveries": 0}
+    assert store.agents.execution_stats(agent["uid"]) == {"total": 2, "failed": 2, "pending_deliveries": 0}
 
 
 def test_a_receiver_that_is_down_is_retried_then_fails(store, home):
     project = text_project(store)
-    agent = store.create_agent(name="down", events=["project.updated"], callback_url=refused_url())
-    store.update_project(project, name="renamed")
+    agent = store.agents.create(name="down", events=["project.updated"], callback_url=refused_url())
+    store.projects.update(project, name="renamed")
     assert dispatch(home, max_attempts=3) == 3
     runs = executions(store, agent["uid"])
     assert [e["status"] for e in runs] == ["failed"] * 3
@@ -193,8 +193,8 @@ def test_a_receiver_that_is_down_is_retried_then_fails(store, home):
 def test_429_waits_as_long_as_retry_after_asks(store, home):
     project = text_project(store)
     with Receiver(answers(429, 200, headers={"Retry-After": "1"})) as receiver:
-        agent = store.create_agent(name="busy", events=["project.updated"], callback_url=receiver.url)
-        store.update_project(project, name="renamed")
+        agent = store.agents.create(name="busy", events=["project.updated"], callback_url=receiver.url)
+        store.projects.update(project, name="renamed")
         assert dispatch(home) == 2  # backoff alone would wait at most 50 ms
         first, second = receiver.seen()
 
@@ -235,8 +235,8 @@ def test_backoff_is_exponential_with_full_jitter_and_capped():
 def test_a_400_fails_at_once(store, home):
     project = text_project(store)
     with Receiver(answers(400)) as receiver:
-        agent = store.create_agent(name="refuses", events=["project.updated"], callback_url=receiver.url)
-        store.update_project(project, name="renamed")
+        agent = store.agents.create(name="refuses", events=["project.updated"], callback_url=receiver.url)
+        store.projects.update(project, name="renamed")
         assert dispatch(home) == 1
         assert len(receiver.seen()) == 1
     (run,) = executions(store, agent["uid"])
@@ -250,13 +250,13 @@ def test_a_400_fails_at_once(store, home):
 def test_an_inactive_agent_receives_nothing(store, home):
     project = text_project(store)
     with Receiver() as receiver:
-        inactive = store.create_agent(
+        inactive = store.agents.create(
             name="off", events=["project.updated"], callback_url=receiver.url + "/off", is_active=False
         )
-        paused = store.create_agent(name="paused", events=["project.updated"], callback_url=receiver.url + "/paused")
-        store.update_project(project, name="one")  # off: no delivery at all; paused: one, not sent while paused
-        store.update_agent(paused["uid"], is_active=False)
-        store.update_project(project, name="two")
+        paused = store.agents.create(name="paused", events=["project.updated"], callback_url=receiver.url + "/paused")
+        store.projects.update(project, name="one")  # off: no delivery at all; paused: one, not sent while paused
+        store.agents.update(paused["uid"], is_active=False)
+        store.projects.update(project, name="two")
         assert dispatch(home) == 0
         assert receiver.seen() == []
     assert deliveries(store, inactive["uid"]) == [] and executions(store, inactive["uid"]) == []
@@ -265,7 +265,7 @@ def test_an_inactive_agent_receives_nothing(store, home):
 
 def test_project_and_task_types_filters(store, home):
     texts = text_project(store, "texts")
-    images = store.create_project("images", models={"object_detection": "yolo11n-onnx"})["uid"]
+    images = store.projects.create("images", models={"object_detection": "yolo11n-onnx"})["uid"]
     with Receiver() as receiver:
         wanted = {
             "all": {},
@@ -277,9 +277,9 @@ def test_project_and_task_types_filters(store, home):
             "texts-ner": {"project": texts, "task_types": ["named_entity_recognition"]},
         }
         for name, filters in wanted.items():
-            store.create_agent(name=name, events=["project.updated"], callback_url=f"{receiver.url}/{name}", **filters)
-        store.update_project(texts, name="texts 2")
-        store.update_project(images, name="images 2")
+            store.agents.create(name=name, events=["project.updated"], callback_url=f"{receiver.url}/{name}", **filters)
+        store.projects.update(texts, name="texts 2")
+        store.projects.update(images, name="images 2")
         assert dispatch(home) == 6
         got = collections.defaultdict(list)
         for received in receiver.seen():
@@ -298,12 +298,12 @@ def test_project_and_task_types_filters(store, home):
 def test_imports_and_the_human_side_of_the_workflow_send_their_events(store, home):
     project = text_project(store)
     with Receiver() as receiver:
-        agent = store.create_agent(name="everything", events=list(EVENT_TYPES), callback_url=receiver.url)
+        agent = store.agents.create(name="everything", events=list(EVENT_TYPES), callback_url=receiver.url)
         first, second = add_texts(store, project, "a fine day", "a grim night")
-        store.set_task_status(first, "completed")
-        store.set_task_status(first, "reviewed")
-        store.set_task_status(second, "rejected", reason="off topic")
-        store.update_project(project, ontology=["positive", "negative"])
+        store.items.set_task_status(first, "completed")
+        store.items.set_task_status(first, "reviewed")
+        store.items.set_task_status(second, "rejected", reason="off topic")
+        store.projects.update(project, ontology=["positive", "negative"])
         assert dispatch(home) == 7
         seen = receiver.seen()
 
@@ -317,30 +317,30 @@ def test_imports_and_the_human_side_of_the_workflow_send_their_events(store, hom
     assert bodies[("dataset.updated", None)]["data"]["items_added"] == 2
     assert bodies[("task.rejected", second)]["data"] == {"status": "rejected", "reason": "off topic"}
     assert bodies[("project.updated", None)]["data"] == {"changed": ["ontology"]}
-    assert [store.get_task(t)["status"] for t in (first, second)] == ["reviewed", "rejected"]
-    assert store.execution_stats(agent["uid"]) == {"total": 7, "succeeded": 7, "pending_deliveries": 0}
+    assert [store.items.get_task(t)["status"] for t in (first, second)] == ["reviewed", "rejected"]
+    assert store.agents.execution_stats(agent["uid"]) == {"total": 7, "succeeded": 7, "pending_deliveries": 0}
 
 
 @pytest.mark.assets
 def test_a_real_auto_label_job_sends_its_events(store, home):
     images = [need(ASSETS / "images" / "ultralytics" / name) for name in ("bus.jpg", "zidane.jpg")]
-    good = store.create_project("streets", models={"object_detection": "yolo11n-onnx"})["uid"]
-    broken = store.create_project("broken", models={"object_detection": "no-such-model"})["uid"]
+    good = store.projects.create("streets", models={"object_detection": "yolo11n-onnx"})["uid"]
+    broken = store.projects.create("broken", models={"object_detection": "no-such-model"})["uid"]
     with Receiver() as receiver:
         events = ["result.submitted", "result.accepted", "result.rejected", "auto_label.completed", "auto_label.failed"]
-        agent = store.create_agent(
+        agent = store.agents.create(
             name="jobs", events=events, callback_url=receiver.url, task_types=["object_detection"]
         )
         for project in (good, broken):
             assert import_sources(store, project, [str(p) for p in images]).created == 2
-        good_job = store.create_job(good, model_type="object_detection", confidence_threshold=0.25)["uid"]
-        broken_job = store.create_job(broken, model_type="object_detection")["uid"]
+        good_job = store.jobs.create(good, model_type="object_detection", confidence_threshold=0.25)["uid"]
+        broken_job = store.jobs.create(broken, model_type="object_detection")["uid"]
         assert Worker(home, device="cpu").run(until_idle=True) == 2
-        assert store.get_job(good_job)["status"] == "completed" and store.get_job(broken_job)["status"] == "failed"
-        tasks, _ = store.list_tasks(project=good)
-        accepted, rejected = (store.task_results(t["uid"])[0] for t in tasks)
-        store.review_result(accepted["uid"], accept=True)
-        store.review_result(rejected["uid"], accept=False, reason="missed a person")
+        assert store.jobs.get(good_job)["status"] == "completed" and store.jobs.get(broken_job)["status"] == "failed"
+        tasks, _ = store.items.list_tasks(project=good)
+        accepted, rejected = (store.results.for_task(t["uid"])[0] for t in tasks)
+        store.results.review(accepted["uid"], accept=True)
+        store.results.review(rejected["uid"], accept=False, reason="missed a person")
         assert dispatch(home) == 6
         seen = receiver.seen()
 
@@ -372,7 +372,7 @@ def test_a_real_auto_label_job_sends_its_events(store, home):
 # ---------------------------------------------------------------------------------------------- agents.test()
 def test_deliver_test_sends_a_signed_test_event_now(store):
     with Receiver(answers(204, 500)) as receiver:
-        agent = store.create_agent(name="new", events=["task.created"], callback_url=receiver.url, is_active=False)
+        agent = store.agents.create(name="new", events=["task.created"], callback_url=receiver.url, is_active=False)
         result = deliver_test(store, agent["uid"])
         assert result["success"] is True and result["status_code"] == 204 and result["latency_ms"] > 0
         assert "HTTP 204" in result["message"]
@@ -391,10 +391,10 @@ def test_deliver_test_sends_a_signed_test_event_now(store):
     ]
     assert runs[0]["delivery_uid"] == received.delivery
 
-    down = store.create_agent(name="down", events=["task.created"], callback_url=refused_url())
+    down = store.agents.create(name="down", events=["task.created"], callback_url=refused_url())
     result = deliver_test(store, down["uid"], timeout=2)
     assert (result["success"], result["status_code"]) == (False, None) and "connection refused" in result["message"]
-    pull = store.create_agent(name="pull", events=["task.created"])
+    pull = store.agents.create(name="pull", events=["task.created"])
     result = deliver_test(store, pull["uid"])
     assert result["success"] is False and "pull mode" in result["message"]
 
@@ -405,14 +405,14 @@ def test_the_dispatcher_thread_sends_in_the_background_without_holding_up_the_st
     project = text_project(store)
     gate = threading.Event()
     with Receiver(held(gate)) as receiver:
-        store.create_agent(name="held", events=["task.created"], callback_url=receiver.url)
+        store.agents.create(name="held", events=["task.created"], callback_url=receiver.url)
         add_texts(store, project, *(f"text {n}" for n in range(6)))
         dispatcher = Dispatcher(home, concurrency=4, **FAST).start()
         try:
             wait_until(lambda: receiver.in_flight == 4, 10, "four requests in flight")
             started = time.monotonic()
             add_texts(store, project, *(f"more {n}" for n in range(200)))
-            store.update_project(project, name="still fast")
+            store.projects.update(project, name="still fast")
             took = time.monotonic() - started
             time.sleep(0.2)
             assert receiver.in_flight == 4 and len(receiver.seen()) == 4  # never more than `concurrency` at once
@@ -428,11 +428,11 @@ def test_the_dispatcher_thread_sends_in_the_background_without_holding_up_the_st
 
 def test_the_dispatcher_command(store, home):
     group = click.Group("cli")
-    register(group)
+    group.add_command(dispatcher_command)
     project = text_project(store)
     with Receiver() as receiver:
-        store.create_agent(name="cli", events=["project.updated"], callback_url=receiver.url)
-        store.update_project(project, name="renamed")
+        store.agents.create(name="cli", events=["project.updated"], callback_url=receiver.url)
+        store.projects.update(project, name="renamed")
         result = CliRunner().invoke(group, ["dispatcher", "--home", str(home), "--until-idle", "--poll", "0.02"])
         assert result.exit_code == 0, result.output
         assert "recorded 1 attempt(s)" in result.output
@@ -448,7 +448,7 @@ def test_a_dispatcher_killed_mid_delivery_loses_nothing(store, home, tmp_path):
     project = text_project(store)
     gate = threading.Event()
     with Receiver(held(gate)) as receiver:
-        agent = store.create_agent(name="kill", events=["task.created", "dataset.updated"], callback_url=receiver.url)
+        agent = store.agents.create(name="kill", events=["task.created", "dataset.updated"], callback_url=receiver.url)
         add_texts(store, project, *(f"text {n}" for n in range(5)))  # six events: five task.created, one dataset
         code = (
             "import sys; from avala_infer.agents.dispatcher import Dispatcher; "

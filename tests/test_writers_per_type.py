@@ -231,6 +231,7 @@ def test_ner_labelstudio_spans_and_preview_highlights(tmp_path):
 def test_semantic_preview_and_summary(semantic_prediction, tmp_path):
     summary = SummaryCollector(tmp_path, LABELS, {"model": "seg"})
     preview = PreviewWriter(tmp_path, summary, 5)
+    preview.take_image(0, cv2.imread(semantic_prediction.source))  # the picture the pipeline decoded
     for sink in (summary, preview):
         sink.write(semantic_prediction)
     preview.close()

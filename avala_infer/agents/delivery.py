@@ -44,7 +44,7 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 def user_agent() -> str:
-    from avala_infer import __version__
+    from avala_infer.version import __version__
 
     return f"avala-infer/{__version__}"
 
@@ -226,7 +226,7 @@ def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Outc
 
 
 def attempt(delivery: dict[str, Any], timeout: float) -> Outcome:
-    """Send one claimed delivery (a row of ``store.claim_deliveries``)."""
+    """Send one claimed delivery (a row of ``store.events.claim_deliveries``)."""
     body = delivery["payload"].encode("utf-8")
     headers = webhook_headers(delivery["event_type"], delivery["uid"], delivery["secret"], body)
     return post(delivery["callback_url"], body, headers, timeout)
@@ -236,7 +236,7 @@ def deliver_test(store, agent_uid: str, timeout: float = 10.0) -> dict[str, Any]
     """Send a signed ``agent.test`` event to the agent now (active or not), record it as an execution, and return
     ``{"success", "message", "status_code", "latency_ms"}``. The store is used only before and after the POST,
     so a caller may pass a connection of its own to avoid holding a shared one for the request."""
-    agent = store.get_agent(agent_uid)
+    agent = store.agents.get(agent_uid)
     url = agent["callback_url"]
     if not url:
         message = f"agent {agent_uid} has no callback_url (pull mode): its consumer leases executions instead"
@@ -252,9 +252,9 @@ def deliver_test(store, agent_uid: str, timeout: float = 10.0) -> dict[str, Any]
     }
     body = json.dumps(payload).encode("utf-8")
     delivery_uid = str(uuid.uuid4())
-    headers = webhook_headers(TEST_EVENT, delivery_uid, store.agent_secret(agent_uid), body)
+    headers = webhook_headers(TEST_EVENT, delivery_uid, store.agents.secret(agent_uid), body)
     outcome = post(url, body, headers, timeout)
-    store.record_test_execution(
+    store.agents.record_test_execution(
         agent_uid,
         delivery_uid=delivery_uid,
         status="succeeded" if outcome.ok else "failed",

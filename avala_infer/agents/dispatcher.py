@@ -1,10 +1,10 @@
 """The dispatcher: sends the store's due webhook deliveries in the background, a few at a time.
 
-It claims due deliveries (``store.claim_deliveries``: each held under a lease), POSTs each on a thread of its
-own and records every attempt back on its own thread and connection (``store.record_attempt``), so labeling never
-waits for a receiver. A dispatcher killed mid-delivery records nothing for the attempts in flight: their leases run
-out and the next dispatcher sends them again with the same delivery uid (at-least-once; receivers deduplicate on
-``X-Avala-Webhook-Delivery``). Several dispatchers may share a store.
+It claims due deliveries (``store.events.claim_deliveries``: each held under a lease), POSTs each on a thread of
+its own and records every attempt back on its own thread and connection (``store.events.record_attempt``), so
+labeling never waits for a receiver. A dispatcher killed mid-delivery records nothing for the attempts in flight:
+their leases run out and the next dispatcher sends them again with the same delivery uid (at-least-once; receivers
+deduplicate on ``X-Avala-Webhook-Delivery``). Several dispatchers may share a store.
 
 ``avala-infer dispatcher`` runs one as a process; :meth:`Dispatcher.start` runs one on a daemon thread.
 """
@@ -90,7 +90,7 @@ class Dispatcher:
         try:
             while not self.stopping.is_set():
                 free = self.concurrency - in_flight
-                claimed = store.claim_deliveries(self.id, free, self.lease_s) if free else []
+                claimed = store.events.claim_deliveries(self.id, free, self.lease_s) if free else []
                 for delivery in claimed:
                     self._send(delivery, done)
                 in_flight += len(claimed)
@@ -141,7 +141,7 @@ class Dispatcher:
                 retry_at = time.time() + self.policy.delay(number, outcome, self.rng)
             else:
                 error = f"{error}; gave up after {number} attempt(s)"
-        recorded = store.record_attempt(
+        recorded = store.events.record_attempt(
             delivery["uid"],
             self.id,
             ok=outcome.ok,
@@ -168,7 +168,7 @@ class Dispatcher:
         """Whether an active push agent still has a delivery pending (due now or later) or running."""
         cursor = None
         while True:
-            agents, cursor = store.list_agents(limit=1000, cursor=cursor)
+            agents, cursor = store.agents.list(limit=1000, cursor=cursor)
             for agent in agents:
                 if agent["is_active"] and agent["callback_url"] and agent["execution_stats"]["pending_deliveries"]:
                     return True

@@ -54,7 +54,7 @@ class Agents(_Resource):
         without one the agent pulls (:meth:`lease_executions`). The returned agent's ``secret`` (generated unless
         given) is shown this once."""
         row = self._call(
-            "create_agent",
+            "agents.create",
             name=name,
             events=list(events) if events is not None else None,
             description=description,
@@ -67,10 +67,10 @@ class Agents(_Resource):
         return Agent.from_row(row)
 
     def list(self, *, limit: int | None = None, cursor: str | None = None) -> CursorPage[Agent]:
-        return self._page(Agent, "list_agents", limit=limit, cursor=cursor)
+        return self._page(Agent, "agents.list", limit=limit, cursor=cursor)
 
     def get(self, uid: str) -> Agent:
-        return Agent.from_row(self._call("get_agent", uid))
+        return Agent.from_row(self._call("agents.get", uid))
 
     def update(
         self,
@@ -88,7 +88,7 @@ class Agents(_Resource):
         """Change the fields given (None leaves a field as it is; ``callback_url=""`` makes it a pull agent;
         ``secret`` replaces the signing secret from the next delivery on)."""
         row = self._call(
-            "update_agent",
+            "agents.update",
             uid,
             name=name,
             events=list(events) if events is not None else None,
@@ -103,7 +103,7 @@ class Agents(_Resource):
 
     def delete(self, uid: str) -> None:
         """Delete the agent; events it has not been sent yet are dropped, its executions stay on record."""
-        self._call("delete_agent", uid)
+        self._call("agents.delete", uid)
 
     def test(self, uid: str, *, timeout: float = 10.0) -> dict[str, Any]:
         """Send a signed ``agent.test`` event to the agent's callback_url now; returns ``success``, ``message``,
@@ -122,7 +122,7 @@ class Agents(_Resource):
         self, uid: str, *, limit: int | None = None, cursor: str | None = None
     ) -> CursorPage[AgentExecution]:
         """The agent's executions, oldest first: every delivery attempt, pull-mode answer and test."""
-        return self._page(AgentExecution, "list_executions", uid, limit=limit, cursor=cursor)
+        return self._page(AgentExecution, "agents.list_executions", uid, limit=limit, cursor=cursor)
 
     # ------------------------------------------------------------------ pull mode
     def lease_executions(
@@ -142,7 +142,7 @@ class Agents(_Resource):
         if not float(lease_seconds) > 0:
             raise ConfigError(f"lease_seconds must be positive, got {lease_seconds}")
         rows = self._call(
-            "lease_executions", uid, holder or self.holder, limit=int(limit), lease_s=float(lease_seconds)
+            "agents.lease_executions", uid, holder or self.holder, limit=int(limit), lease_s=float(lease_seconds)
         )
         return [AgentExecution.from_lease(row, uid) for row in rows]
 
@@ -151,7 +151,7 @@ class Agents(_Resource):
     ) -> AgentExecution:
         """Answer a leased execution with ``action`` (approve, reject, flag or skip) and an optional ``reason``;
         returns the execution recorded. Fails when the lease is not this client's (or ``holder``'s) or expired."""
-        row = self._call("answer_execution", execution_uid, holder or self.holder, action, reason or None)
+        row = self._call("agents.answer_execution", execution_uid, holder or self.holder, action, reason or None)
         return AgentExecution.from_row(row)
 
 
@@ -161,15 +161,15 @@ class WorkflowTasks(Tasks):
 
     def complete(self, uid: str, *, reason: str | None = None) -> Task:
         """A person finished the task."""
-        return Task.from_row(self._call("set_task_status", uid, "completed", reason))
+        return Task.from_row(self._call("items.set_task_status", uid, "completed", reason))
 
     def review(self, uid: str, *, reason: str | None = None) -> Task:
         """The task passed review."""
-        return Task.from_row(self._call("set_task_status", uid, "reviewed", reason))
+        return Task.from_row(self._call("items.set_task_status", uid, "reviewed", reason))
 
     def reject(self, uid: str, *, reason: str | None = None) -> Task:
         """The task was rejected (``reason`` travels in the event)."""
-        return Task.from_row(self._call("set_task_status", uid, "rejected", reason))
+        return Task.from_row(self._call("items.set_task_status", uid, "rejected", reason))
 
 
 class Results(_Resource):
@@ -177,10 +177,10 @@ class Results(_Resource):
     task's. Accepting makes it final; rejecting deletes it. Emits result.accepted / result.rejected."""
 
     def accept(self, uid: str, *, reason: str | None = None) -> dict[str, Any]:
-        return self._call("review_result", uid, True, reason)
+        return self._call("results.review", uid, True, reason)
 
     def reject(self, uid: str, *, reason: str | None = None) -> dict[str, Any]:
-        return self._call("review_result", uid, False, reason)
+        return self._call("results.review", uid, False, reason)
 
 
 __all__ = ["Agent", "AgentExecution", "Agents", "Results", "WorkflowTasks"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from avala_infer.client.types import AutoLabelJob, CursorPage, Dataset, DatasetItem, Project, Task
@@ -19,8 +19,10 @@ class _Resource:
         self._client = client
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the store's ``"repository.method"`` (e.g. ``"projects.get"``) under the client's lock."""
+        repository, _, name = method.partition(".")
         with self._client._lock:
-            return getattr(self._client._store, method)(*args, **kwargs)
+            return getattr(getattr(self._client._store, repository), name)(*args, **kwargs)
 
     def _page(self, cls, method: str, *args: Any, **kwargs: Any) -> CursorPage:
         rows, next_cursor = self._call(method, *args, **kwargs)
@@ -89,14 +91,14 @@ def _static_labels(store, model: str) -> list[str] | None:
         return None
     if not spec.labels_from_weights and not isinstance(spec.labels, str):
         return [str(x) for x in spec.labels]
-    return store.model_labels(model)
+    return store.projects.model_labels(model)
 
 
 def _check_job_labels(store, project: dict[str, Any], model_type: str, labels: Any) -> None:
     """Refuse ``labels`` that neither the model (after the project's label map) nor the model type's ontology
     knows, with close matches ("Car" -> "car"). When the model's labels cannot be known before it loads (read
     from its weights, and no job loaded it here yet), the job checks them when it starts."""
-    from avala_infer.store.catalog import type_ontology
+    from avala_infer.store.projects import type_ontology
     from avala_infer.types import ModelType
 
     if labels is None or isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
@@ -150,14 +152,14 @@ class Projects(_Resource):
         with self._client._lock:
             _check_models(self._client._store, models, data_type)
         return Project.from_row(
-            self._call("create_project", name, data_type=data_type, ontology=ontology or labels, models=models)
+            self._call("projects.create", name, data_type=data_type, ontology=ontology or labels, models=models)
         )
 
     def get(self, uid: str) -> Project:
-        return Project.from_row(self._call("get_project", uid))
+        return Project.from_row(self._call("projects.get", uid))
 
     def list(self, *, limit: int | None = None, cursor: str | None = None) -> CursorPage[Project]:
-        return self._page(Project, "list_projects", limit=limit, cursor=cursor)
+        return self._page(Project, "projects.list", limit=limit, cursor=cursor)
 
     def update(
         self,
@@ -171,8 +173,14 @@ class Projects(_Resource):
         ``models``: the entries given (as for :meth:`create`) replace those of their model types."""
         with self._client._lock:
             if models is not None:
-                _check_models(self._client._store, models, self._client._store.get_project(uid)["data_type"])
-        return Project.from_row(self._call("update_project", uid, name=name, ontology=ontology, models=models))
+                _check_models(self._client._store, models, self._client._store.projects.get(uid)["data_type"])
+        return Project.from_row(self._call("projects.update", uid, name=name, ontology=ontology, models=models))
+
+    def extend_ontology(self, uid: str, labels: Sequence[str], *, model_type: str | None = None) -> Project:
+        """Append the ``labels`` the ontology lacks (ids of existing labels never change); returns the project.
+        With ``model_type``, that type's own ontology; without, the default and every type's own list."""
+        self._call("projects.extend_ontology", uid, list(labels), model_type)
+        return self.get(uid)
 
     def import_items(
         self,
@@ -198,29 +206,41 @@ class Projects(_Resource):
         model: str | None = None,
         mask_format: str = "rle",
         job: str | None = None,
+        ls_root: str | os.PathLike | None = None,
+        ls_url_prefix: str | None = None,
     ) -> list:
         """Write the project's stored results (automatic drafts) in ``formats`` into ``out``; class ids are the
         ontology's positions. Each task's newest result by default; with ``job``, that job's results. Returns
-        the files written."""
+        the files written. ``ls_root`` / ``ls_url_prefix``: where Label Studio tasks point for their images (as
+        ``avala-infer export --ls-root`` / ``--ls-url-prefix``)."""
         from pathlib import Path
 
         from avala_infer.projects.exports import export_project
 
         with self._client._lock:
             return export_project(
-                self._client._store, uid, Path(out), list(formats), model_type, mask_format, model=model, job=job
+                self._client._store,
+                uid,
+                Path(out),
+                list(formats),
+                model_type,
+                mask_format,
+                model=model,
+                job=job,
+                ls_root=ls_root,
+                ls_url_prefix=ls_url_prefix,
             )
 
 
 class Datasets(_Resource):
     def list(self, *, limit: int | None = None, cursor: str | None = None) -> CursorPage[Dataset]:
-        return self._page(Dataset, "list_datasets", limit=limit, cursor=cursor)
+        return self._page(Dataset, "items.list_datasets", limit=limit, cursor=cursor)
 
     def get(self, uid: str) -> Dataset:
-        return Dataset.from_row(self._call("get_dataset", uid))
+        return Dataset.from_row(self._call("items.get_dataset", uid))
 
     def list_items(self, uid: str, *, limit: int | None = None, cursor: str | None = None) -> CursorPage[DatasetItem]:
-        return self._page(DatasetItem, "list_items", uid, limit=limit, cursor=cursor)
+        return self._page(DatasetItem, "items.list", uid, limit=limit, cursor=cursor)
 
 
 class Tasks(_Resource):
@@ -232,14 +252,14 @@ class Tasks(_Resource):
         limit: int | None = None,
         cursor: str | None = None,
     ) -> CursorPage[Task]:
-        return self._page(Task, "list_tasks", project=project, status=status, limit=limit, cursor=cursor)
+        return self._page(Task, "items.list_tasks", project=project, status=status, limit=limit, cursor=cursor)
 
     def get(self, uid: str) -> Task:
-        return Task.from_row(self._call("get_task", uid))
+        return Task.from_row(self._call("items.get_task", uid))
 
     def results(self, uid: str) -> list[dict[str, Any]]:
         """The automatic draft results of a task (one per model that labeled it)."""
-        return self._call("task_results", uid)
+        return self._call("results.for_task", uid)
 
 
 class AutoLabelJobs(_Resource):
@@ -262,7 +282,7 @@ class AutoLabelJobs(_Resource):
 
         Tasks holding a result of the same model made with the same settings are skipped (their result is
         kept); other settings label every task again. ``overwrite=True`` relabels even those."""
-        project = self._call("get_project", project_uid)
+        project = self._call("projects.get", project_uid)
         if model_type is None:
             models = project["models"]
             if len(models) != 1:
@@ -273,7 +293,7 @@ class AutoLabelJobs(_Resource):
         with self._client._lock:
             _check_job_labels(self._client._store, project, model_type, labels)
         row = self._call(
-            "create_job",
+            "jobs.create",
             project_uid,
             model_type=model_type,
             confidence_threshold=DEFAULT_CONFIDENCE if confidence_threshold is None else confidence_threshold,
@@ -285,16 +305,30 @@ class AutoLabelJobs(_Resource):
         return AutoLabelJob.from_row(row)
 
     def get(self, uid: str) -> AutoLabelJob:
-        return AutoLabelJob.from_row(self._call("get_job", uid))
+        return AutoLabelJob.from_row(self._call("jobs.get", uid))
 
     def list(
         self, *, project: str | None = None, limit: int | None = None, cursor: str | None = None
     ) -> CursorPage[AutoLabelJob]:
-        return self._page(AutoLabelJob, "list_jobs", project=project, limit=limit, cursor=cursor)
+        return self._page(AutoLabelJob, "jobs.list", project=project, limit=limit, cursor=cursor)
 
     def cancel(self, uid: str) -> None:
         """Cancel a pending job now, a running one within one batch."""
-        self._call("request_cancel", uid)
+        self._call("jobs.request_cancel", uid)
+
+    def run(self, uid: str, *, device: str = "auto", should_stop: Callable[[], bool] | None = None) -> AutoLabelJob:
+        """Run job ``uid`` here, in the calling thread, without a worker (``avala-infer auto-label create --run``):
+        claim it, label its tasks batch by batch on ``device``, and return it as it ended. ``should_stop`` is asked
+        between batches: once it answers True, the job stops after the batch in flight and stays running (the next
+        worker resumes it). A job that another live worker holds is not run here: it is returned as it is."""
+        from avala_infer.jobs import JobRunner
+        from avala_infer.store import Store, worker_id
+
+        with Store(self._client.home) as store, JobRunner(store, worker_id(), device=device) as runner:
+            job = store.jobs.claim(runner.worker, runner.lease_s, only=uid)  # its own connection: a run is long
+            if job is not None:
+                runner.run(job, should_stop or (lambda: False))
+        return self.get(uid)
 
     def wait(self, uid: str, *, timeout: float | None = None, poll_s: float = 0.2) -> AutoLabelJob:
         """Poll until the job is completed, failed or cancelled (or ``timeout`` seconds pass); returns it."""

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,9 +23,13 @@ from avala_infer.filters import LabelFilter, build_filter
 from avala_infer.registry import get_predictor_class
 from avala_infer.specs import ModelSpec, find_spec, resolve_weights
 from avala_infer.trust import check_weights
+from avala_infer.types import AGGREGATIONS, DEFAULT_AGGREGATION
 
 log = logging.getLogger(__name__)
 status = logging.getLogger("avala_infer.status")
+
+# (position of the item in the stream, its decoded BGR image): see Engine.stream's ``on_image``
+ImageCallback = Callable[[int, np.ndarray], None]
 
 
 _threads_lock = threading.Lock()
@@ -77,12 +82,6 @@ class _Loaded:
     text: str | None = None
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     error: str | None = None
-
-
-AGGREGATIONS = ("none", "simple", "first", "average", "max")
-# whole words, as labeling tools expect: "simple" groups sub-tokens by their own tags and can cut a word in two
-# ("Nad" + "im"); "first" tags each word by its first sub-token, as the CoNLL scorers do
-DEFAULT_AGGREGATION = "first"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -331,16 +330,26 @@ class Engine:
             check_sources_fit(sources, media, self.spec.name)
         return self.stream(iter_items(sources, media, options.text_reading), options)
 
-    def stream(self, items: Iterable[Item], options: PredictOptions) -> Iterator[Prediction]:
+    def stream(
+        self, items: Iterable[Item], options: PredictOptions, *, on_image: ImageCallback | None = None
+    ) -> Iterator[Prediction]:
         """The pipeline over already enumerated items (used by :meth:`predict` and by job runners).
 
         Predictions come out in the order the items went in, whatever their ``index`` values. A closed engine
         raises here, before any work.
+
+        ``on_image(position, image)``, when given, hands the decoded pictures along: it is called on a loader
+        thread with each image item's position in this stream (0 for the first item) and its BGR array, once the
+        item is ready for the model. A sink that draws items (the dry-run preview) keeps what it needs of it (a
+        thumbnail of the items it shows) instead of reading and decoding the file again. It must be quick and
+        thread-safe and must not change or keep the array; an error in it stops the stream.
         """
         self._check_open()
-        return self._stream(items, options)
+        return self._stream(items, options, on_image)
 
-    def _stream(self, items: Iterable[Item], options: PredictOptions) -> Iterator[Prediction]:
+    def _stream(
+        self, items: Iterable[Item], options: PredictOptions, on_image: ImageCallback | None = None
+    ) -> Iterator[Prediction]:
         configure_torch_threads(self.cpu_threads)
         batch_size = self.batch_size
         batcher: ShapeBatcher[_Loaded] = ShapeBatcher(
@@ -353,7 +362,8 @@ class Engine:
         )
         depth = max(2 * batch_size * self.streams, 2 * self.workers)
         try:
-            for loaded in prefetch(enumerate(items), self._load, self.workers, depth):
+            load = functools.partial(self._load, on_image=on_image)
+            for loaded in prefetch(enumerate(items), load, self.workers, depth):
                 self._check_open()  # closed meanwhile: stop here rather than fail every item
                 if loaded.error is not None:
                     reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
@@ -372,14 +382,15 @@ class Engine:
         finally:
             runner.close()
 
-    def _load(self, numbered: tuple[int, Item]) -> _Loaded:
+    def _load(self, numbered: tuple[int, Item], on_image: ImageCallback | None = None) -> _Loaded:
         seq, item = numbered
         loaded = _Loaded(seq, item)
+        image = None
         try:
             if self.model_type.media == "text":
                 data = loaded.text = read_text(item, loaded.timings)
             else:
-                data = read_image(item, loaded.timings)
+                data = image = read_image(item, loaded.timings)
                 loaded.height, loaded.width = data.shape[:2]
             t0 = time.perf_counter()
             loaded.prepared = self.predictor.prepare(data)
@@ -388,6 +399,8 @@ class Engine:
             loaded.error = str(exc)
         except Exception as exc:  # a decoder or preprocessing fault fails this item only
             loaded.error = f"{type(exc).__name__}: {exc}"
+        if on_image is not None and image is not None and loaded.error is None:
+            on_image(seq, image)  # outside the try: a fault of the sink's is not the item's
         return loaded
 
     @staticmethod

@@ -1,5 +1,8 @@
 """Writers of predictions: JSONL, COCO, YOLO txt, Label Studio, CoNLL, mask PNGs, dry-run previews, the summary,
-the failure log."""
+the failure log; the JSONL record format, both ways (``records``), and the format codecs (``codecs``).
+
+Writers take :class:`~avala_infer.Prediction` objects (and, for the preview, the pictures the engine decoded):
+they import no engine, store or model code."""
 
 from __future__ import annotations
 

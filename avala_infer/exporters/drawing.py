@@ -70,11 +70,14 @@ def draw_result(image: np.ndarray, result: Result, max_side: int = 1024) -> np.n
 
 
 def draw_semantic(image: np.ndarray, semantic: SemanticMask, max_side: int = 1024) -> np.ndarray:
-    """Each class's pixels tinted with its color, and a legend of the classes present with their share."""
-    canvas, scale = _scaled(image, max_side)
+    """Each class's pixels tinted with its color, and a legend of the classes present with their share.
+
+    ``image`` is the picture the mask was predicted on, or a smaller copy of it (a thumbnail): the class map is
+    scaled to the canvas."""
+    canvas, _ = _scaled(image, max_side)
     if len(semantic):
         class_map = semantic.class_map
-        if scale < 1:
+        if class_map.shape != canvas.shape[:2]:
             class_map = cv2.resize(class_map, (canvas.shape[1], canvas.shape[0]), interpolation=cv2.INTER_NEAREST)
         colors = np.array([color_for(i) for i in range(len(semantic.labels))] + [(0, 0, 0)], dtype=np.uint8)
         labeled = class_map >= 0

@@ -11,26 +11,28 @@ per-label counts: those of the previewed items, and the whole run's (from the su
 ``client.auto_label_jobs.create(...)`` call to copy. Semantic masks keep the run's overlay drawn into the
 picture (their thresholds apply per pixel): the slider does not apply to them.
 
-Memory stays flat: each card is written to a part file as its item comes, and ``close`` streams it into the
-page after the summary. Every label, key and text is escaped; the script only ever sets ``textContent``.
+The pictures are the ones the pipeline decoded: the engine hands each image to :meth:`PreviewWriter.take_image`
+(``Engine.stream(..., on_image=preview.take_image)``), which keeps a thumbnail of the items the gallery shows;
+no file is read or decoded a second time. Memory stays flat: only those thumbnails are kept, each until its card
+is written; each card is written to a part file as its item comes, and ``close`` streams it into the page after
+the summary. Every label, key and text is escaped; the script only ever sets ``textContent``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
 import os
 import re
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
-from avala_infer.engine.loaders import read_image
-from avala_infer.engine.sources import Item
-from avala_infer.errors import AvalaInferError
 from avala_infer.exporters.base import remove_quietly, safe_relative_path
 from avala_infer.exporters.drawing import color_for, draw_semantic
 from avala_infer.exporters.preview_page import CSP, SCRIPT, STYLE
@@ -113,11 +115,25 @@ def _safe_name(index: int, key: str) -> str:
     return f"{index:06d}_" + re.sub(r"[^A-Za-z0-9._-]+", "_", safe_relative_path(key).stem)[:80] + ".jpg"
 
 
-def _scaled(image: np.ndarray) -> tuple[np.ndarray, float]:
-    scale = min(1.0, MAX_SIDE / max(image.shape[:2]))
-    if scale < 1:
-        return cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
-    return image, scale
+@dataclasses.dataclass(frozen=True)
+class _Picture:
+    """What the preview keeps of an item's decoded image: a copy at most ``MAX_SIDE`` pixels on its long side, the
+    image's own size, and the scale between the two."""
+
+    thumbnail: np.ndarray
+    width: int
+    height: int
+    scale: float
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> _Picture:
+        height, width = image.shape[:2]
+        scale = min(1.0, MAX_SIDE / max(height, width))
+        if scale < 1:
+            thumbnail = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        else:
+            thumbnail = image.copy()  # the pipeline's array goes on to the model: never keep it
+        return cls(thumbnail, width, height, scale)
 
 
 def _mask_path(mask: np.ndarray, box, scale: float) -> str:
@@ -171,9 +187,27 @@ def _detections_svg(det: Detections, width: int, height: int, scale: float) -> s
     return "".join(parts)
 
 
+def _image_tags(result) -> list[str]:
+    """An image item's annotations as tags: classes best first, boxes by score, semantic classes by share."""
+    if isinstance(result, SemanticMask):
+        total = max(result.class_map.size, 1)
+        return [
+            f"<span class='tag' style='background:{_hex(color_for(c))};color:{_ink(color_for(c))}'>"
+            f"{e(str(n))} {100 * a / total:.1f}%</span>"
+            for c, n, a in zip(result.class_id, result.class_name, result.area)
+        ]
+    if isinstance(result, Classifications):
+        return [_tag(n, c, s, True) for n, c, s in zip(result.class_name, result.class_id, result.confidence)]
+    order = np.argsort(-result.confidence, kind="stable")
+    return [_tag(result.class_name[i], result.class_id[i], result.confidence[i], False) for i in order]
+
+
 class PreviewWriter:
     """Writes the gallery of the first ``count`` items; needs the run's :class:`SummaryCollector` (the same
-    object the run feeds) for the page's header, counts and settings."""
+    object the run feeds) for the page's header, counts and settings.
+
+    It is fed every prediction of one stream, in order, and draws image items over the pictures the pipeline
+    handed to :meth:`take_image`: an image item whose picture was not handed over gets a card without one."""
 
     def __init__(self, out_dir: Path, summary: SummaryCollector, count: int = DEFAULT_PREVIEW_COUNT) -> None:
         self.root = out_dir / "preview"
@@ -183,16 +217,29 @@ class PreviewWriter:
         self.written = 0
         self.part = self.root / ".cards.part"
         self._file = None
+        self._pictures: dict[int, _Picture] = {}  # by position in the stream, until the item's card is written
+        self._pictures_lock = threading.Lock()
+
+    def take_image(self, position: int, image: np.ndarray) -> None:
+        """Keep a thumbnail of ``image``, the decoded picture of the stream's item at ``position`` (0 for the
+        first), if the gallery shows that item. Pass it to the engine: ``engine.stream(items, options,
+        on_image=preview.take_image)``; it is called from the loader threads, ahead of :meth:`write`."""
+        if position < self.count:
+            picture = _Picture.of(image)
+            with self._pictures_lock:
+                self._pictures[position] = picture
 
     def write(self, prediction: Prediction) -> None:
         if self.written >= self.count:
             return
+        with self._pictures_lock:
+            picture = self._pictures.pop(self.written, None)
         if self._file is None:
             self._file = self.part.open("w", encoding="utf-8")
-        self._file.write(self._card(prediction) + "\n")
+        self._file.write(self._card(prediction, picture) + "\n")
         self.written += 1
 
-    def _card(self, prediction: Prediction) -> str:
+    def _card(self, prediction: Prediction, picture: _Picture | None) -> str:
         result, error = prediction.result, prediction.error
         figure = body = ""
         tags: list[str] = []
@@ -201,13 +248,10 @@ class PreviewWriter:
             body = f"<div class='text'>{_highlighted(prediction.text, entities)}</div>"
             if isinstance(result, Classifications):
                 tags = [_tag(n, c, s, True) for n, c, s in zip(result.class_name, result.class_id, result.confidence)]
-        elif prediction.ok and not prediction.source.startswith("<"):
-            try:
-                image = read_image(Item(prediction.index, prediction.source, prediction.key), {})
-            except AvalaInferError as exc:  # the file changed since it was labeled
-                error = f"preview not drawn: {exc}"
-            else:
-                figure, tags = self._figure(prediction, image)
+        elif prediction.ok:
+            tags = _image_tags(result)
+            if picture is not None:
+                figure = self._figure(prediction, picture)
         cls = "card failed" if error else "card"
         parts = [f"<div class='{cls}'>", figure, f"<div><b>{e(prediction.key)}</b></div>", body]
         if error:
@@ -217,42 +261,34 @@ class PreviewWriter:
         parts.append("</div>")
         return "".join(parts)
 
-    def _figure(self, prediction: Prediction, image: np.ndarray) -> tuple[str, list[str]]:
+    def _figure(self, prediction: Prediction, shown: _Picture) -> str:
+        """The item's picture, written into ``images/``, with its boxes and masks as SVG over it (semantic masks
+        drawn into it)."""
         result = prediction.result
-        height, width = image.shape[:2]
         name = _safe_name(prediction.index, prediction.key)
+        svg = ""
         if isinstance(result, SemanticMask):  # thresholds act per pixel: the run's overlay, drawn in
-            picture, svg = draw_semantic(image, result, MAX_SIDE), ""
-            total = max(result.class_map.size, 1)
-            tags = [
-                f"<span class='tag' style='background:{_hex(color_for(c))};color:{_ink(color_for(c))}'>"
-                f"{e(str(n))} {100 * a / total:.1f}%</span>"
-                for c, n, a in zip(result.class_id, result.class_name, result.area)
-            ]
+            picture = draw_semantic(shown.thumbnail, result, MAX_SIDE)
         else:
-            picture, scale = _scaled(image)
-            if isinstance(result, Classifications):
-                svg = ""
-                tags = [_tag(n, c, s, True) for n, c, s in zip(result.class_name, result.class_id, result.confidence)]
-            else:
-                svg = _detections_svg(result, width, height, scale)
-                order = np.argsort(-result.confidence, kind="stable")
-                tags = [_tag(result.class_name[i], result.class_id[i], result.confidence[i], False) for i in order]
+            picture = shown.thumbnail
+            if isinstance(result, Detections):
+                svg = _detections_svg(result, shown.width, shown.height, shown.scale)
         cv2.imwrite(str(self.root / "images" / name), picture, [cv2.IMWRITE_JPEG_QUALITY, 85])
-        figure = (
+        return (
             f"<figure><img loading='lazy' src='images/{e(name)}' alt='{e(prediction.key)}' "
             f"width='{picture.shape[1]}' height='{picture.shape[0]}'>{svg}</figure>"
         )
-        return figure, tags
 
     def abort(self) -> None:
         """Close and remove the part file: the pictures drawn so far stay, ``index.html`` is not written."""
+        self._pictures.clear()
         if self._file is not None:
             self._file.close()
             self._file = None
         remove_quietly(self.part)
 
     def close(self) -> list[Path]:
+        self._pictures.clear()
         if self._file is not None:
             self._file.close()
             self._file = None

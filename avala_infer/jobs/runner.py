@@ -27,7 +27,7 @@ from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError, ConfigError
 from avala_infer.exporters.base import aborting_on_error, close_sinks
 from avala_infer.store import LeaseLost, Store, register_worker, unregister_worker
-from avala_infer.store.catalog import type_ontology
+from avala_infer.store.projects import type_ontology
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,14 @@ def _close_engine(engine: Any) -> None:
 
 
 def _outcome(task_uid: str, prediction: Prediction, keep_results: bool) -> dict[str, Any]:
-    from avala_infer.exporters.jsonl import prediction_record
+    from avala_infer.exporters.records import prediction_to_record
 
     if not prediction.ok:
         return {"task_uid": task_uid, "outcome": "failed", "error": prediction.error}
     counts = collections.Counter(str(name) for name in prediction.result.class_name)
     outcome = {"task_uid": task_uid, "outcome": "succeeded", "label_counts": dict(counts)}
     if keep_results:
-        record = prediction_record(prediction)
+        record = prediction_to_record(prediction)
         record.pop("source", None)
         record.pop("text", None)  # the item holds it
         outcome["annotations"] = record
@@ -133,7 +133,7 @@ class JobRunner:
     def _heartbeat(self, uid: str, done: threading.Event) -> None:
         store = Store(self.store.home)  # its own connection: the job's thread holds the other
         try:
-            while not done.wait(self.lease_s / 3) and store.renew_lease(uid, self.worker, self.lease_s):
+            while not done.wait(self.lease_s / 3) and store.jobs.renew_lease(uid, self.worker, self.lease_s):
                 pass
         except Exception as exc:  # the store went away: the next commit finds out too
             log.warning("lease heartbeat of job %s stopped: %s", uid, exc)
@@ -142,13 +142,13 @@ class JobRunner:
 
     def _fail(self, job: dict[str, Any], message: str) -> dict[str, Any] | None:
         try:
-            return self.store.finish_job(job, self.worker, "failed", error_message=message)
+            return self.store.jobs.finish(job, self.worker, "failed", error_message=message)
         except (LeaseLost, AvalaInferError, OSError) as exc:
             log.error("cannot record the failure of job %s: %s", job["uid"], exc)
             return None
 
     def _filter_labels(self, job: dict[str, Any], engine) -> list[str] | None:
-        project = self.store.get_project(job["project_uid"])
+        project = self.store.projects.get(job["project_uid"])
         ontology = type_ontology(project, job["model_type"])
         if job["labels"]:
             keep = job["labels"]
@@ -172,7 +172,7 @@ class JobRunner:
             raise ConfigError(
                 f"the project's {job['model_type']} model {job['model']!r} is a {engine.model_type.value} model"
             )
-        self.store.record_model_labels(job["model"], engine.labels)  # for label checks when jobs are created
+        self.store.projects.record_model_labels(job["model"], engine.labels)  # for label checks when jobs are created
         extra = {"aggregation": job["aggregation"]} if job.get("aggregation") else {}
         options = engine.predict_options(
             confidence_threshold=job["confidence_threshold"],
@@ -181,17 +181,19 @@ class JobRunner:
             **extra,
         )
         if not job["dry_run"]:
-            self.store.extend_ontology(job["project_uid"], options.label_filter.output_labels, job["model_type"])
-        cancel = self.store.record_batch(job, self.worker, [], self.lease_s)  # renews the lease after loading
+            self.store.projects.extend_ontology(
+                job["project_uid"], options.label_filter.output_labels, job["model_type"]
+            )
+        cancel = self.store.jobs.record_batch(job, self.worker, [], self.lease_s)  # renews the lease after loading
         if cancel:
-            return self.store.finish_job(job, self.worker, "cancelled", summary={"model": job["model"]})
+            return self.store.jobs.finish(job, self.worker, "cancelled", summary={"model": job["model"]})
         sinks = self._dry_run_sinks(job, engine, options) if job["dry_run"] else []
         keep_results = not job["dry_run"]
         task_of: dict[int, str] = {}
         skipped: list[dict[str, Any]] = []
 
         def items() -> Iterator[Item]:
-            for seq, task in enumerate(self.store.remaining_tasks(job)):
+            for seq, task in enumerate(self.store.jobs.remaining_tasks(job)):
                 if keep_results and task["same_result"]:
                     kept = task["same_result"]  # the identical result: this job's too (exports of --job find it)
                     skipped.append({"task_uid": task["task_uid"], "outcome": "skipped", "result_uid": kept})
@@ -205,8 +207,13 @@ class JobRunner:
         done = 0
         from avala_infer.exporters.summary import at_requested, dry_run_options
 
-        # a dry run predicts at a low floor for its gallery; its counts keep what the job's threshold keeps
-        stream = engine.stream(items(), dry_run_options(options, engine.model_type) if job["dry_run"] else options)
+        # a dry run predicts at a low floor for its gallery; its counts keep what the job's threshold keeps; its
+        # preview (the last sink) draws the pictures the pipeline decoded
+        stream = engine.stream(
+            items(),
+            dry_run_options(options, engine.model_type) if job["dry_run"] else options,
+            on_image=sinks[-1].take_image if job["dry_run"] else None,
+        )
         with aborting_on_error(sinks):  # a job that fails leaves no half-written preview files
             try:
                 for prediction in stream:
@@ -216,7 +223,7 @@ class JobRunner:
                         sink.write(prediction)
                     done += 1
                     if len(pending) >= engine.batch_size or time.monotonic() - last_commit > COMMIT_SECONDS:
-                        cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
+                        cancel = self.store.jobs.record_batch(job, self.worker, pending + skipped, self.lease_s)
                         pending, skipped[:] = [], []
                         last_commit = time.monotonic()
                         if cancel or should_stop():
@@ -224,24 +231,25 @@ class JobRunner:
             finally:
                 stream.close()
             if not cancel and not should_stop():
-                cancel = self.store.record_batch(job, self.worker, pending + skipped, self.lease_s)
+                cancel = self.store.jobs.record_batch(job, self.worker, pending + skipped, self.lease_s)
         files = [str(path) for path in close_sinks(sinks)]
         if should_stop() and not cancel:
             return None  # left running: the next worker resumes it
         wall = time.perf_counter() - started
         summary = {
             "model": job["model"],
-            "per_label": self.store.job_label_counts(job["uid"]),
+            "per_label": self.store.jobs.label_counts(job["uid"]),
             "labels": list(options.label_filter.output_labels),
             "throughput_items_per_s": round(done / max(wall, 1e-9), 2),
             "wall_s": round(wall, 3),
-            "failures": self.store.job_failures(job["uid"]),
+            "failures": self.store.jobs.failures(job["uid"]),
         }
         if job["dry_run"]:
             summary["preview"] = next((f for f in files if f.endswith("index.html")), None)
-        return self.store.finish_job(job, self.worker, "cancelled" if cancel else "completed", summary=summary)
+        return self.store.jobs.finish(job, self.worker, "cancelled" if cancel else "completed", summary=summary)
 
     def _dry_run_sinks(self, job: dict[str, Any], engine, options) -> list:
+        """A dry run's sinks: its summary, then its preview gallery."""
         from avala_infer.exporters.preview import PreviewWriter
         from avala_infer.exporters.summary import SummaryCollector
 

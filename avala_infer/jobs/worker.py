@@ -48,7 +48,7 @@ class Worker:
             dispatcher = Dispatcher(self.home).start()
         try:
             while not self.stopping.is_set():
-                job = store.claim_job(self.id, self.lease_s)
+                job = store.jobs.claim(self.id, self.lease_s)
                 if job is None:
                     if until_idle:
                         break

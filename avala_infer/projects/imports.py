@@ -152,9 +152,9 @@ def import_sources(
     per_line: bool = False,
 ) -> ImportReport:
     """Add the items ``sources`` stand for to the project (a task each); see the module docstring."""
-    project = store.get_project(project_uid)
+    project = store.projects.get(project_uid)
     media = project["data_type"]
-    dataset_uid = store.project_dataset(project_uid)["uid"]
+    dataset_uid = store.items.project_dataset(project_uid)["uid"]
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     if isinstance(sources, (list, tuple)):  # refuse an image for a text project (and the reverse) before any work
@@ -172,7 +172,7 @@ def import_sources(
     def file_record(item) -> dict[str, Any]:
         path = str(Path(item.source).resolve())
         stat = os.stat(path)
-        digest = store.known_file_hash(dataset_uid, path, stat.st_size, stat.st_mtime_ns)
+        digest = store.items.known_file_hash(dataset_uid, path, stat.st_size, stat.st_mtime_ns)
         size = stat.st_size
         if digest is None:  # new, or changed since it was imported: read it
             digest, size = _sha256_file(path)
@@ -194,6 +194,6 @@ def import_sources(
             except OSError as exc:
                 report.fail(item.source, getattr(exc, "strerror", None) or str(exc))
 
-    counts = store.add_items(project_uid, records())
+    counts = store.items.add(project_uid, records())
     report.created, report.existing = counts["created"], counts["existing"]
     return report

@@ -1,24 +1,23 @@
-"""Agents, their deliveries (one per agent and event, retried) and executions (one per attempt), the human side
-of the workflow (complete, review, reject tasks; accept or reject results) and pull-mode leases.
-
-Delivery states: ``pending`` (due at ``next_attempt_at``) -> ``running`` (held by a dispatcher or a pull consumer
-until ``lease_until``; an expired lease makes it due again, with the same delivery uid) -> ``succeeded`` or
-``failed`` (attempts used up, or a response that retrying cannot fix).
-"""
+"""Agents, their executions (one per delivery attempt, pull-mode answer or test) and pull-mode leases
+(``store.agents``). The deliveries themselves, and the dispatcher's side of them, are the events' (``events.py``,
+whose docstring draws the delivery states)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from avala_infer.errors import ConfigError, NotFoundError
-from avala_infer.store.base import new_uid, page, page_args, row_dict
+from avala_infer.store.base import Repository, new_uid, page, page_args, row_dict
 from avala_infer.store.db import now_iso, transaction
-from avala_infer.store.events import EVENT_TYPES, emit
-from avala_infer.store.jobs import JobStore
+from avala_infer.store.events import EVENT_TYPES
+from avala_infer.store.items import ItemRepository
+from avala_infer.store.projects import ProjectRepository
 from avala_infer.types import ModelType
 from avala_infer.url_policy import check_callback_url
 
@@ -47,9 +46,20 @@ def _check_secret(secret: str) -> str:
     return secret
 
 
-class AgentStore(JobStore):
+class AgentRepository(Repository):
+    """``store.agents``: agents (a push agent has a callback_url, a pull agent none), their executions, and the
+    pull consumer's leases and answers (an ``approve`` or ``reject`` answer sets the task's status, through
+    ``items``, in the same transaction)."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, path: str | Path, *, projects: ProjectRepository, items: ItemRepository
+    ) -> None:
+        super().__init__(conn, path)
+        self.projects = projects
+        self.items = items
+
     # ------------------------------------------------------------------ agents
-    def create_agent(
+    def create(
         self,
         *,
         name: str,
@@ -61,11 +71,11 @@ class AgentStore(JobStore):
         task_types: Sequence[str] | None = None,
         secret: str | None = None,
     ) -> dict[str, Any]:
-        """A new agent; the returned dict holds its signing ``secret`` (``get_agent`` never shows it again)."""
+        """A new agent; the returned dict holds its signing ``secret`` (``get`` never shows it again)."""
         if not str(name or "").strip():
             raise ConfigError("an agent needs a name")
         if project is not None:
-            self.get_project(project)
+            self.projects.get(project)
         types = [ModelType.parse(t).value for t in (task_types or [])]
         uid, now = new_uid("agent"), now_iso()
         secret = secrets.token_hex(32) if secret is None else _check_secret(secret)
@@ -76,13 +86,15 @@ class AgentStore(JobStore):
                 (uid, name, description, json.dumps(_check_events(events)), _check_url(callback_url), int(is_active),
                  project, json.dumps(types), secret, now, now),
             )  # fmt: skip
-        return {**self.get_agent(uid), "secret": secret}
+        return {**self.get(uid), "secret": secret}
 
-    def get_agent(self, uid: str) -> dict[str, Any]:
+    def get(self, uid: str) -> dict[str, Any]:
+        """The agent without its secret, with its ``execution_stats``."""
         agent = self._one("agents", uid, "agent", "`avala-infer agents list` shows them")
         return self._public_agent(agent)
 
-    def agent_secret(self, uid: str) -> str:
+    def secret(self, uid: str) -> str:
+        """The agent's signing secret (for the code that signs its deliveries)."""
         return self._one("agents", uid, "agent", "`avala-infer agents list` shows them")["secret"]
 
     def _public_agent(self, agent: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +109,8 @@ class AgentStore(JobStore):
         agent["execution_stats"] = self.execution_stats(agent["uid"])
         return agent
 
-    def list_agents(self, *, limit: int | None = None, cursor: str | None = None):
+    def list(self, *, limit: int | None = None, cursor: str | None = None):
+        """A page of agents (without secrets), oldest first: (rows, next cursor or None)."""
         limit, after = page_args(limit, cursor)
         rows, next_cursor = page(
             self.conn.execute("SELECT * FROM agents WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)).fetchall(),
@@ -105,8 +118,9 @@ class AgentStore(JobStore):
         )
         return [self._public_agent(r) for r in rows], next_cursor
 
-    def update_agent(self, uid: str, **changes: Any) -> dict[str, Any]:
-        self.get_agent(uid)
+    def update(self, uid: str, **changes: Any) -> dict[str, Any]:
+        """Change the fields given (None leaves one as it is); an unknown field is a ConfigError."""
+        self.get(uid)
         columns: dict[str, Any] = {}
         for key, value in changes.items():
             if value is None:
@@ -120,7 +134,7 @@ class AgentStore(JobStore):
             elif key == "is_active":
                 columns["is_active"] = int(bool(value))
             elif key == "project":
-                self.get_project(value)
+                self.projects.get(value)
                 columns["project_uid"] = value
             elif key in ("name", "description"):
                 columns[key] = str(value)
@@ -135,17 +149,18 @@ class AgentStore(JobStore):
                     f"UPDATE agents SET {sets}, updated_at = ? WHERE uid = ?",  # noqa: S608
                     (*columns.values(), now_iso(), uid),
                 )
-        return self.get_agent(uid)
+        return self.get(uid)
 
-    def delete_agent(self, uid: str) -> None:
+    def delete(self, uid: str) -> None:
         """Delete the agent and the deliveries it has not had yet (its executions stay, for the record)."""
-        self.get_agent(uid)
+        self.get(uid)
         with transaction(self.conn):
             self.conn.execute("DELETE FROM deliveries WHERE agent_uid = ? AND status IN ('pending', 'running')", (uid,))
             self.conn.execute("DELETE FROM agents WHERE uid = ?", (uid,))
 
     # ------------------------------------------------------------------ executions
     def execution_stats(self, agent_uid: str) -> dict[str, int]:
+        """Executions by status, their ``total``, and the deliveries still ``pending_deliveries``."""
         rows = self.conn.execute(
             "SELECT status, COUNT(*) FROM executions WHERE agent_uid = ? GROUP BY status", (agent_uid,)
         ).fetchall()
@@ -156,83 +171,13 @@ class AgentStore(JobStore):
         return {"total": sum(stats.values()), **stats, "pending_deliveries": pending}
 
     def list_executions(self, agent_uid: str, *, limit: int | None = None, cursor: str | None = None):
-        self.get_agent(agent_uid)
+        """A page of the agent's executions, oldest first."""
+        self.get(agent_uid)
         limit, after = page_args(limit, cursor)
         rows = self.conn.execute(
             "SELECT * FROM executions WHERE agent_uid = ? AND id > ? ORDER BY id LIMIT ?", (agent_uid, after, limit + 1)
         ).fetchall()
         return page(rows, limit)
-
-    # ------------------------------------------------------------------ push deliveries (the dispatcher's side)
-    def claim_deliveries(self, holder: str, limit: int, lease_s: float) -> list[dict[str, Any]]:
-        """Up to ``limit`` due deliveries of active push agents (pending and due, or running with an expired lease),
-        now held by ``holder``; each with its agent's url and secret and the event's type, task and payload."""
-        now = time.time()
-        due = self.conn.execute(  # a plain read first: an idle dispatcher polling takes no write lock
-            "SELECT 1 FROM deliveries WHERE (status = 'pending' AND next_attempt_at <= ?) OR "
-            "(status = 'running' AND lease_until < ?) LIMIT 1",
-            (now, now),
-        ).fetchone()
-        if due is None or limit < 1:
-            return []
-        with transaction(self.conn):
-            rows = self.conn.execute(
-                "SELECT d.uid, d.attempts, a.uid AS agent_uid, a.callback_url, a.secret, e.type AS event_type, "
-                "e.task_uid, e.payload FROM deliveries d JOIN agents a ON a.uid = d.agent_uid "
-                "JOIN events e ON e.uid = d.event_uid WHERE a.callback_url IS NOT NULL AND a.is_active = 1 AND ("
-                "(d.status = 'pending' AND d.next_attempt_at <= ?) OR (d.status = 'running' AND d.lease_until < ?)) "
-                "ORDER BY d.next_attempt_at, d.id LIMIT ?",
-                (now, now, limit),
-            ).fetchall()
-            for row in rows:
-                self.conn.execute(
-                    "UPDATE deliveries SET status = 'running', holder = ?, lease_until = ? WHERE uid = ?",
-                    (holder, now + lease_s, row["uid"]),
-                )
-        return [dict(r) for r in rows]
-
-    def record_attempt(
-        self,
-        delivery_uid: str,
-        holder: str,
-        *,
-        ok: bool,
-        started_at: str,
-        response_status: int | None = None,
-        response_excerpt: str | None = None,
-        error: str | None = None,
-        retry_at: float | None = None,
-    ) -> bool:
-        """Record one attempt as an execution and move the delivery on: succeeded, pending again at ``retry_at``,
-        or failed. Returns False (and records nothing) if ``holder`` no longer holds the delivery."""
-        with transaction(self.conn):
-            row = self.conn.execute(
-                "SELECT d.*, e.type, e.task_uid FROM deliveries d JOIN events e ON e.uid = d.event_uid WHERE d.uid = ?",
-                (delivery_uid,),
-            ).fetchone()
-            if row is None or row["status"] != "running" or row["holder"] != holder:
-                return False
-            status = "succeeded" if ok else "failed"
-            self.conn.execute(
-                "INSERT INTO executions (uid, agent_uid, delivery_uid, event_type, task_uid, status, error, "
-                "response_status, response_excerpt, started_at, completed_at, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (new_uid("exec"), row["agent_uid"], delivery_uid, row["type"], row["task_uid"], status, error,
-                 response_status, response_excerpt, started_at, now_iso(), now_iso()),
-            )  # fmt: skip
-            if ok or retry_at is None:
-                self.conn.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, lease_until = NULL, holder = NULL, "
-                    "completed_at = ? WHERE uid = ?",
-                    (status, now_iso(), delivery_uid),
-                )
-            else:
-                self.conn.execute(
-                    "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, next_attempt_at = ?, "
-                    "lease_until = NULL, holder = NULL WHERE uid = ?",
-                    (retry_at, delivery_uid),
-                )
-        return True
 
     def record_test_execution(self, agent_uid: str, **fields: Any) -> dict[str, Any]:
         """An ``agent.test`` attempt, recorded as an execution of the agent."""
@@ -252,7 +197,7 @@ class AgentStore(JobStore):
     def lease_executions(self, agent_uid: str, holder: str, *, limit: int = 10, lease_s: float = 60.0):
         """Pending (or lease-expired) deliveries of a pull agent (no callback_url), now running for ``holder``
         until ``lease_s`` from now; each with the event payload. Unanswered, they go back to pending."""
-        agent = self.get_agent(agent_uid)
+        agent = self.get(agent_uid)
         if agent["callback_url"]:
             raise ConfigError(f"agent {agent_uid} pushes to {agent['callback_url']}; only agents without one pull")
         if not agent["is_active"]:
@@ -300,41 +245,5 @@ class AgentStore(JobStore):
                 (uid, row["agent_uid"], delivery_uid, row["type"], row["task_uid"], action, reason, now, now, now),
             )
             if action in ("approve", "reject") and row["task_uid"]:
-                self._set_task_status(row["task_uid"], "reviewed" if action == "approve" else "rejected", reason)
+                self.items.apply_task_status(row["task_uid"], "reviewed" if action == "approve" else "rejected", reason)
         return row_dict(self.conn.execute("SELECT * FROM executions WHERE uid = ?", (uid,)).fetchone())
-
-    # ------------------------------------------------------------------ the human side
-    def _set_task_status(self, task_uid: str, status: str, reason: str | None = None) -> None:
-        """Inside a transaction: change a task's status and emit its event."""
-        task = self.conn.execute("SELECT project_uid FROM tasks WHERE uid = ?", (task_uid,)).fetchone()
-        if task is None:
-            raise NotFoundError(f"no task {task_uid!r}; `avala-infer tasks list PROJECT` shows them")
-        self.conn.execute("UPDATE tasks SET status = ?, updated_at = ? WHERE uid = ?", (status, now_iso(), task_uid))
-        emit(self.conn, f"task.{status}", project_uid=task["project_uid"], task_uid=task_uid,
-             data={"status": status, "reason": reason})  # fmt: skip
-
-    def set_task_status(self, task_uid: str, status: str, reason: str | None = None) -> dict[str, Any]:
-        """``completed`` (a person finished it), ``reviewed`` (passed review) or ``rejected``."""
-        if status not in ("completed", "reviewed", "rejected"):
-            raise ConfigError(f"a task can be completed, reviewed or rejected, not {status!r}")
-        with transaction(self.conn):
-            self._set_task_status(task_uid, status, reason)
-        return self.get_task(task_uid)
-
-    def review_result(self, result_uid: str, accept: bool, reason: str | None = None) -> dict[str, Any]:
-        """Accept (no longer a draft) or reject an automatic result; emits result.accepted / result.rejected."""
-        with transaction(self.conn):
-            row = self.conn.execute(
-                "SELECT r.*, t.project_uid FROM results r JOIN tasks t ON t.uid = r.task_uid WHERE r.uid = ?",
-                (result_uid,),
-            ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no result {result_uid!r}; client.tasks.results(task_uid) lists a task's")
-            if accept:
-                self.conn.execute("UPDATE results SET is_draft = 0 WHERE uid = ?", (result_uid,))
-            else:
-                self.conn.execute("DELETE FROM results WHERE uid = ?", (result_uid,))
-            emit(self.conn, "result.accepted" if accept else "result.rejected", project_uid=row["project_uid"],
-                 task_uid=row["task_uid"], task_types=[row["model_type"]],
-                 data={"result": result_uid, "model": row["model"], "reason": reason})  # fmt: skip
-        return {"uid": result_uid, "accepted": accept}

@@ -1,4 +1,4 @@
-"""What the store's parts share: the connection, uids, JSON columns, cursor pages."""
+"""What the store's repositories share: uids, JSON columns, cursor pages, and the :class:`Repository` base."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from avala_infer.errors import ConfigError, NotFoundError
-from avala_infer.store.db import DB_NAME, connect
 
 JSON_COLUMNS = frozenset(
     {"ontology", "type_ontologies", "models", "labels", "label_map", "summary", "label_counts", "annotations"}
@@ -60,26 +59,14 @@ def page(rows: Sequence[sqlite3.Row], limit: int) -> tuple[list[dict[str, Any]],
     return [row_dict(r) for r in rows], (str(rows[-1]["id"]) if more else None)
 
 
-class StoreBase:
-    """Holds the connection; the parts add their queries. One ``Store`` per thread (connections are not shared
-    across threads by the job runner; the client's in-process worker opens its own).
+class Repository:
+    """Queries over one table family, on a connection the caller owns (the :class:`~avala_infer.store.Store`'s,
+    or a test's). ``path`` is the database file, named in errors. A repository that needs another's queries gets
+    it as a constructor argument; one that writes inside another's transaction documents it."""
 
-    A context manager: ``with Store(home) as store: ...`` closes the connection at the end of the block.
-    """
-
-    def __init__(self, home: str | Path) -> None:
-        self.home = Path(home).expanduser()
-        self.path = self.home / DB_NAME
-        self.conn = connect(self.path)
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __init__(self, conn: sqlite3.Connection, path: str | Path) -> None:
+        self.conn = conn
+        self.path = Path(path)
 
     def _one(self, table: str, uid: str, what: str, hint: str) -> dict[str, Any]:
         row = self.conn.execute(f"SELECT * FROM {table} WHERE uid = ?", (uid,)).fetchone()  # noqa: S608

@@ -1,19 +1,26 @@
-"""The event outbox: ``emit`` runs inside the transaction of the change that causes the event, writing the event
-and one delivery per matching agent, so a crash can lose neither the change's event nor its deliveries.
+"""The event outbox and its push deliveries (``store.events``).
 
-An agent matches when it is active, lists the event type, has no project or the event's project, and has no
-task types or one of the event's (the model types the event concerns: a job's, or the project's).
+``emit`` runs inside the transaction of the change that causes the event, writing the event and one delivery per
+matching agent, so a crash can lose neither the change's event nor its deliveries. An agent matches when it is
+active, lists the event type, has no project or the event's project, and has no task types or one of the event's
+(the model types the event concerns: a job's, or the project's).
+
+Delivery states: ``pending`` (due at ``next_attempt_at``) -> ``running`` (held by a dispatcher or a pull consumer
+until ``lease_until``; an expired lease makes it due again, with the same delivery uid) -> ``succeeded`` or
+``failed`` (attempts used up, or a response that retrying cannot fix). The dispatcher's side (claim, record an
+attempt) is here; the pull consumer's side is the agents'.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 from typing import Any
 
-from avala_infer.store.base import new_uid
-from avala_infer.store.db import now_iso
+from avala_infer.store.base import Repository, new_uid
+from avala_infer.store.db import now_iso, transaction
 
 EVENT_TYPES = (
     "task.created",
@@ -32,53 +39,129 @@ TEST_EVENT = "agent.test"
 
 
 def project_task_types(conn: sqlite3.Connection, project_uid: str | None) -> list[str]:
+    """The model types ``project_uid`` serves (sorted), the task types of its events; [] for no project."""
     if project_uid is None:
         return []
     row = conn.execute("SELECT models FROM projects WHERE uid = ?", (project_uid,)).fetchone()
     return sorted(json.loads(row["models"])) if row else []
 
 
-def emit(
-    conn: sqlite3.Connection,
-    event_type: str,
-    *,
-    project_uid: str | None = None,
-    task_uid: str | None = None,
-    data: dict[str, Any] | None = None,
-    task_types: list[str] | None = None,
-) -> str:
-    """Record an event and its deliveries; call inside an open transaction. Returns the event uid."""
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {event_type!r}")
-    types = task_types if task_types is not None else project_task_types(conn, project_uid)
-    uid, now = new_uid("evt"), now_iso()
-    payload = {
-        "event": event_type,
-        "event_id": uid,
-        "created_at": now,
-        "project": project_uid,
-        "task": task_uid,
-        "task_types": types,
-        "data": data or {},
-    }
-    conn.execute(
-        "INSERT INTO events (uid, type, project_uid, task_uid, task_types, payload, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (uid, event_type, project_uid, task_uid, json.dumps(types), json.dumps(payload), now),
-    )
-    agents = conn.execute(
-        "SELECT uid, project_uid, task_types FROM agents WHERE is_active = 1 AND EXISTS "
-        "(SELECT 1 FROM json_each(agents.events) e WHERE e.value = ?)",
-        (event_type,),
-    ).fetchall()
-    for agent in agents:
-        if agent["project_uid"] is not None and agent["project_uid"] != project_uid:
-            continue
-        wanted = json.loads(agent["task_types"])
-        if wanted and not set(wanted) & set(types):
-            continue
-        conn.execute(
-            "INSERT INTO deliveries (uid, agent_uid, event_uid, created_at) VALUES (?, ?, ?, ?)",
-            (str(uuid.uuid4()), agent["uid"], uid, now),
+class EventRepository(Repository):
+    """``store.events``: the outbox (:meth:`emit`, called by the other repositories inside their transactions)
+    and the dispatcher's side of push deliveries."""
+
+    def emit(
+        self,
+        event_type: str,
+        *,
+        project_uid: str | None = None,
+        task_uid: str | None = None,
+        data: dict[str, Any] | None = None,
+        task_types: list[str] | None = None,
+    ) -> str:
+        """Record an event and its deliveries, inside the open transaction of its cause; returns the event uid."""
+        if event_type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event_type!r}")
+        types = task_types if task_types is not None else project_task_types(self.conn, project_uid)
+        uid, now = new_uid("evt"), now_iso()
+        payload = {
+            "event": event_type,
+            "event_id": uid,
+            "created_at": now,
+            "project": project_uid,
+            "task": task_uid,
+            "task_types": types,
+            "data": data or {},
+        }
+        self.conn.execute(
+            "INSERT INTO events (uid, type, project_uid, task_uid, task_types, payload, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (uid, event_type, project_uid, task_uid, json.dumps(types), json.dumps(payload), now),
         )
-    return uid
+        agents = self.conn.execute(
+            "SELECT uid, project_uid, task_types FROM agents WHERE is_active = 1 AND EXISTS "
+            "(SELECT 1 FROM json_each(agents.events) e WHERE e.value = ?)",
+            (event_type,),
+        ).fetchall()
+        for agent in agents:
+            if agent["project_uid"] is not None and agent["project_uid"] != project_uid:
+                continue
+            wanted = json.loads(agent["task_types"])
+            if wanted and not set(wanted) & set(types):
+                continue
+            self.conn.execute(
+                "INSERT INTO deliveries (uid, agent_uid, event_uid, created_at) VALUES (?, ?, ?, ?)",
+                (str(uuid.uuid4()), agent["uid"], uid, now),
+            )
+        return uid
+
+    # ------------------------------------------------------------------ push deliveries (the dispatcher's side)
+    def claim_deliveries(self, holder: str, limit: int, lease_s: float) -> list[dict[str, Any]]:
+        """Up to ``limit`` due deliveries of active push agents (pending and due, or running with an expired lease),
+        now held by ``holder``; each with its agent's url and secret and the event's type, task and payload."""
+        now = time.time()
+        due = self.conn.execute(  # a plain read first: an idle dispatcher polling takes no write lock
+            "SELECT 1 FROM deliveries WHERE (status = 'pending' AND next_attempt_at <= ?) OR "
+            "(status = 'running' AND lease_until < ?) LIMIT 1",
+            (now, now),
+        ).fetchone()
+        if due is None or limit < 1:
+            return []
+        with transaction(self.conn):
+            rows = self.conn.execute(
+                "SELECT d.uid, d.attempts, a.uid AS agent_uid, a.callback_url, a.secret, e.type AS event_type, "
+                "e.task_uid, e.payload FROM deliveries d JOIN agents a ON a.uid = d.agent_uid "
+                "JOIN events e ON e.uid = d.event_uid WHERE a.callback_url IS NOT NULL AND a.is_active = 1 AND ("
+                "(d.status = 'pending' AND d.next_attempt_at <= ?) OR (d.status = 'running' AND d.lease_until < ?)) "
+                "ORDER BY d.next_attempt_at, d.id LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            for row in rows:
+                self.conn.execute(
+                    "UPDATE deliveries SET status = 'running', holder = ?, lease_until = ? WHERE uid = ?",
+                    (holder, now + lease_s, row["uid"]),
+                )
+        return [dict(r) for r in rows]
+
+    def record_attempt(
+        self,
+        delivery_uid: str,
+        holder: str,
+        *,
+        ok: bool,
+        started_at: str,
+        response_status: int | None = None,
+        response_excerpt: str | None = None,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> bool:
+        """Record one attempt as an execution and move the delivery on: succeeded, pending again at ``retry_at``,
+        or failed. Returns False (and records nothing) if ``holder`` no longer holds the delivery."""
+        with transaction(self.conn):
+            row = self.conn.execute(
+                "SELECT d.*, e.type, e.task_uid FROM deliveries d JOIN events e ON e.uid = d.event_uid WHERE d.uid = ?",
+                (delivery_uid,),
+            ).fetchone()
+            if row is None or row["status"] != "running" or row["holder"] != holder:
+                return False
+            status = "succeeded" if ok else "failed"
+            self.conn.execute(
+                "INSERT INTO executions (uid, agent_uid, delivery_uid, event_type, task_uid, status, error, "
+                "response_status, response_excerpt, started_at, completed_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (new_uid("exec"), row["agent_uid"], delivery_uid, row["type"], row["task_uid"], status, error,
+                 response_status, response_excerpt, started_at, now_iso(), now_iso()),
+            )  # fmt: skip
+            if ok or retry_at is None:
+                self.conn.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, lease_until = NULL, holder = NULL, "
+                    "completed_at = ? WHERE uid = ?",
+                    (status, now_iso(), delivery_uid),
+                )
+            else:
+                self.conn.execute(
+                    "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, next_attempt_at = ?, "
+                    "lease_until = NULL, holder = NULL WHERE uid = ?",
+                    (retry_at, delivery_uid),
+                )
+        return True

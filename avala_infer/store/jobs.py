@@ -11,77 +11,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import threading
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from avala_infer.errors import ConfigError, LeaseLost, NotFoundError
-from avala_infer.store.base import new_uid, page, page_args, row_dict
-from avala_infer.store.catalog import CatalogStore
+from avala_infer.store.base import Repository, new_uid, page, page_args, row_dict
 from avala_infer.store.db import now_iso, transaction
-from avala_infer.store.events import emit
-from avala_infer.types import ModelType
+from avala_infer.store.events import EventRepository
+from avala_infer.store.items import ItemRepository
+from avala_infer.store.projects import ProjectRepository
+from avala_infer.store.results import ResultRepository
+from avala_infer.store.workers import holder_is_dead
+from avala_infer.types import AGGREGATIONS, ModelType
 
 JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 FINISHED = ("completed", "failed", "cancelled")
 JOB_EVENT_FIELDS = ("uid", "model_type", "model", "status", "dry_run", "total_items", "processed_items",
                     "successful_items", "failed_items", "skipped_items", "error_message")  # fmt: skip
 BOOLEAN_JOB_FIELDS = ("dry_run", "cancel_requested", "overwrite")  # 0/1 stored; true booleans in dicts, payloads
-
-_live_workers: set[str] = set()  # the worker ids that hold (or may hold) jobs in this process now
-_live_lock = threading.Lock()
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-
-
-def register_worker(worker: str) -> None:
-    """Mark ``worker`` as live in this process: a claim made from this process then waits out its lease."""
-    with _live_lock:
-        _live_workers.add(worker)
-
-
-def unregister_worker(worker: str) -> None:
-    """``worker`` stopped: from now on its jobs are taken over at once by any worker on this host."""
-    with _live_lock:
-        _live_workers.discard(worker)
-
-
-def _holder_is_dead(worker: str | None) -> bool:
-    """True when ``worker`` ran on this host and its process is gone (then its lease needs no waiting out).
-
-    A holder with this process's pid is alive only while it is registered here (:func:`register_worker`): an
-    id that is not is a runner of this process that stopped, or a process before a restart that reused the pid.
-    """
-    if not worker:
-        return True
-    host, _, rest = worker.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        with _live_lock:
-            return worker not in _live_workers
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _job_booleans(job: dict[str, Any]) -> dict[str, Any]:
@@ -105,13 +55,11 @@ def _check_labels(labels: Sequence[str] | None) -> list[str]:
 def _check_aggregation(aggregation: str | None, model_type: str) -> str | None:
     if aggregation is None:
         return None
-    from avala_infer.predictors.ner_aggregation import STRATEGIES  # numpy only: no engine, no torch
-
     if model_type != ModelType.NAMED_ENTITY_RECOGNITION.value:
         raise ConfigError(f"aggregation applies to named_entity_recognition jobs only, not {model_type}; leave it out")
     name = str(aggregation).strip().lower()
-    if name not in STRATEGIES:
-        raise ConfigError(f"aggregation must be one of {', '.join(STRATEGIES)}, got {aggregation!r}")
+    if name not in AGGREGATIONS:
+        raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
     return name
 
 
@@ -137,9 +85,29 @@ def job_settings(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class JobStore(CatalogStore):
+class JobRepository(Repository):
+    """``store.jobs``: create, read, cancel; the worker's side (claim, lease, record a batch, finish); the counts
+    a job's summary reports. A batch writes results (``results``), ``job_tasks`` rows, task statuses (``items``)
+    and the job's counters in one transaction."""
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: str | Path,
+        *,
+        events: EventRepository,
+        projects: ProjectRepository,
+        items: ItemRepository,
+        results: ResultRepository,
+    ) -> None:
+        super().__init__(conn, path)
+        self.events = events
+        self.projects = projects
+        self.items = items
+        self.results = results
+
     # ------------------------------------------------------------------ create, read, cancel
-    def create_job(
+    def create(
         self,
         project_uid: str,
         *,
@@ -156,7 +124,7 @@ class JobStore(CatalogStore):
         The job takes the project's model for ``model_type`` and its label map now, and its settings fingerprint
         (:func:`job_settings`): a real job skips the tasks that hold a result of the same model with the same
         fingerprint, unless ``overwrite``."""
-        project = self.get_project(project_uid)
+        project = self.projects.get(project_uid)
         model_type = ModelType.parse(model_type).value
         model = project["models"].get(model_type)
         if model is None:
@@ -182,7 +150,7 @@ class JobStore(CatalogStore):
             "labels": labels, "label_map": label_map, "aggregation": aggregation}))  # fmt: skip
         uid, now = new_uid("job"), now_iso()
         with transaction(self.conn):
-            total = self.count_tasks(project_uid)
+            total = self.items.count_tasks(project_uid)
             self.conn.execute(
                 "INSERT INTO jobs (uid, project_uid, model_type, model, confidence_threshold, labels, dry_run, "
                 "aggregation, label_map, settings_hash, overwrite, total_items, created_at) "
@@ -191,12 +159,14 @@ class JobStore(CatalogStore):
                  aggregation, json.dumps(label_map) if label_map else None, fingerprint, int(bool(overwrite)),
                  total, now),
             )  # fmt: skip
-        return self.get_job(uid)
+        return self.get(uid)
 
-    def get_job(self, uid: str) -> dict[str, Any]:
+    def get(self, uid: str) -> dict[str, Any]:
+        """The job row, its booleans as booleans; an unknown uid is a NotFoundError."""
         return _job_booleans(self._one("jobs", uid, "auto-label job", "`avala-infer auto-label list` shows them"))
 
-    def list_jobs(self, *, project: str | None = None, limit: int | None = None, cursor: str | None = None):
+    def list(self, *, project: str | None = None, limit: int | None = None, cursor: str | None = None):
+        """A page of jobs (of ``project`` when given), oldest first: (rows, next cursor or None)."""
         limit, after = page_args(limit, cursor)
         sql, args = "SELECT * FROM jobs WHERE id > ?", [after]
         if project is not None:
@@ -220,10 +190,10 @@ class JobStore(CatalogStore):
                 self.conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE uid = ?", (uid,))
             else:
                 raise ConfigError(f"job {uid} is already {row['status']}; only pending or running jobs cancel")
-        return self.get_job(uid)
+        return self.get(uid)
 
     # ------------------------------------------------------------------ the worker's side
-    def claim_job(self, worker: str, lease_s: float, only: str | None = None) -> dict[str, Any] | None:
+    def claim(self, worker: str, lease_s: float, only: str | None = None) -> dict[str, Any] | None:
         """Take the oldest pending job, or a running one whose holder is gone; None when there is none."""
         with transaction(self.conn):
             sql = "SELECT uid, status, worker, lease_until FROM jobs WHERE status IN ('pending', 'running')"
@@ -234,7 +204,7 @@ class JobStore(CatalogStore):
             now = time.time()
             for row in self.conn.execute(sql + " ORDER BY id", args).fetchall():
                 held = row["status"] == "running" and (row["lease_until"] or 0) > now
-                if held and not _holder_is_dead(row["worker"]):
+                if held and not holder_is_dead(row["worker"]):
                     continue
                 self.conn.execute(
                     "UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
@@ -244,7 +214,7 @@ class JobStore(CatalogStore):
                 break
             else:
                 return None
-        return self.get_job(row["uid"])
+        return self.get(row["uid"])
 
     def remaining_tasks(self, job: dict[str, Any], chunk: int = 256) -> Iterator[dict[str, Any]]:
         """The project's tasks this job has not finished with, in task order, each with ``same_result``: the uid
@@ -292,21 +262,10 @@ class JobStore(CatalogStore):
                 ).rowcount  # fmt: skip
                 if not inserted or not new_result:
                     continue
-                added = self.conn.execute(
-                    "INSERT OR IGNORE INTO results (uid, task_uid, job_uid, model, model_type, annotations, "
-                    "settings_hash, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (result_uid, o["task_uid"], job["uid"], job["model"], job["model_type"],
-                     json.dumps(o["annotations"]), job.get("settings_hash"), now),
-                ).rowcount  # fmt: skip
-                if added:
-                    emit(self.conn, "result.submitted", project_uid=job["project_uid"], task_uid=o["task_uid"],
-                         task_types=[job["model_type"]],
-                         data={"result": result_uid, "job": job["uid"], "model": job["model"], "is_draft": True,
-                               "label_counts": o.get("label_counts", {})})  # fmt: skip
-                self.conn.execute(
-                    "UPDATE tasks SET status = 'labeled', updated_at = ? WHERE uid = ? AND status = 'pending'",
-                    (now, o["task_uid"]),
+                self.results.insert_draft(
+                    job, o["task_uid"], result_uid, o["annotations"], o.get("label_counts", {}), now
                 )
+                self.items.mark_labeled(o["task_uid"], now)
             counts = dict(
                 self.conn.execute(
                     "SELECT outcome, COUNT(*) FROM job_tasks WHERE job_uid = ? GROUP BY outcome", (job["uid"],)
@@ -338,7 +297,7 @@ class JobStore(CatalogStore):
         if row is None or row["status"] != "running" or row["worker"] != worker:
             raise LeaseLost(f"job {uid} is no longer held by {worker}")
 
-    def finish_job(
+    def finish(
         self,
         job: dict[str, Any],
         worker: str,
@@ -359,9 +318,9 @@ class JobStore(CatalogStore):
             if status in ("completed", "failed"):
                 row = self.conn.execute("SELECT * FROM jobs WHERE uid = ?", (job["uid"],)).fetchone()
                 data = _job_booleans({k: row[k] for k in JOB_EVENT_FIELDS})
-                emit(self.conn, f"auto_label.{status}", project_uid=job["project_uid"],
-                     task_types=[job["model_type"]], data={"job": data})  # fmt: skip
-        return self.get_job(job["uid"])
+                self.events.emit(f"auto_label.{status}", project_uid=job["project_uid"],
+                                 task_types=[job["model_type"]], data={"job": data})  # fmt: skip
+        return self.get(job["uid"])
 
     def _kept_label_counts(self, task_uid: str, result_uid: str) -> dict[str, int]:
         """The label counts recorded by the job that made ``result_uid`` (a job that keeps an identical result
@@ -373,7 +332,7 @@ class JobStore(CatalogStore):
         ).fetchone()
         return json.loads(row[0]) if row and row[0] else {}
 
-    def job_label_counts(self, uid: str) -> dict[str, int]:
+    def label_counts(self, uid: str) -> dict[str, int]:
         """Annotations per label over everything the job recorded (summed in SQL, flat in memory)."""
         rows = self.conn.execute(
             "SELECT e.key, SUM(e.value) FROM job_tasks j, json_each(j.label_counts) e WHERE j.job_uid = ? "
@@ -382,7 +341,8 @@ class JobStore(CatalogStore):
         ).fetchall()
         return {key: int(total) for key, total in rows}
 
-    def job_failures(self, uid: str, limit: int = 20) -> list[dict[str, Any]]:
+    def failures(self, uid: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the job's failed tasks: task_uid, the item's key, the error."""
         rows = self.conn.execute(
             "SELECT j.task_uid, i.key, j.error FROM job_tasks j JOIN tasks t ON t.uid = j.task_uid "
             "JOIN items i ON i.uid = t.item_uid WHERE j.job_uid = ? AND j.outcome = 'failed' LIMIT ?",
@@ -390,28 +350,7 @@ class JobStore(CatalogStore):
         ).fetchall()
         return [dict(r) for r in rows]
 
-    # ------------------------------------------------------------------ results
-    def iter_results(self, project_uid: str, model_type: str | None = None, chunk: int = 256):
-        """Every result of the project (optionally of one model type) with its task's item, in the order the
-        results were written, read in chunks."""
-        after = 0
-        while True:
-            sql = (
-                "SELECT r.id, r.uid, r.task_uid, r.model, r.model_type, r.annotations, r.is_draft, i.key, i.path, "
-                "i.text FROM results r JOIN tasks t ON t.uid = r.task_uid JOIN items i ON i.uid = t.item_uid "
-                "WHERE t.project_uid = ? AND r.id > ?"
-            )
-            args: list[Any] = [project_uid, after]
-            if model_type is not None:
-                sql += " AND r.model_type = ?"
-                args.append(ModelType.parse(model_type).value)
-            rows = self.conn.execute(sql + " ORDER BY r.id LIMIT ?", (*args, chunk)).fetchall()
-            if not rows:
-                return
-            yield from (row_dict(r) for r in rows)
-            after = rows[-1]["id"]
-
-    def jobs_with_results(self, project_uid: str) -> list[dict[str, Any]]:
+    def with_results(self, project_uid: str) -> list[dict[str, Any]]:
         """The project's real (not dry-run) jobs that hold results (made, or identical ones kept), oldest first."""
         rows = self.conn.execute(
             "SELECT * FROM jobs j WHERE j.project_uid = ? AND j.dry_run = 0 AND EXISTS (SELECT 1 FROM job_tasks jt "
@@ -419,42 +358,3 @@ class JobStore(CatalogStore):
             (project_uid,),
         ).fetchall()
         return [_job_booleans(row_dict(r)) for r in rows]
-
-    def iter_latest_results(
-        self,
-        project_uid: str,
-        model_type: str,
-        *,
-        model: str | None = None,
-        job: str | None = None,
-        chunk: int = 256,
-    ) -> Iterator[dict[str, Any]]:
-        """One result per task, in task order: the one kept by the newest real job of ``model_type`` (optionally
-        of ``model``) that holds a result for the task; with ``job``, that job's (made or kept). Tasks without
-        one are left out. Read in chunks."""
-        where, args = "j.model_type = ? AND j.dry_run = 0", [ModelType.parse(model_type).value]
-        if model is not None:
-            where += " AND j.model = ?"
-            args.append(model)
-        if job is not None:
-            where += " AND j.uid = ?"
-            args.append(job)
-        after = 0
-        while True:
-            rows = self.conn.execute(
-                "SELECT t.id AS task_id, r.id, r.uid, r.task_uid, r.job_uid, r.model, r.model_type, r.annotations, "
-                "r.is_draft, i.key, i.path, i.text FROM tasks t JOIN items i ON i.uid = t.item_uid "
-                "JOIN results r ON r.uid = (SELECT jt.result_uid FROM job_tasks jt JOIN jobs j ON j.uid = jt.job_uid "
-                f"WHERE jt.task_uid = t.uid AND jt.result_uid IS NOT NULL AND {where} ORDER BY j.id DESC LIMIT 1) "
-                "WHERE t.project_uid = ? AND t.id > ? ORDER BY t.id LIMIT ?",
-                (*args, project_uid, after, chunk),
-            ).fetchall()
-            if not rows:
-                return
-            yield from (row_dict(r) for r in rows)
-            after = rows[-1]["task_id"]
-
-    def task_results(self, task_uid: str) -> list[dict[str, Any]]:
-        self.get_task(task_uid)  # an unknown uid is an error, not an empty list
-        rows = self.conn.execute("SELECT * FROM results WHERE task_uid = ? ORDER BY id", (task_uid,)).fetchall()
-        return [row_dict(r) for r in rows]

@@ -1,0 +1,70 @@
+"""ultralytics checkpoints (``.pt``: YOLOv5u, v8, 11; detection and ``-seg``) run directly with torch.
+
+ultralytics is used only to unpickle the checkpoint (see :mod:`avala_infer.predictors.ultralytics_loading`: only
+trusted files, no auto-install, no download); pre- and post-processing are ours (see :mod:`.yolo`), batched, with
+the model in channels-last layout (faster on CPU and on tensor cores).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from avala_infer.errors import ConfigError
+from avala_infer.predictors.base import ReplicaPool
+from avala_infer.predictors.detection.yolo import TASKS, Letterboxed, YoloDetector
+from avala_infer.predictors.detection.yolo_seg import YoloSegmenter
+from avala_infer.predictors.ultralytics_loading import load_ultralytics_module
+from avala_infer.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def stack_to_device(prepared: Sequence[Letterboxed], device: str, fp16: bool):
+    """Stack letterboxed BGR uint8 images into a normalised RGB NCHW tensor (channels-last) on ``device``."""
+    import torch
+
+    batch = torch.from_numpy(np.stack([p.image for p in prepared]))
+    if device != "cpu":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    batch = batch.permute(0, 3, 1, 2).flip(1)  # BHWC BGR -> BCHW RGB
+    batch = batch.half() if fp16 else batch.float()
+    return batch.div_(255).contiguous(memory_format=torch.channels_last)
+
+
+class UltralyticsDetector(YoloDetector):
+    backend = "ultralytics"
+
+    def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
+        import torch
+
+        model = load_ultralytics_module(weights)
+        task = getattr(model, "task", "detect")
+        if TASKS.get(task) != self.model_type.value:
+            raise ConfigError(
+                f"{weights} is an ultralytics {task!r} model, not {self.model_type.value}; "
+                f"set model_type to fit it in the spec"
+            )
+        names = getattr(model, "names", None)
+        self._set_labels([names[i] for i in sorted(names)] if isinstance(names, dict) else names)
+        self.stride = max(int(model.stride.max()), 32)
+        model = model.to(device).to(memory_format=torch.channels_last)
+        self.model = model.half() if self.fp16 else model.float()
+        # the Detect head caches anchors per input shape on itself: one copy per concurrent stream
+        self.replicas = ReplicaPool(self.model, spare_copies=threads is not None)
+
+    def collate(self, prepared: Sequence[Letterboxed]):
+        return stack_to_device(prepared, self.device, self.fp16)
+
+    def forward(self, batch):
+        with self.replicas.acquire() as model:
+            out = model(batch)
+        return out[0] if isinstance(out, (list, tuple)) else out  # detect: a tensor; segment: (raw, protos)
+
+
+class UltralyticsSegmenter(YoloSegmenter, UltralyticsDetector):
+    """ultralytics ``-seg`` checkpoints: boxes and instance masks."""

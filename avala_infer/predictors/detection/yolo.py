@@ -1,0 +1,187 @@
+"""YOLO detection pre- and post-processing shared by every backend that runs YOLO weights.
+
+Pre-processing is :func:`avala_infer.predictors.imaging.letterbox`, which mirrors ultralytics' ``LetterBox``
+(same rounding, same 114 grey, same INTER_LINEAR resize) so that our boxes equal the reference's.
+Post-processing is ultralytics' class-aware NMS, image by image on the model's device (an image's boxes never
+depend on its batch), then boxes go back to original pixels with ultralytics' ``scale_boxes`` rule. An input size
+that is not a multiple of the model's stride is rounded up, with a warning, as ultralytics' ``check_imgsz`` does
+(the network's feature maps would not line up otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from avala_infer.annotations import Detections
+from avala_infer.predictors.base import Predictor
+from avala_infer.predictors.imaging import letterbox
+from avala_infer.types import ModelType
+
+log = logging.getLogger(__name__)
+
+MAX_NMS_CANDIDATES = 30000  # per image, as ultralytics
+MAX_WH = 7680  # ultralytics' per-class box offset in class-aware NMS (its non_max_suppression max_wh)
+# the model type of each ``task`` an ultralytics checkpoint or export names
+TASKS = {"detect": "object_detection", "segment": "instance_segmentation"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterboxed:
+    """A letterboxed BGR uint8 image and the shape of the original it came from."""
+
+    image: np.ndarray
+    orig_shape: tuple[int, int]  # (height, width)
+
+
+def stride_multiple(size: int, stride: int) -> int:
+    """``size`` rounded up to a multiple of ``stride`` (ultralytics ``check_imgsz``: 650 -> 672 at stride 32)."""
+    return max(math.ceil(size / stride) * stride, stride)
+
+
+def unletterbox_params(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(gain_x, gain_y, pad_x, pad_y) that map letterboxed coordinates back, as ultralytics ``scale_boxes``."""
+    gain = min(in_shape[0] / orig_shape[0], in_shape[1] / orig_shape[1])
+    new_h, new_w = (max(round(x * gain), 1) for x in orig_shape)
+    pad_x = round((in_shape[1] - new_w) / 2 - 0.1)
+    pad_y = round((in_shape[0] - new_h) / 2 - 0.1)
+    return new_w / orig_shape[1], new_h / orig_shape[0], pad_x, pad_y
+
+
+def batched_nms(raw: Any, score_floor: float, iou: float, nc: int, max_det: int | None = None) -> tuple[Any, list[int]]:
+    """Class-aware NMS of a batch of raw YOLO outputs ``(B, 4 + nc + extra, anchors)``, image by image.
+
+    Each image goes through its own ``torchvision.ops.nms`` with ultralytics' per-class offset (``class * MAX_WH``
+    added to the box, as its ``non_max_suppression``), so an image's result is the reference's and cannot
+    depend on the other images of its batch or on its position in it. (One ``batched_nms`` over the whole
+    batch with ``image * nc + class`` groups shifted boxes by up to ~4e5 px in float32, and the rounding flipped
+    IoU decisions near the threshold: an image's boxes changed with its batch neighbours.)
+
+    Returns ``(rows, counts)``: rows ``(k, 6 + extra)`` of x1, y1, x2, y2, score, class (letterboxed pixels),
+    then the extra channels (mask coefficients), image after image, each image's rows by descending score
+    (at most ``max_det`` of them); and how many rows each image has (host ints, for ``rows.split(counts)``).
+    """
+    import torch
+    import torchvision
+
+    raw = raw.float()
+    best, cls = raw[:, 4 : 4 + nc, :].max(1)  # (B, anchors)
+    img_idx, anchor_idx = torch.nonzero(best > score_floor, as_tuple=True)  # image by image, anchors in order
+    counts = torch.bincount(img_idx, minlength=raw.shape[0]).tolist()
+    scores = best[img_idx, anchor_idx]
+    classes = cls[img_idx, anchor_idx].float()
+    xywh = raw[img_idx, :4, anchor_idx]
+    boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+    offset_boxes = boxes + classes[:, None] * MAX_WH  # exactly ultralytics' float32 values, image by image
+    keep, kept, start = [], [], 0
+    for n in counts:
+        if n:
+            image_boxes, image_scores = offset_boxes[start : start + n], scores[start : start + n]
+            order = None
+            if n > MAX_NMS_CANDIDATES:  # rare: keep the image's best, as ultralytics
+                order = image_scores.argsort(descending=True)[:MAX_NMS_CANDIDATES]
+                image_boxes, image_scores = image_boxes[order], image_scores[order]
+            mine = torchvision.ops.nms(image_boxes, image_scores, iou)[:max_det]
+            keep.append((mine if order is None else order[mine]) + start)
+            kept.append(len(mine))
+        else:
+            kept.append(0)
+        start += n
+    keep = torch.cat(keep) if keep else img_idx[:0]
+    extra = raw[img_idx[keep], 4 + nc :, anchor_idx[keep]]
+    rows = torch.cat((boxes[keep], scores[keep, None], classes[keep, None], extra), 1)
+    return rows, kept
+
+
+def scale_boxes(boxes: Any, in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> Any:
+    """Letterboxed xyxy -> original pixels, clipped to the image (a new tensor)."""
+    import torch
+
+    gain_x, gain_y, pad_x, pad_y = unletterbox_params(in_shape, orig_shape)
+    h, w = orig_shape
+    gain = boxes.new_tensor([gain_x, gain_y, gain_x, gain_y])
+    pad = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
+    return torch.minimum(((boxes - pad) / gain).clamp(min=0), boxes.new_tensor([w, h, w, h]))
+
+
+class YoloDetector(Predictor):
+    """Letterbox in, boxes out; backends subclass it with their own loading, ``collate`` and ``forward``.
+
+    ``forward`` returns the raw output tensor, or for segmentation ``(raw, prototypes)``.
+    """
+
+    model_type = ModelType.OBJECT_DETECTION
+    default_input_size = 640
+    default_stride = 32
+
+    def __init__(self, spec, weights, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
+        self._requested_size = self.spec.input_size
+        self._stride = 0
+        self.stride = self.default_stride  # backends set the model's own once it is loaded
+
+    @property
+    def stride(self) -> int:
+        """The model's largest stride; setting it rounds the input size up to a multiple of it, with a warning."""
+        return self._stride
+
+    @stride.setter
+    def stride(self, value: int) -> None:
+        self._stride = int(value)
+        size = stride_multiple(self._requested_size, self._stride)
+        if size != self.spec.input_size:
+            log.warning(
+                "input size %d is not a multiple of %s's stride %d: using %d (pass a multiple of %d to choose)",
+                self._requested_size, self.spec.name, self._stride, size, self._stride,
+            )  # fmt: skip
+            self.spec = self.spec.with_overrides(input_size=size)
+
+    @property
+    def minimal_padding(self) -> bool:
+        return self.spec.letterbox == "rect"
+
+    def prepare(self, image: np.ndarray) -> Letterboxed:
+        boxed = letterbox(image, self.spec.input_size, self.stride, self.minimal_padding)
+        return Letterboxed(boxed, image.shape[:2])
+
+    def batch_key(self, prepared: Letterboxed) -> Hashable:
+        return prepared.image.shape
+
+    def masks_for(self, protos: Any, rows: Any, in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> Any:
+        """Instance masks of one image's rows (segmentation subclasses); detectors have none."""
+        return None
+
+    def postprocess(
+        self,
+        raw: Any,
+        prepared: Sequence[Letterboxed],
+        *,
+        score_floor: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        **_: Any,
+    ) -> list[Detections]:
+        preds, protos = raw if isinstance(raw, tuple) else (raw, None)
+        rows, counts = batched_nms(preds, score_floor, iou, len(self.labels), max_det)
+        host = rows[:, :6].cpu().split(counts)  # one device-to-host copy of the batch's boxes
+        in_shape = prepared[0].image.shape[:2]
+        labels = np.asarray(self.labels, dtype=object)
+        results = []
+        for i, (item, mine, on_device) in enumerate(zip(prepared, host, rows.split(counts))):
+            masks = None
+            if protos is not None:
+                masks, nonempty = self.masks_for(protos[i], on_device, in_shape, item.orig_shape)
+                on_host = nonempty.cpu()
+                if not bool(on_host.all()):  # a copy of the masks: only when one must go
+                    masks, mine = masks[nonempty], mine[on_host]
+                masks = masks.cpu().numpy()
+            boxes = scale_boxes(mine[:, :4], in_shape, item.orig_shape).numpy()
+            mine = mine[:, 4:6].numpy()
+            class_id = mine[:, 1].astype(np.int64)
+            results.append(Detections(boxes, mine[:, 0], class_id, labels[class_id], masks))
+        return results

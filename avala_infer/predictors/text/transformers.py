@@ -1,0 +1,129 @@
+"""transformers text models from a local folder: sequence classification and token classification (NER).
+
+``weights`` names the model's folder (``config.json``, weights, and usually the tokenizer); nothing is
+downloaded. The model runs in eval mode, fp16 on CUDA unless the spec says fp32, with PyTorch's SDPA
+attention (``params.attn_implementation: eager`` for the plain one; both give padded rows the same logits as
+unpadded ones). See :mod:`.tasks` for the params every text model reads.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avala_infer.errors import ModelLoadError
+from avala_infer.predictors.text.batching import TextBatch, load_fast_tokenizer
+from avala_infer.predictors.text.tasks import SequenceClassifierBase, TokenClassifierBase, labels_from_config
+from avala_infer.predictors.transformers_loading import quiet_loading
+from avala_infer.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+
+ATTENTION = ("sdpa", "eager")
+
+
+class _TransformersText:
+    """Loading and running a transformers model; mixed into the text task classes."""
+
+    backend = "transformers"
+    weights: Path
+    spec: ModelSpec
+    device: str
+    fp16: bool
+
+    def _check_folder(self) -> None:
+        if not self.weights.is_dir():
+            raise ModelLoadError(
+                f"{self.weights} is a file; a transformers model is a folder (config.json and the weights): "
+                "set the spec's weights to that folder"
+            )
+
+    def _load_model(self, auto_class: str, kind: str) -> Any:
+        import torch
+        import transformers
+
+        chosen = self.spec.param("attn_implementation", None)
+        if chosen is not None:
+            self.spec.param("attn_implementation", chosen, choices=ATTENTION)
+        loader = getattr(transformers, auto_class)
+        model = info = None
+        for attention in [chosen] if chosen else list(ATTENTION):
+            try:
+                with quiet_loading():
+                    model, info = loader.from_pretrained(
+                        str(self.weights),
+                        local_files_only=True,
+                        attn_implementation=attention,
+                        output_loading_info=True,
+                    )
+                break
+            except ValueError as exc:  # an architecture without SDPA support: try the next
+                if chosen or attention == ATTENTION[-1]:
+                    raise ModelLoadError(f"cannot load {self.weights} as a {kind} model: {exc}") from exc
+                log.info("%s: %s attention unavailable (%s); trying the next", self.weights.name, attention, exc)
+            except Exception as exc:  # transformers raises many types for unreadable or foreign folders
+                raise ModelLoadError(f"cannot load {self.weights} as a {kind} model: {exc}") from exc
+        missing = sorted(info.get("missing_keys") or ()) if info else []
+        if missing:
+            architectures = getattr(model.config, "architectures", None)
+            raise ModelLoadError(
+                f"{self.weights} has no trained weights for {', '.join(missing[:4])}: it is not a {kind} model "
+                f"(its config lists {architectures}); check the spec's model_type"
+            )
+        self.fp16 = self.fp16 and self.device.startswith("cuda")
+        model = model.to(self.device).eval()
+        model = model.half() if self.fp16 else model.float()
+        accepted = inspect.signature(model.forward).parameters
+        self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
+        self.model = model
+        self._torch = torch
+        return model
+
+    def _to_backend(self, batch: TextBatch) -> dict[str, Any]:
+        torch = self._torch
+        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        arrays["token_type_ids"] = batch.token_type_ids
+        tensors = {}
+        for name in self.input_names:
+            tensor = torch.from_numpy(arrays[name])
+            if self.device != "cpu":
+                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+            tensors[name] = tensor
+        return tensors
+
+    def _run(self, inputs: dict[str, Any], rows: slice, width: int) -> np.ndarray:
+        logits = self.model(**{name: t[rows, :width] for name, t in inputs.items()}).logits
+        return logits.float().cpu().numpy()
+
+
+class TransformersTextClassifier(_TransformersText, SequenceClassifierBase):
+    """``AutoModelForSequenceClassification`` from a folder: every class's score per text."""
+
+    known_params = SequenceClassifierBase.known_params | {"attn_implementation"}
+
+    def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
+        spec.check_params(self.known_params)
+        self._check_folder()
+        self._init_text(load_fast_tokenizer(spec, weights), default_mode="truncate", keep_tokens=False)
+        model = self._load_model("AutoModelForSequenceClassification", "sequence classification")
+        config = model.config
+        self._init_classes(labels_from_config(config), getattr(config, "problem_type", None), config.num_labels)
+
+
+class TransformersTokenClassifier(_TransformersText, TokenClassifierBase):
+    """``AutoModelForTokenClassification`` from a folder: entity spans per text (NER)."""
+
+    known_params = TokenClassifierBase.known_params | {"attn_implementation"}
+
+    def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
+        spec.check_params(self.known_params)
+        self._check_folder()
+        self._init_text(load_fast_tokenizer(spec, weights), default_mode="windows", keep_tokens=True)
+        model = self._load_model("AutoModelForTokenClassification", "token classification")
+        self._init_tags(labels_from_config(model.config), model.config.num_labels)
