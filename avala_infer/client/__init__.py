@@ -17,6 +17,7 @@ import os
 import threading
 from pathlib import Path
 
+from avala_infer.client.account import Organization, Organizations, User, Users
 from avala_infer.client.agent_types import Agent, AgentExecution
 from avala_infer.client.agents import Agents, Results, WorkflowTasks
 from avala_infer.client.resources import AutoLabelJobs, Datasets, Projects
@@ -103,6 +104,8 @@ class Avala:
         self.agents = Agents(self)
         self.results = Results(self)
         self.auto_label_jobs = _AutoLabelJobs(self)
+        self.organizations = Organizations(self)  # the one local organization (the SDK's; for `avala configure`)
+        self.users = Users(self)  # users.me(): the local user
         self._background = worker  # run jobs and webhooks on threads of this process, when needed
         self._device = device
         self._starting = threading.Lock()
@@ -162,6 +165,8 @@ __all__ = [
     "CursorPage",
     "Dataset",
     "DatasetItem",
+    "Organization",
     "Project",
     "Task",
+    "User",
 ]

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from avala_infer.client.types import AutoLabelJob, CursorPage, Dataset, DatasetItem, Project, Task
+from avala_infer.client.types import LOCAL_OWNER, AutoLabelJob, CursorPage, Dataset, DatasetItem, Project, Task
 
 if TYPE_CHECKING:
     from avala_infer.client import Avala
@@ -241,6 +241,32 @@ class Datasets(_Resource):
 
     def list_items(self, uid: str, *, limit: int | None = None, cursor: str | None = None) -> CursorPage[DatasetItem]:
         return self._page(DatasetItem, "items.list", uid, limit=limit, cursor=cursor)
+
+    def get_by_slug(self, owner: str, slug: str) -> Dataset:
+        """The dataset ``owner/slug`` (the SDK's ``datasets.get_by_slug``); the one local owner is ``local``."""
+        _check_owner(owner, slug)
+        return Dataset.from_row(self._call("items.get_dataset_by_slug", slug))
+
+    def get_item(self, owner: str, slug: str, item_uid: str) -> DatasetItem:
+        """Item ``item_uid`` of the dataset ``owner/slug`` (the SDK's ``datasets.get_item``)."""
+        dataset = self.get_by_slug(owner, slug)
+        item = self.item(item_uid)
+        if item.dataset != dataset.uid:
+            from avala_infer.errors import NotFoundError
+
+            raise NotFoundError(f"dataset {owner}/{slug} holds no item {item_uid!r}; list_items shows its items")
+        return item
+
+    def item(self, uid: str) -> DatasetItem:
+        """The item ``uid``, whichever dataset holds it (its ``path`` is the imported file, None for a text)."""
+        return DatasetItem.from_row(self._call("items.get_item", uid))
+
+
+def _check_owner(owner: str, slug: str) -> None:
+    if owner != LOCAL_OWNER:
+        from avala_infer.errors import NotFoundError
+
+        raise NotFoundError(f"no dataset {owner}/{slug}: every local dataset's owner is {LOCAL_OWNER!r}")
 
 
 class Tasks(_Resource):

@@ -13,6 +13,8 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
+LOCAL_OWNER = "local"  # the one local user and organization: every dataset's owner_name (the SDK's datasets/{owner}/)
+
 
 def _time(value: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(value) if value else None
@@ -79,6 +81,7 @@ class Dataset:
     item_count: int = 0
     data_type: str | None = None
     project: str | None = None
+    owner_name: str = LOCAL_OWNER
     created_at: datetime.datetime | None = None
     updated_at: datetime.datetime | None = None
 
@@ -97,6 +100,7 @@ class DatasetItem:
     size: int = 0
     content_hash: str | None = None
     created_at: datetime.datetime | None = None
+    id: int | None = None  # the item's number in the store (the SDK's DatasetItem.id)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> DatasetItem:

@@ -54,10 +54,27 @@ class ItemRepository(Repository):
         ).fetchone()[0]
         return dataset
 
+    def get_dataset_by_slug(self, slug: str) -> dict[str, Any]:
+        """The dataset whose ``slug`` this is, with its ``item_count``; an unknown slug is a NotFoundError."""
+        row = self.conn.execute("SELECT uid FROM datasets WHERE slug = ?", (slug,)).fetchone()
+        if row is None:
+            raise NotFoundError(
+                f"no dataset with slug {slug!r} in the store at {self.path}; `datasets.list()` shows them"
+            )
+        return self.get_dataset(row["uid"])
+
+    def get_item(self, uid: str) -> dict[str, Any]:
+        """The item row (``id``, ``dataset_uid``, ``key``, ``path``...); an unknown uid is a NotFoundError."""
+        return self._one("items", uid, "item", "`client.datasets.list_items(DATASET)` shows them")
+
     def list_datasets(self, *, limit: int | None = None, cursor: str | None = None):
-        """A page of datasets, oldest first: (rows, next cursor or None)."""
+        """A page of datasets, oldest first, each with its ``item_count``: (rows, next cursor or None)."""
         limit, after = page_args(limit, cursor)
-        rows = self.conn.execute("SELECT * FROM datasets WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1))
+        rows = self.conn.execute(
+            "SELECT d.*, (SELECT COUNT(*) FROM items WHERE dataset_uid = d.uid) AS item_count "
+            "FROM datasets AS d WHERE d.id > ? ORDER BY d.id LIMIT ?",
+            (after, limit + 1),
+        )
         return page(rows.fetchall(), limit)
 
     def list(self, dataset_uid: str, *, limit: int | None = None, cursor: str | None = None):

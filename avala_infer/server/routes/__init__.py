@@ -1,0 +1,1 @@
+"""One module per resource group; each has a ``router`` whose paths (under ``/api/v1``) end in ``/``."""

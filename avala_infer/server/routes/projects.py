@@ -1,0 +1,19 @@
+"""Projects as the SDK reads them: ``GET /users/me/projects/`` and ``/users/me/projects/{uid}/``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from avala_infer.server.pages import CURSOR, LIMIT, client_of, jsonable, page_json
+
+router = APIRouter(tags=["projects"])
+
+
+@router.get("/users/me/projects/", summary="List projects")
+def list_projects(request: Request, limit: int | None = LIMIT, cursor: str | None = CURSOR) -> dict:
+    return page_json(request, client_of(request).projects.list(limit=limit, cursor=cursor))
+
+
+@router.get("/users/me/projects/{uid}/", summary="Get a project")
+def get_project(request: Request, uid: str) -> dict:
+    return jsonable(client_of(request).projects.get(uid))

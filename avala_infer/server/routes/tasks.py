@@ -1,0 +1,26 @@
+"""Tasks (one per item of a project): ``GET /tasks/?project=&status=`` and ``/tasks/{uid}/``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from avala_infer.server.pages import CURSOR, LIMIT, client_of, jsonable, page_json
+
+router = APIRouter(tags=["tasks"])
+
+
+@router.get("/tasks/", summary="List tasks")
+def list_tasks(
+    request: Request,
+    project: str | None = Query(None, description="Only this project's tasks"),
+    status: str | None = Query(None, description="pending, labeled, completed, reviewed or rejected"),
+    limit: int | None = LIMIT,
+    cursor: str | None = CURSOR,
+) -> dict:
+    tasks = client_of(request).tasks.list(project=project, status=status, limit=limit, cursor=cursor)
+    return page_json(request, tasks)
+
+
+@router.get("/tasks/{uid}/", summary="Get a task")
+def get_task(request: Request, uid: str) -> dict:
+    return jsonable(client_of(request).tasks.get(uid))
