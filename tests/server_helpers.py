@@ -4,7 +4,11 @@ local client, served by uvicorn on 127.0.0.1 (a free port) in a thread, stopped 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -66,3 +70,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def avala_cli(served, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The official ``avala`` CLI (from ``avala[cli]``) as a subprocess against the server."""
+    env = {
+        **os.environ,
+        "AVALA_API_KEY": KEY,
+        "AVALA_BASE_URL": served.base_url,
+        "AVALA_ALLOW_INSECURE_BASE_URL": "true",
+    }
+    script = Path(sys.executable).with_name("avala")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "avala.cli"]
+    return subprocess.run(command + list(args), env=env, input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def start_serve(tmp_path, *args: str, env: dict[str, str] | None = None):
+    """``avala-infer serve`` as a process on a free port; returns (process, port, stderr file) once it answers."""
+    import httpx
+
+    port = free_port()
+    err = tmp_path / f"serve-{port}.err"
+    base_env = {k: v for k, v in os.environ.items() if k != "AVALA_INFER_API_KEY"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "avala_infer.cli", "serve", "--port", str(port), *args],
+        env={**base_env, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=err.open("w"),
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/api/v1/users/me/", timeout=2)
+            return process, port, err
+        except httpx.TransportError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise AssertionError(f"serve did not start: {err.read_text()}") from None
+            time.sleep(0.1)
+
+
+def stop(process) -> None:
+    """SIGTERM: uvicorn shuts down gracefully, then re-raises the signal (so the exit status says SIGTERM)."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) in (0, -signal.SIGTERM)

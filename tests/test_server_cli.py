@@ -4,12 +4,7 @@ SDK reads from and SIGTERM stops."""
 
 from __future__ import annotations
 
-import os
-import signal
 import stat
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -20,36 +15,7 @@ httpx = pytest.importorskip("httpx")
 from avala_infer.cli.serve import is_loopback  # noqa: E402
 from avala_infer.errors import ConfigError  # noqa: E402
 from avala_infer.server.auth import key_matches, resolve_api_key  # noqa: E402
-from tests.server_helpers import free_port  # noqa: E402
-
-
-def start_serve(tmp_path, *args: str, env: dict[str, str] | None = None):
-    """``avala-infer serve`` as a process on a free port; returns (process, port, stderr file) once it answers."""
-    port = free_port()
-    err = tmp_path / f"serve-{port}.err"
-    base_env = {k: v for k, v in os.environ.items() if k != "AVALA_INFER_API_KEY"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "avala_infer.cli", "serve", "--port", str(port), *args],
-        env={**base_env, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=err.open("w"),
-    )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/api/v1/users/me/", timeout=2)
-            return process, port, err
-        except httpx.TransportError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"serve did not start: {err.read_text()}") from None
-            time.sleep(0.1)
-
-
-def stop(process) -> None:
-    """SIGTERM: uvicorn shuts down gracefully, then re-raises the signal (so the exit status says SIGTERM)."""
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=10) in (0, -signal.SIGTERM)
+from tests.server_helpers import start_serve, stop  # noqa: E402
 
 
 def test_serve_makes_a_private_key_file_once_and_prints_its_path_only(tmp_path, monkeypatch):

@@ -6,10 +6,6 @@ mapping, plus plain httpx where the SDK has no call (the item's file, the raw er
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +15,7 @@ httpx = pytest.importorskip("httpx")
 
 from avala_infer import Avala  # noqa: E402
 from avala_infer.server.app import create_app  # noqa: E402
-from tests.server_helpers import KEY, Served, ThreadServer, make_store  # noqa: E402
+from tests.server_helpers import KEY, Served, ThreadServer, avala_cli, make_store  # noqa: E402
 
 N_IMAGES = 5
 
@@ -247,19 +243,6 @@ def test_twenty_concurrent_clients_read_without_errors(served, monkeypatch):
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         assert sorted(pool.map(reader, range(20))) == list(range(20))
-
-
-def avala_cli(served, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """The official ``avala`` CLI (from ``avala[cli]``) as a subprocess against the server."""
-    env = {
-        **os.environ,
-        "AVALA_API_KEY": KEY,
-        "AVALA_BASE_URL": served.base_url,
-        "AVALA_ALLOW_INSECURE_BASE_URL": "true",
-    }
-    script = Path(sys.executable).with_name("avala")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "avala.cli"]
-    return subprocess.run(command + list(args), env=env, input=stdin, capture_output=True, text=True, timeout=120)
 
 
 def test_the_avala_cli_lists_our_project(served):

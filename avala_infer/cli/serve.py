@@ -34,10 +34,21 @@ def is_loopback(host: str) -> bool:
     default=None,
     help="File holding the API key (default: $AVALA_INFER_API_KEY, else <home>/api-key, made on first start).",
 )
-def serve_command(home, host, port, api_key_file) -> None:
+@click.option(
+    "--worker/--no-worker",
+    default=True,
+    show_default=True,
+    help="Run the auto-label jobs (and send the webhooks) in this process; --no-worker when `avala-infer worker` "
+    "processes run them.",
+)
+@click.option(
+    "-d", "--device", default="auto", show_default=True, help="Where the jobs run: auto, cpu, cuda or cuda:N."
+)
+def serve_command(home, host, port, api_key_file, worker, device) -> None:
     """Serve the Avala API at http://HOST:PORT/api/v1 for the official SDK (`avala.Client(api_key=KEY,
     base_url=...)`, with AVALA_ALLOW_INSECURE_BASE_URL=true for plain http on 127.0.0.1).
 
+    Auto-label jobs (created over HTTP or by the CLI) run in this process on --device unless --no-worker.
     Clients send the key in the X-Avala-Api-Key header. Needs the server extra: pip install 'avala-infer[server]'.
     """
     try:
@@ -50,7 +61,7 @@ def serve_command(home, host, port, api_key_file) -> None:
     folder = home_folder(home)
     try:
         key, key_path, made = resolve_api_key(folder, api_key_file)
-        app = create_app(folder, [key])
+        app = create_app(folder, [key], worker=worker, device=device)
     except AvalaInferError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_ERROR)

@@ -124,6 +124,12 @@ class Avala:
                 self._worker = Worker(self.home, device=self._device, poll_s=0.2, dispatch=False).start()
         self._ensure_dispatcher()
 
+    def start_worker(self) -> None:
+        """Start the job worker thread and the webhook dispatcher now, not on the first job created (the server
+        does, so that jobs left pending or unfinished by an earlier process resume at once); a no-op with
+        ``worker=False``, after :meth:`close`, or when they run already."""
+        self._ensure_worker()
+
     def _ensure_dispatcher(self) -> None:
         """Start the webhook dispatcher thread unless it runs already or ``worker=False``."""
         if not self._background:

@@ -19,15 +19,20 @@ from fastapi import APIRouter, Depends, FastAPI
 from avala_infer.errors import ConfigError
 from avala_infer.server.auth import require_key
 from avala_infer.server.errors import install_error_handlers
-from avala_infer.server.routes import account, datasets, projects, tasks
+from avala_infer.server.routes import account, auto_label, datasets, projects, tasks
 from avala_infer.version import __version__
 
 API_PREFIX = "/api/v1"
 
 
-def create_app(home: str | os.PathLike, api_keys: Sequence[str]) -> FastAPI:
+def create_app(
+    home: str | os.PathLike, api_keys: Sequence[str], *, worker: bool = True, device: str = "auto"
+) -> FastAPI:
     """The app over the store in ``home``, accepting any of ``api_keys``. The store is opened when the app starts
-    (uvicorn's lifespan) and closed when it stops."""
+    (uvicorn's lifespan) and closed when it stops. With ``worker=True`` the app's client runs the auto-label jobs
+    (on ``device``) and sends the webhooks on threads of this process, started with the app; ``worker=False`` is
+    for a host where ``avala-infer worker`` processes run them. Stopping the app stops those threads after their
+    batch in flight (an unfinished job is resumed by the next worker)."""
     keys = [k for k in api_keys if k]
     if not keys:
         raise ConfigError("the server needs at least one API key")
@@ -36,8 +41,8 @@ def create_app(home: str | os.PathLike, api_keys: Sequence[str]) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from avala_infer.client import Avala
 
-        # reads only for now: jobs created by other processes run in their workers
-        app.state.client = Avala(home=home, worker=False)
+        app.state.client = Avala(home=home, worker=worker, device=device)
+        app.state.client.start_worker()  # jobs left by an earlier start (or queued by the CLI) run now
         try:
             yield
         finally:
@@ -56,7 +61,7 @@ def create_app(home: str | os.PathLike, api_keys: Sequence[str]) -> FastAPI:
     app.state.api_keys = keys
     install_error_handlers(app)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_key)])
-    for module in (account, projects, tasks, datasets):
+    for module in (account, projects, tasks, datasets, auto_label):
         api.include_router(module.router)
     app.include_router(api)
     return app
