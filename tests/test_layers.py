@@ -1,10 +1,10 @@
 """The layer contract (``[tool.importlinter]`` in pyproject.toml) holds, and it would catch a wrong import.
 
-The contract is the layer list of ../shared/docs/DESIGN.md: cli <- client <- projects/jobs/labeling <- agents <-
-store <- exporters <- engine <- filters <- registry <- predictors <- pull/trust <- specs <- annotations <-
+The contract is the layer list of ../shared/docs/DESIGN.md: cli <- server <- client <- projects/jobs/labeling <-
+agents <- store <- exporters <- engine <- filters <- registry <- predictors <- pull/trust <- specs <- annotations <-
 url_policy <- types <- errors, plus the nevers (the engine knows no store, predictors write nothing, the store
 knows no models, exporters read no files through the engine, no predictor family imports another, only cli/
-imports click).
+imports click, only server/ imports the web framework).
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ WRONG_IMPORTS = {
         "import avala_infer.predictors.detection.ultralytics",
         "No predictor family imports another",
     ),
+    # the server's place: only server/ imports the web framework (the CLI's `serve` reaches it only through the
+    # server package), and the client below it never imports the server
+    "client/resources.py": ("import fastapi", "Only server/ imports the web framework"),
+    "cli/serve.py": ("import uvicorn", "Only server/ imports the web framework"),
+    "store/items.py": ("import starlette", "Only server/ imports the web framework"),
+    "client/account.py": ("import avala_infer.server.pages", "Layers: each imports only the layers below it"),
+    "server/pages.py": ("import click", "Nothing but cli/ imports click"),
 }
 
 
