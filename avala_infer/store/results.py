@@ -51,26 +51,6 @@ class ResultRepository(Repository):
                                    "label_counts": label_counts})  # fmt: skip
         return bool(added)
 
-    def iter_project(self, project_uid: str, model_type: str | None = None, chunk: int = 256):
-        """Every result of the project (optionally of one model type) with its task's item, in the order the
-        results were written, read in chunks."""
-        after = 0
-        while True:
-            sql = (
-                "SELECT r.id, r.uid, r.task_uid, r.model, r.model_type, r.annotations, r.is_draft, i.key, i.path, "
-                "i.text FROM results r JOIN tasks t ON t.uid = r.task_uid JOIN items i ON i.uid = t.item_uid "
-                "WHERE t.project_uid = ? AND r.id > ?"
-            )
-            args: list[Any] = [project_uid, after]
-            if model_type is not None:
-                sql += " AND r.model_type = ?"
-                args.append(ModelType.parse(model_type).value)
-            rows = self.conn.execute(sql + " ORDER BY r.id LIMIT ?", (*args, chunk)).fetchall()
-            if not rows:
-                return
-            yield from (row_dict(r) for r in rows)
-            after = rows[-1]["id"]
-
     def iter_latest(
         self,
         project_uid: str,
