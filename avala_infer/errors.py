@@ -10,7 +10,8 @@
     │   ├── UnsupportedInputError    an input the model type cannot take (text to a detector, ...)
     │   ├── UntrustedWeightsError    a pickled checkpoint (.pt) from outside the model folders, not trusted
     │   │   └── WeightsHashMismatchError  weights whose sha256 differs from the one the spec pins
-    │   └── UnsafeURLError           a callback URL the policy refuses (scheme, link-local, metadata)
+    │   ├── UnsafeURLError           a callback URL the policy refuses (scheme, link-local, metadata)
+    │   └── ConflictError            a request the object's state refuses now (an execution answered already)
     ├── WeightsNotFoundError         a weights file that is not where the spec says; says where to put it
     │   └── WeightsDownloadError     `models pull` could not fetch them (network, HTTP status, cut short)
     ├── BackendUnavailableError      a backend package or a device that is not installed / not present
@@ -94,3 +95,9 @@ class LeaseLost(StoreError):
 
 class NotFoundError(AvalaInferError, LookupError):
     """No project, dataset, task or job has this uid; the message lists how to find the right one."""
+
+
+class ConflictError(ConfigError):
+    """A request that the object's current state refuses (the HTTP API's 409): an answer to an agent execution
+    already answered (an action is accepted once), or not leased by whoever answers (never leased, leased by
+    another consumer, or its lease ran out)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import psutil
 import pytest
 
 pytest.importorskip("fastapi", reason="the server extra: pip install -e '.[server]'")
@@ -259,11 +260,37 @@ def test_avala_infer_serve_runs_the_jobs_unless_no_worker(tmp_path, monkeypatch)
         stop(process)
     process, port, err = start_serve(tmp_path, "--home", str(home), "--device", "cpu", env=env)
     try:
+        (child,) = psutil.Process(process.pid).children()  # the jobs run in an `avala-infer worker` child...
+        assert "worker" in child.cmdline() and child.nice() == psutil.Process().nice() + 10  # ...below the reads
         with avala.Client(api_key=KEY, base_url=f"http://127.0.0.1:{port}/api/v1") as client:
             assert wait_done(client, waiting).status == "completed", err.read_text()
             created = client.auto_label_jobs.create(project, confidence_threshold=0.4)  # new settings: relabel all
             job = wait_done(client, created.uid)
             assert (job.status, job.successful_items, job.progress_pct) == ("completed", N_IMAGES, 100.0)
+    finally:
+        stop(process)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE  # stopped with the server
+
+
+def test_the_worker_child_dies_with_a_killed_server_and_a_new_serve_resumes(tmp_path, monkeypatch):
+    """kill -9 of ``serve`` takes its worker child with it (PR_SET_PDEATHSIG): no orphan keeps a lease; the job
+    it was running is finished by the next ``serve``'s worker once the lease runs out."""
+    home = tmp_path / "home"
+    project = make_project(home, val_images(N_IMAGES), write_spec(tmp_path / "specs"), name="streets")
+    env = {"AVALA_INFER_API_KEY": KEY}
+    monkeypatch.setenv("AVALA_ALLOW_INSECURE_BASE_URL", "true")
+    process, port, err = start_serve(tmp_path, "--home", str(home), "--device", "cpu", env=env)
+    (child,) = psutil.Process(process.pid).children()
+    with avala.Client(api_key=KEY, base_url=f"http://127.0.0.1:{port}/api/v1") as client:
+        uid = client.auto_label_jobs.create(project).uid
+    process.kill()
+    process.wait(10)
+    child.wait(10)  # psutil.TimeoutExpired here: the worker outlived its server
+    process, port, err = start_serve(tmp_path, "--home", str(home), "--device", "cpu", env=env)
+    try:
+        with avala.Client(api_key=KEY, base_url=f"http://127.0.0.1:{port}/api/v1") as client:
+            job = wait_done(client, uid, timeout=240)
+            assert (job.status, job.successful_items) == ("completed", N_IMAGES), err.read_text()
     finally:
         stop(process)
 
@@ -278,3 +305,10 @@ def test_the_avala_cli_creates_and_cancels_a_job(idle_sdk, idle):
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"Auto-label job {uid} cancelled." in done.stdout
     assert idle_sdk.auto_label_jobs.get(uid).status == "cancelled"
+
+
+def test_an_unknown_worker_mode_is_refused_naming_the_modes(tmp_path):
+    from avala_infer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="process, thread, none"):
+        create_app(tmp_path / "home", [KEY], worker="threads")

@@ -62,6 +62,9 @@ def test_projects_list_and_get(sdk, served):
     assert [p.uid for p in page.items] == [served.project]
     assert page.items[0].name == "streets"
     assert not page.has_more
+    listed = raw(served, "/users/me/projects/").json()["results"][0]
+    assert listed == raw(served, f"/users/me/projects/{served.project}/").json()  # a list shows what a get does
+    assert listed["task_count"] == N_IMAGES and listed["dataset"]
     project = sdk.projects.get(served.project)
     assert (project.uid, project.name, project.status) == (served.project, "streets", "active")
     assert project.created_at is not None and project.created_at.utcoffset().total_seconds() == 0

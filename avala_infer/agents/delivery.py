@@ -249,6 +249,9 @@ def deliver_test(store, agent_uid: str, timeout: float = 10.0) -> dict[str, Any]
         "task": None,
         "task_types": agent["task_types"],
         "data": {"agent": agent_uid, "name": agent["name"], "message": "a test event from avala-infer"},
+        "event_type": TEST_EVENT,  # the Avala SDK's names, as every event's payload has them
+        "project_uid": agent["project"],
+        "task_uid": None,
     }
     body = json.dumps(payload).encode("utf-8")
     delivery_uid = str(uuid.uuid4())

@@ -168,7 +168,7 @@ class Dispatcher:
         """Whether an active push agent still has a delivery pending (due now or later) or running."""
         cursor = None
         while True:
-            agents, cursor = store.agents.list(limit=1000, cursor=cursor)
+            agents, cursor = store.agents.list(limit=1000, cursor=cursor, kind=None)  # webhooks too
             for agent in agents:
                 if agent["is_active"] and agent["callback_url"] and agent["execution_stats"]["pending_deliveries"]:
                     return True

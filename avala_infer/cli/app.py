@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from avala_infer.cli import agents, auto_label, export, label, models, projects, serve, workers
+from avala_infer.cli import agents, auto_label, export, keys, label, models, projects, serve, workers
 
 
 class StatusLine(logging.Handler):
@@ -68,6 +68,7 @@ for command in (
     workers.worker_command,
     workers.dispatcher_command,
     serve.serve_command,
+    keys.keys_group,
 ):
     cli.add_command(command)
 for command in (agents.task_complete, agents.task_review, agents.task_reject):  # the human side of `tasks`

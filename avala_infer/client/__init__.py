@@ -20,8 +20,11 @@ from pathlib import Path
 from avala_infer.client.account import Organization, Organizations, User, Users
 from avala_infer.client.agent_types import Agent, AgentExecution
 from avala_infer.client.agents import Agents, Results, WorkflowTasks
+from avala_infer.client.exports import Export, Exports
+from avala_infer.client.providers import InferenceProvider, InferenceProviders
 from avala_infer.client.resources import AutoLabelJobs, Datasets, Projects
 from avala_infer.client.types import AutoLabelJob, CursorPage, Dataset, DatasetItem, Project, Task
+from avala_infer.client.webhooks import Webhook, WebhookDeliveries, WebhookDelivery, Webhooks
 
 
 class _StoreLock:
@@ -102,10 +105,14 @@ class Avala:
         self.datasets = Datasets(self)
         self.tasks = WorkflowTasks(self)  # list/get/results, and complete/review/reject (the human side)
         self.agents = Agents(self)
+        self.webhooks = Webhooks(self)  # subscriptions: push agents listed apart, as the cloud SDK's
+        self.webhook_deliveries = WebhookDeliveries(self)
         self.results = Results(self)
         self.auto_label_jobs = _AutoLabelJobs(self)
         self.organizations = Organizations(self)  # the one local organization (the SDK's; for `avala configure`)
         self.users = Users(self)  # users.me(): the local user
+        self.exports = Exports(self)  # written in the background to <home>/exports/<uid>/
+        self.inference_providers = InferenceProviders(self)  # our models, as the SDK's providers
         self._background = worker  # run jobs and webhooks on threads of this process, when needed
         self._device = device
         self._starting = threading.Lock()
@@ -171,8 +178,12 @@ __all__ = [
     "CursorPage",
     "Dataset",
     "DatasetItem",
+    "Export",
+    "InferenceProvider",
     "Organization",
     "Project",
     "Task",
     "User",
+    "Webhook",
+    "WebhookDelivery",
 ]

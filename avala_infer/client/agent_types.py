@@ -78,7 +78,7 @@ class AgentExecution:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AgentExecution:
-        """From a row of the store's executions."""
+        """From a row of the store's executions (with its event's ``payload``, if it had one)."""
         return _build(
             cls,
             {
@@ -88,6 +88,8 @@ class AgentExecution:
                 "delivery": row.get("delivery_uid"),
                 "reason": row.get("reason"),
                 "error_message": row.get("error"),
+                "event_payload": row.get("payload"),
+                "result": ((row.get("payload") or {}).get("data") or {}).get("result"),
                 "updated_at": row.get("completed_at") or row.get("created_at"),
             },
         )

@@ -13,6 +13,10 @@ a consumer leases them and answers each with an action::
 consumers never get the same execution; an unanswered one goes back to pending when its lease expires) and
 ``respond`` its ``POST /agent-actions/ {"execution", "action", "reason"}``. ``approve`` marks the execution's task
 reviewed and ``reject`` rejects it (each emitting its event); ``flag`` and ``skip`` only complete the execution.
+An execution takes one answer: a second one, or one without the lease, is an :class:`~avala_infer.errors.ConflictError`.
+
+``register`` is how ``avala-agents`` starts (``POST /agents/`` with the same name on every start): it updates the
+agent of that name, or creates it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,12 @@ from typing import Any
 from avala_infer.client.agent_types import Agent, AgentExecution
 from avala_infer.client.resources import Tasks, _Resource
 from avala_infer.client.types import CursorPage, Task
-from avala_infer.errors import ConfigError
+from avala_infer.errors import ConfigError, NotFoundError
+
+# how long an execution handed to an HTTP poller (avala-agents) stays its own: its handler runs in between, one
+# execution after another (POLL_LIMIT per poll), so this leaves minutes to each; unanswered, it is pending again
+POLL_LEASE_SECONDS = 300.0
+POLL_LIMIT = 10
 
 
 class Agents(_Resource):
@@ -66,11 +75,45 @@ class Agents(_Resource):
         )
         return Agent.from_row(row)
 
+    def register(
+        self,
+        *,
+        name: str,
+        events: Sequence[str] | None = None,
+        description: str | None = None,
+        callback_url: str | None = None,
+        is_active: bool | None = None,
+        project: str | None = None,
+        task_types: Sequence[str] | None = None,
+        secret: str | None = None,
+    ) -> tuple[Agent, bool]:
+        """The agent named ``name`` with the fields given changed (None leaves a field as it is), or a new one
+        (as :meth:`create`, its ``secret`` shown this once) when no agent has that name; and whether it is new."""
+        row = self._call(
+            "agents.register",
+            name=name,
+            events=list(events) if events is not None else None,
+            description=description,
+            callback_url=callback_url,
+            is_active=is_active,
+            project=project,
+            task_types=list(task_types) if task_types is not None else None,
+            secret=secret,
+        )
+        return Agent.from_row(row), bool(row["created"])
+
     def list(self, *, limit: int | None = None, cursor: str | None = None) -> CursorPage[Agent]:
         return self._page(Agent, "agents.list", limit=limit, cursor=cursor)
 
     def get(self, uid: str) -> Agent:
-        return Agent.from_row(self._call("agents.get", uid))
+        return Agent.from_row(self._agent_row(uid))
+
+    def _agent_row(self, uid: str) -> dict[str, Any]:
+        """The agent's row; a webhook subscription (an agents row of kind ``webhook``) is not an agent here."""
+        row = self._call("agents.get", uid)
+        if row.get("kind", "agent") != "agent":
+            raise NotFoundError(f"no agent {uid!r}: it is a webhook subscription (client.webhooks, /webhooks/)")
+        return row
 
     def update(
         self,
@@ -87,6 +130,7 @@ class Agents(_Resource):
     ) -> Agent:
         """Change the fields given (None leaves a field as it is; ``callback_url=""`` makes it a pull agent;
         ``secret`` replaces the signing secret from the next delivery on)."""
+        self._agent_row(uid)
         row = self._call(
             "agents.update",
             uid,
@@ -103,6 +147,7 @@ class Agents(_Resource):
 
     def delete(self, uid: str) -> None:
         """Delete the agent; events it has not been sent yet are dropped, its executions stay on record."""
+        self._agent_row(uid)
         self._call("agents.delete", uid)
 
     def test(self, uid: str, *, timeout: float = 10.0) -> dict[str, Any]:
@@ -119,18 +164,44 @@ class Agents(_Resource):
             store.close()
 
     def list_executions(
-        self, uid: str, *, limit: int | None = None, cursor: str | None = None
+        self,
+        uid: str,
+        *,
+        status: str | None = None,
+        project: str | None = None,
+        task_types: Sequence[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> CursorPage[AgentExecution]:
-        """The agent's executions, oldest first: every delivery attempt, pull-mode answer and test."""
-        return self._page(AgentExecution, "agents.list_executions", uid, limit=limit, cursor=cursor)
+        """The agent's executions, oldest first: every delivery attempt, pull-mode answer and test (a plain read:
+        :meth:`lease_executions` hands out the pending ones). Only those of ``status`` (succeeded, failed), of
+        ``project``'s events and of events concerning one of ``task_types``, when given."""
+        return self._page(
+            AgentExecution,
+            "agents.list_executions",
+            uid,
+            status=status or None,
+            project=project or None,
+            task_types=list(task_types) if task_types else None,
+            limit=limit,
+            cursor=cursor,
+        )
 
     # ------------------------------------------------------------------ pull mode
     def lease_executions(
-        self, uid: str, *, limit: int = 10, lease_seconds: float = 60.0, holder: str | None = None
+        self,
+        uid: str,
+        *,
+        limit: int = 10,
+        lease_seconds: float = 60.0,
+        holder: str | None = None,
+        project: str | None = None,
+        task_types: Sequence[str] | None = None,
     ) -> list[AgentExecution]:
         """Up to ``limit`` pending executions of pull agent ``uid``, now ``running`` and held by this client (or
         ``holder``) for ``lease_seconds``; answer each with :meth:`respond` before then, or it goes back to
-        pending (for this or another consumer, with the same uid)."""
+        pending (for this or another consumer, with the same uid). ``project`` and ``task_types`` narrow them to
+        that project's events and to events concerning one of those model types."""
         try:
             limit, lease_seconds = int(limit), float(lease_seconds)
         except (TypeError, ValueError):
@@ -142,7 +213,13 @@ class Agents(_Resource):
         if not float(lease_seconds) > 0:
             raise ConfigError(f"lease_seconds must be positive, got {lease_seconds}")
         rows = self._call(
-            "agents.lease_executions", uid, holder or self.holder, limit=int(limit), lease_s=float(lease_seconds)
+            "agents.lease_executions",
+            uid,
+            holder or self.holder,
+            limit=int(limit),
+            lease_s=float(lease_seconds),
+            project=project or None,
+            task_types=list(task_types) if task_types else None,
         )
         return [AgentExecution.from_lease(row, uid) for row in rows]
 
@@ -150,7 +227,8 @@ class Agents(_Resource):
         self, execution_uid: str, *, action: str, reason: str | None = None, holder: str | None = None
     ) -> AgentExecution:
         """Answer a leased execution with ``action`` (approve, reject, flag or skip) and an optional ``reason``;
-        returns the execution recorded. Fails when the lease is not this client's (or ``holder``'s) or expired."""
+        returns the execution recorded. An execution already answered, or whose lease is not this client's (or
+        ``holder``'s) or expired, is an :class:`~avala_infer.errors.ConflictError`."""
         row = self._call("agents.answer_execution", execution_uid, holder or self.holder, action, reason or None)
         return AgentExecution.from_row(row)
 

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from avala_infer.errors import AvalaInferError, ConfigError, NotFoundError, StoreError
+from avala_infer.errors import AvalaInferError, ConfigError, ConflictError, NotFoundError, StoreError
 from avala_infer.server.auth import Unauthorized
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ def status_for(exc: AvalaInferError) -> int:
     """The HTTP status of one of our errors."""
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, ConflictError):
+        return 409
     if isinstance(exc, ConfigError):
         return 400
     if isinstance(exc, StoreError):

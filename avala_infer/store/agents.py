@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from avala_infer.errors import ConfigError, NotFoundError
+from avala_infer.errors import ConfigError, ConflictError, NotFoundError
 from avala_infer.store.base import Repository, new_uid, page, page_args, row_dict
 from avala_infer.store.db import now_iso, transaction
 from avala_infer.store.events import EVENT_TYPES
@@ -46,6 +46,20 @@ def _check_secret(secret: str) -> str:
     return secret
 
 
+def _event_filters(project: str | None, task_types: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """SQL conditions (after ``AND``) on the joined event ``e``: of ``project``, of one of ``task_types``."""
+    where, args = "", []
+    if project:
+        where += " AND e.project_uid = ?"
+        args.append(project)
+    types = [ModelType.parse(t).value for t in (task_types or []) if str(t).strip()]
+    if types:
+        marks = ", ".join("?" * len(types))
+        where += f" AND EXISTS (SELECT 1 FROM json_each(e.task_types) t WHERE t.value IN ({marks}))"
+        args.extend(types)
+    return where, args
+
+
 class AgentRepository(Repository):
     """``store.agents``: agents (a push agent has a callback_url, a pull agent none), their executions, and the
     pull consumer's leases and answers (an ``approve`` or ``reject`` answer sets the task's status, through
@@ -70,8 +84,10 @@ class AgentRepository(Repository):
         project: str | None = None,
         task_types: Sequence[str] | None = None,
         secret: str | None = None,
+        kind: str = "agent",
     ) -> dict[str, Any]:
-        """A new agent; the returned dict holds its signing ``secret`` (``get`` never shows it again)."""
+        """A new agent; the returned dict holds its signing ``secret`` (``get`` never shows it again).
+        ``kind="webhook"`` makes a webhook subscription (``store.webhooks``): the same row, listed apart."""
         if not str(name or "").strip():
             raise ConfigError("an agent needs a name")
         if project is not None:
@@ -82,9 +98,9 @@ class AgentRepository(Repository):
         with transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO agents (uid, name, description, events, callback_url, is_active, project_uid, task_types, "
-                "secret, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "secret, created_at, updated_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (uid, name, description, json.dumps(_check_events(events)), _check_url(callback_url), int(is_active),
-                 project, json.dumps(types), secret, now, now),
+                 project, json.dumps(types), secret, now, now, kind),
             )  # fmt: skip
         return {**self.get(uid), "secret": secret}
 
@@ -109,11 +125,15 @@ class AgentRepository(Repository):
         agent["execution_stats"] = self.execution_stats(agent["uid"])
         return agent
 
-    def list(self, *, limit: int | None = None, cursor: str | None = None):
-        """A page of agents (without secrets), oldest first: (rows, next cursor or None)."""
+    def list(self, *, limit: int | None = None, cursor: str | None = None, kind: str | None = "agent"):
+        """A page of agents (without secrets), oldest first: (rows, next cursor or None). Only rows of ``kind``
+        (``"agent"``: no webhook subscriptions; ``"webhook"``: only those; None: both)."""
         limit, after = page_args(limit, cursor)
         rows, next_cursor = page(
-            self.conn.execute("SELECT * FROM agents WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)).fetchall(),
+            self.conn.execute(
+                "SELECT * FROM agents WHERE id > ? AND (? IS NULL OR kind = ?) ORDER BY id LIMIT ?",
+                (after, kind, kind, limit + 1),
+            ).fetchall(),
             limit,
         )
         return [self._public_agent(r) for r in rows], next_cursor
@@ -158,6 +178,20 @@ class AgentRepository(Repository):
             self.conn.execute("DELETE FROM deliveries WHERE agent_uid = ? AND status IN ('pending', 'running')", (uid,))
             self.conn.execute("DELETE FROM agents WHERE uid = ?", (uid,))
 
+    def register(self, *, name: str, **fields: Any) -> dict[str, Any]:
+        """Create the agent named ``name``, or update the oldest agent of that name with the fields given (None
+        leaves one as it is): how ``avala-agents`` registers, the same name on every start. The returned dict
+        says ``created``; a new agent's holds its ``secret``."""
+        if not str(name or "").strip():
+            raise ConfigError("an agent needs a name")
+        row = self.conn.execute(
+            "SELECT uid FROM agents WHERE name = ? AND kind = 'agent' ORDER BY id LIMIT 1", (name,)
+        ).fetchone()
+        if row is None:
+            given = {key: value for key, value in fields.items() if value is not None}  # the rest: create's defaults
+            return {**self.create(name=name, **given), "created": True}
+        return {**self.update(row["uid"], **fields), "created": False}
+
     # ------------------------------------------------------------------ executions
     def execution_stats(self, agent_uid: str) -> dict[str, int]:
         """Executions by status, their ``total``, and the deliveries still ``pending_deliveries``."""
@@ -170,14 +204,34 @@ class AgentRepository(Repository):
         ).fetchone()[0]
         return {"total": sum(stats.values()), **stats, "pending_deliveries": pending}
 
-    def list_executions(self, agent_uid: str, *, limit: int | None = None, cursor: str | None = None):
-        """A page of the agent's executions, oldest first."""
+    def list_executions(
+        self,
+        agent_uid: str,
+        *,
+        status: str | None = None,
+        project: str | None = None,
+        task_types: Sequence[str] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ):
+        """A page of the agent's executions, oldest first, each with its event's ``payload`` (None for a test);
+        only those of ``status``, of ``project``'s events, of events concerning one of ``task_types``, if given."""
         self.get(agent_uid)
         limit, after = page_args(limit, cursor)
+        where, args = _event_filters(project, task_types)
+        if status:
+            where += " AND x.status = ?"
+            args.append(status)
         rows = self.conn.execute(
-            "SELECT * FROM executions WHERE agent_uid = ? AND id > ? ORDER BY id LIMIT ?", (agent_uid, after, limit + 1)
+            "SELECT x.*, e.payload FROM executions x LEFT JOIN deliveries d ON d.uid = x.delivery_uid "
+            f"LEFT JOIN events e ON e.uid = d.event_uid WHERE x.agent_uid = ? AND x.id > ?{where} "  # noqa: S608
+            "ORDER BY x.id LIMIT ?",
+            (agent_uid, after, *args, limit + 1),
         ).fetchall()
-        return page(rows, limit)
+        items, next_cursor = page(rows, limit)
+        for item in items:
+            item["payload"] = json.loads(item["payload"]) if item.get("payload") else None
+        return items, next_cursor
 
     def record_test_execution(self, agent_uid: str, **fields: Any) -> dict[str, Any]:
         """An ``agent.test`` attempt, recorded as an execution of the agent."""
@@ -194,21 +248,32 @@ class AgentRepository(Repository):
         return row_dict(self.conn.execute("SELECT * FROM executions WHERE uid = ?", (uid,)).fetchone())
 
     # ------------------------------------------------------------------ pull mode
-    def lease_executions(self, agent_uid: str, holder: str, *, limit: int = 10, lease_s: float = 60.0):
+    def lease_executions(
+        self,
+        agent_uid: str,
+        holder: str,
+        *,
+        limit: int = 10,
+        lease_s: float = 60.0,
+        project: str | None = None,
+        task_types: Sequence[str] | None = None,
+    ):
         """Pending (or lease-expired) deliveries of a pull agent (no callback_url), now running for ``holder``
-        until ``lease_s`` from now; each with the event payload. Unanswered, they go back to pending."""
+        until ``lease_s`` from now; each with the event payload. Unanswered, they go back to pending. Only those
+        of ``project``'s events and of events concerning one of ``task_types``, if given."""
         agent = self.get(agent_uid)
         if agent["callback_url"]:
             raise ConfigError(f"agent {agent_uid} pushes to {agent['callback_url']}; only agents without one pull")
         if not agent["is_active"]:
             return []  # an inactive agent receives nothing, pulled or pushed
         now = time.time()
+        where, args = _event_filters(project, task_types)
         with transaction(self.conn):
             rows = self.conn.execute(
                 "SELECT d.uid, d.attempts, e.type AS event_type, e.task_uid, e.payload FROM deliveries d "
                 "JOIN events e ON e.uid = d.event_uid WHERE d.agent_uid = ? AND ((d.status = 'pending') OR "
-                "(d.status = 'running' AND d.lease_until < ?)) ORDER BY d.id LIMIT ?",
-                (agent_uid, now, int(limit)),
+                f"(d.status = 'running' AND d.lease_until < ?)){where} ORDER BY d.id LIMIT ?",  # noqa: S608
+                (agent_uid, now, *args, int(limit)),
             ).fetchall()
             for row in rows:
                 self.conn.execute(
@@ -228,10 +293,29 @@ class AgentRepository(Repository):
                 "WHERE d.uid = ?",
                 (delivery_uid,),
             ).fetchone()
+            if row is None:  # the uid of the execution recorded for a delivery answers for that delivery
+                recorded = self.conn.execute(
+                    "SELECT delivery_uid FROM executions WHERE uid = ?", (delivery_uid,)
+                ).fetchone()
+                if recorded is not None:
+                    row = self.conn.execute(
+                        "SELECT d.*, e.type, e.task_uid, e.project_uid FROM deliveries d "
+                        "JOIN events e ON e.uid = d.event_uid WHERE d.uid = ?",
+                        (recorded["delivery_uid"],),
+                    ).fetchone()
             if row is None:
                 raise NotFoundError(f"no execution {delivery_uid!r} to answer")
+            delivery_uid = row["uid"]
+            if row["action"] is not None:
+                raise ConflictError(
+                    f"execution {delivery_uid} was already answered ({row['action']} at {row['completed_at']}); "
+                    "an action is accepted once"
+                )
             if row["status"] != "running" or row["holder"] != holder or (row["lease_until"] or 0) < time.time():
-                raise ConfigError(f"execution {delivery_uid} is not leased by {holder} (its lease may have expired)")
+                raise ConflictError(
+                    f"execution {delivery_uid} is not leased by {holder} (never leased, another consumer's, or its "
+                    "lease expired): lease it again, from the pending executions"
+                )
             now = now_iso()
             self.conn.execute(
                 "UPDATE deliveries SET status = 'succeeded', action = ?, reason = ?, lease_until = NULL, "

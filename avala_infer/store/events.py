@@ -9,6 +9,12 @@ Delivery states: ``pending`` (due at ``next_attempt_at``) -> ``running`` (held b
 until ``lease_until``; an expired lease makes it due again, with the same delivery uid) -> ``succeeded`` or
 ``failed`` (attempts used up, or a response that retrying cannot fix). The dispatcher's side (claim, record an
 attempt) is here; the pull consumer's side is the agents'.
+
+A payload carries our names (``event``, ``project``, ``task``, ``task_types``, ``data``) and the Avala SDK's, which
+``avala-agents`` reads (``event_type``, ``project_uid``, ``task_uid``, ``task_name``, ``task_type``, ``task_status``;
+``result_uid``, ``result_data``, ``result_metadata`` for result events; ``dataset_uid`` for dataset events;
+``export_uid`` for export events).
+``task_type`` is the model type the event concerns when there is exactly one (``task_types`` lists them all).
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ EVENT_TYPES = (
     "result.submitted",
     "result.accepted",
     "result.rejected",
+    # avala-agents' other events: an agent may listen to them (a TaskAgent registers every event it has a handler
+    # for), but the local store does not emit them (it has no dataset without its project, and no export events)
+    "dataset.created",
+    "dataset.deleted",
+    "export.completed",
+    "export.failed",
 )
 TEST_EVENT = "agent.test"
 
@@ -44,6 +56,56 @@ def project_task_types(conn: sqlite3.Connection, project_uid: str | None) -> lis
         return []
     row = conn.execute("SELECT models FROM projects WHERE uid = ?", (project_uid,)).fetchone()
     return sorted(json.loads(row["models"])) if row else []
+
+
+def sdk_payload_fields(
+    conn: sqlite3.Connection,
+    event_type: str,
+    project_uid: str | None,
+    task_uid: str | None,
+    task_types: list[str],
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    """The Avala SDK's names of an event's payload (see the module docstring), read from the store as it is now
+    (inside the transaction of the event's cause: the task's new status, the result just written)."""
+    fields: dict[str, Any] = {
+        "event_type": event_type,
+        "project_uid": project_uid,
+        "task_uid": task_uid,
+        "task_name": None,
+        "task_type": task_types[0] if len(task_types) == 1 else None,
+        "task_status": None,
+    }
+    if task_uid is not None:
+        task = conn.execute("SELECT name, status FROM tasks WHERE uid = ?", (task_uid,)).fetchone()
+        if task is not None:
+            fields.update(task_name=task["name"], task_status=task["status"])
+    if event_type.startswith("result.") and data.get("result"):
+        fields.update(_result_fields(conn, str(data["result"]), data))
+    if data.get("dataset"):
+        fields["dataset_uid"] = data["dataset"]
+    if data.get("export"):
+        fields["export_uid"] = data["export"]
+    return fields
+
+
+def _result_fields(conn: sqlite3.Connection, result_uid: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``result_uid``, ``result_data`` (the result's annotations; [] once it is deleted, as a rejected one is) and
+    ``result_metadata`` (its model and job, whether it is a draft, its image size, its label counts)."""
+    row = conn.execute(
+        "SELECT job_uid, model, is_draft, annotations FROM results WHERE uid = ?", (result_uid,)
+    ).fetchone()
+    metadata = {k: data[k] for k in ("job", "model", "is_draft", "label_counts") if k in data}
+    annotations: list[Any] = []
+    if row is not None:
+        record = json.loads(row["annotations"]) or {}
+        if not isinstance(record, dict):
+            record = {"annotations": record}
+        annotations = list(record.get("annotations") or [])
+        extra = {k: record[k] for k in ("width", "height", "multi_label") if k in record}
+        metadata = {"job": row["job_uid"], "model": row["model"], "is_draft": bool(row["is_draft"]), **metadata,
+                    **extra}  # fmt: skip
+    return {"result_uid": result_uid, "result_data": annotations, "result_metadata": metadata}
 
 
 class EventRepository(Repository):
@@ -72,6 +134,7 @@ class EventRepository(Repository):
             "task": task_uid,
             "task_types": types,
             "data": data or {},
+            **sdk_payload_fields(self.conn, event_type, project_uid, task_uid, types, data or {}),
         }
         self.conn.execute(
             "INSERT INTO events (uid, type, project_uid, task_uid, task_types, payload, created_at) "

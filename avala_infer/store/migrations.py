@@ -242,4 +242,72 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0009_agent_kind",
+        """
+        ALTER TABLE agents ADD COLUMN kind TEXT NOT NULL DEFAULT 'agent'  -- or 'webhook': a /webhooks/ subscription
+            CHECK (kind IN ('agent', 'webhook'));
+        CREATE INDEX agents_by_kind ON agents (kind, id);
+        CREATE INDEX executions_by_delivery ON executions (delivery_uid, id);  -- a delivery's last attempt
+        """,
+    ),
+    (
+        "0010_exports",
+        """
+        CREATE TABLE exports (                          -- a project's results written to <home>/exports/<uid>/
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            project_uid TEXT NOT NULL REFERENCES projects (uid),
+            dataset_uid TEXT,                           -- the project's dataset (what the SDK may name instead)
+            formats TEXT NOT NULL DEFAULT '["jsonl"]',  -- JSON list of export formats
+            model_type TEXT,                            -- NULL: the only model type with results
+            status TEXT NOT NULL DEFAULT 'pending'
+                CHECK (status IN ('pending', 'exporting', 'exported', 'failed')),
+            error_message TEXT,
+            file TEXT,                                  -- the file served, relative to the export's folder
+            holder TEXT,                                -- host:pid:random of the thread exporting it
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            started_at TEXT,
+            completed_at TEXT
+        );
+        CREATE INDEX exports_by_status ON exports (status, id);
+        """,
+    ),
+    (
+        "0011_inference_providers",
+        """
+        CREATE TABLE inference_providers (              -- a model of ours (config.model, config.model_type)
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            description TEXT,
+            provider_type TEXT NOT NULL,
+            config TEXT NOT NULL DEFAULT '{}',          -- JSON
+            is_active INTEGER NOT NULL DEFAULT 1,
+            project_uid TEXT REFERENCES projects (uid), -- the project it serves its model type for
+            last_test_at TEXT,
+            last_test_success INTEGER,                  -- NULL: never tested
+            last_test_message TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        """,
+    ),
+    (
+        "0012_api_keys",
+        """
+        CREATE TABLE api_keys (                         -- managed keys of the server (avala-infer keys)
+            id INTEGER PRIMARY KEY,
+            uid TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,              -- sha256 hex of the key: the key itself is never stored
+            prefix TEXT NOT NULL,                       -- the key's first characters, to recognise it
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,                          -- updated at most once a minute
+            revoked_at TEXT                             -- NULL: active
+        );
+        CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;
+        """,
+    ),
 ]

@@ -183,17 +183,21 @@ class ProjectRepository(Repository):
 
     def get(self, uid: str) -> dict[str, Any]:
         """The project as callers see it (see ``_public_project``), with ``task_count`` and its ``dataset``."""
-        project = _public_project(self._one("projects", uid, "project", "`avala-infer projects list` shows them"))
-        project["task_count"] = self.items.count_tasks(uid)
-        project["dataset"] = self.items.project_dataset(uid)["uid"]
+        return self._with_counts(
+            _public_project(self._one("projects", uid, "project", "`avala-infer projects list` shows them"))
+        )
+
+    def _with_counts(self, project: dict[str, Any]) -> dict[str, Any]:
+        project["task_count"] = self.items.count_tasks(project["uid"])
+        project["dataset"] = self.items.project_dataset(project["uid"])["uid"]
         return project
 
     def list(self, *, limit: int | None = None, cursor: str | None = None):
-        """A page of projects, oldest first: (rows, next cursor or None)."""
+        """A page of projects, oldest first, each as :meth:`get` shows it: (rows, next cursor or None)."""
         limit, after = page_args(limit, cursor)
         rows = self.conn.execute("SELECT * FROM projects WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1))
         projects, next_cursor = page(rows.fetchall(), limit)
-        return [_public_project(p) for p in projects], next_cursor
+        return [self._with_counts(_public_project(p)) for p in projects], next_cursor
 
     def update(
         self, uid: str, *, name: str | None = None, ontology=None, models: Mapping[str, Any] | None = None

@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from avala_infer.store.agents import AgentRepository
+from avala_infer.store.api_keys import ApiKeyRepository
 from avala_infer.store.db import DB_NAME, connect
 from avala_infer.store.events import EventRepository
+from avala_infer.store.exports import ExportRepository
 from avala_infer.store.items import ItemRepository
 from avala_infer.store.jobs import JobRepository
 from avala_infer.store.projects import ProjectRepository
+from avala_infer.store.providers import ProviderRepository
 from avala_infer.store.results import ResultRepository
+from avala_infer.store.webhooks import WebhookRepository
 
 
 class Store:
@@ -36,6 +40,10 @@ class Store:
             conn, path, events=self.events, projects=self.projects, items=self.items, results=self.results
         )
         self.agents = AgentRepository(conn, path, projects=self.projects, items=self.items)
+        self.api_keys = ApiKeyRepository(conn, path)  # the server's managed keys, stored hashed
+        self.exports = ExportRepository(conn, path, events=self.events, projects=self.projects, items=self.items)
+        self.providers = ProviderRepository(conn, path, projects=self.projects)
+        self.webhooks = WebhookRepository(conn, path, agents=self.agents)  # agents rows of kind 'webhook'
 
     def close(self) -> None:
         """Close the connection (the repositories cannot be used after)."""

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from avala_infer.client.types import AutoLabelJob
 from avala_infer.errors import ConfigError
 from avala_infer.server.pages import CURSOR, LIMIT, client_of, jsonable, no_content, page_json
+from avala_infer.server.schemas import AutoLabelJob as AutoLabelJobOut
+from avala_infer.server.schemas import Page, errors
 from avala_infer.types import ModelType
 
 router = APIRouter(tags=["auto-label jobs"])
@@ -67,7 +69,13 @@ def job_json(job: AutoLabelJob) -> dict[str, Any]:
     return out
 
 
-@router.post("/projects/{uid}/auto-label/", status_code=201, summary="Create an auto-label job")
+@router.post(
+    "/projects/{uid}/auto-label/",
+    status_code=201,
+    response_model=AutoLabelJobOut,
+    responses=errors(400, 404),
+    summary="Create an auto-label job",
+)
 def create_job(request: Request, uid: str, body: AutoLabelRequest | None = None) -> dict:
     body = body or AutoLabelRequest()
     job = client_of(request).auto_label_jobs.create(
@@ -82,7 +90,9 @@ def create_job(request: Request, uid: str, body: AutoLabelRequest | None = None)
     return job_json(job)
 
 
-@router.get("/auto-label-jobs/", summary="List auto-label jobs")
+@router.get(
+    "/auto-label-jobs/", response_model=Page[AutoLabelJobOut], responses=errors(400), summary="List auto-label jobs"
+)
 def list_jobs(
     request: Request,
     project: str | None = Query(None, description="Only this project's jobs"),
@@ -93,12 +103,20 @@ def list_jobs(
     return page_json(request, page, job_json)
 
 
-@router.get("/auto-label-jobs/{uid}/", summary="Get an auto-label job")
+@router.get(
+    "/auto-label-jobs/{uid}/", response_model=AutoLabelJobOut, responses=errors(404), summary="Get an auto-label job"
+)
 def get_job(request: Request, uid: str) -> dict:
     return job_json(client_of(request).auto_label_jobs.get(uid))
 
 
-@router.delete("/auto-label-jobs/{uid}/", status_code=204, summary="Cancel an auto-label job")
+@router.delete(
+    "/auto-label-jobs/{uid}/",
+    status_code=204,
+    response_class=Response,
+    responses=errors(400, 404),
+    summary="Cancel an auto-label job",
+)
 def cancel_job(request: Request, uid: str) -> Response:
     """Cancel a pending job now, a running one after its batch in flight; 204 with no body."""
     client_of(request).auto_label_jobs.cancel(uid)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 
 from avala_infer.server.pages import CURSOR, LIMIT, client_of, jsonable, page_json
+from avala_infer.server.schemas import Page, Task, errors
 
 router = APIRouter(tags=["tasks"])
 
 
-@router.get("/tasks/", summary="List tasks")
+@router.get("/tasks/", response_model=Page[Task], responses=errors(400, 404), summary="List tasks")
 def list_tasks(
     request: Request,
     project: str | None = Query(None, description="Only this project's tasks"),
@@ -21,6 +22,6 @@ def list_tasks(
     return page_json(request, tasks)
 
 
-@router.get("/tasks/{uid}/", summary="Get a task")
+@router.get("/tasks/{uid}/", response_model=Task, responses=errors(404), summary="Get a task")
 def get_task(request: Request, uid: str) -> dict:
     return jsonable(client_of(request).tasks.get(uid))
