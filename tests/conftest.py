@@ -70,3 +70,17 @@ def engine_onnx(weights_onnx):
     from avala_infer import Engine
 
     return Engine(weights_onnx, device="cpu")
+
+
+@pytest.fixture
+def sdk(served, monkeypatch):
+    """The official Avala SDK's client (``avala==0.10.0``) for the module's ``served`` server (the server tests:
+    tests/server_helpers.py), over plain http to 127.0.0.1."""
+    import avala
+
+    from tests.server_helpers import KEY
+
+    monkeypatch.setenv("AVALA_ALLOW_INSECURE_BASE_URL", "true")
+    client = avala.Client(api_key=KEY, base_url=served.base_url)
+    yield client
+    client.close()

@@ -45,14 +45,6 @@ def served(tmp_path_factory, val_images):
 
 
 @pytest.fixture
-def sdk(served, monkeypatch):
-    monkeypatch.setenv("AVALA_ALLOW_INSECURE_BASE_URL", "true")
-    client = avala.Client(api_key=KEY, base_url=served.base_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def local(served):
     """A local client over the server's store (another connection, as a CLI process would have)."""
     with Avala(home=served.home, worker=False) as client:

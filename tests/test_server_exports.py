@@ -50,14 +50,6 @@ def served(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture
-def sdk(served, monkeypatch):
-    monkeypatch.setenv("AVALA_ALLOW_INSECURE_BASE_URL", "true")
-    client = avala.Client(api_key=KEY, base_url=served.base_url)
-    yield client
-    client.close()
-
-
 def raw(served, method: str, path: str, **kwargs) -> httpx.Response:
     headers = {"X-Avala-Api-Key": KEY}
     return httpx.request(method, served.base_url + path, headers=headers, follow_redirects=False, timeout=30, **kwargs)

@@ -33,14 +33,6 @@ def served(tmp_path_factory, val_images):
 
 
 @pytest.fixture
-def sdk(served, monkeypatch):
-    monkeypatch.setenv("AVALA_ALLOW_INSECURE_BASE_URL", "true")
-    client = avala.Client(api_key=KEY, base_url=served.base_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def own_home(tmp_path):
     """A home of the test's own with a server over it (for tests that add to the store): (home, Served-like)."""
     home = tmp_path / "own-home"

@@ -45,14 +45,6 @@ def pending_tasks(served) -> Iterator[str]:
 
 
 @pytest.fixture
-def sdk(served, monkeypatch):
-    monkeypatch.setenv("AVALA_ALLOW_INSECURE_BASE_URL", "true")
-    client = avala.Client(api_key=KEY, base_url=served.base_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def hooks(sdk) -> Iterator[list[str]]:
     """Uids of the webhooks a test creates, deleted at its end (so none keeps receiving the next tests' events)."""
     made: list[str] = []

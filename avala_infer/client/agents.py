@@ -35,6 +35,20 @@ POLL_LEASE_SECONDS = 300.0
 POLL_LIMIT = 10
 
 
+def _fields(name, events, description, callback_url, is_active, project, task_types, secret) -> dict[str, Any]:
+    """An agent's fields as the store takes them (create, register, update): the sequences as lists."""
+    return {
+        "name": name,
+        "events": list(events) if events is not None else None,
+        "description": description,
+        "callback_url": callback_url,
+        "is_active": is_active,
+        "project": project,
+        "task_types": list(task_types) if task_types is not None else None,
+        "secret": secret,
+    }
+
+
 class Agents(_Resource):
     """``client.agents``: create, list, get, update, delete, test, list_executions; pull mode: lease_executions,
     respond."""
@@ -64,15 +78,9 @@ class Agents(_Resource):
         given) is shown this once."""
         row = self._call(
             "agents.create",
-            name=name,
-            events=list(events) if events is not None else None,
-            description=description,
-            callback_url=callback_url,
-            is_active=True if is_active is None else bool(is_active),
-            project=project,
-            task_types=list(task_types) if task_types is not None else None,
-            secret=secret,
-        )
+            **_fields(name, events, description, callback_url, True if is_active is None else bool(is_active),
+                      project, task_types, secret),
+        )  # fmt: skip
         return Agent.from_row(row)
 
     def register(
@@ -91,14 +99,7 @@ class Agents(_Resource):
         (as :meth:`create`, its ``secret`` shown this once) when no agent has that name; and whether it is new."""
         row = self._call(
             "agents.register",
-            name=name,
-            events=list(events) if events is not None else None,
-            description=description,
-            callback_url=callback_url,
-            is_active=is_active,
-            project=project,
-            task_types=list(task_types) if task_types is not None else None,
-            secret=secret,
+            **_fields(name, events, description, callback_url, is_active, project, task_types, secret),
         )
         return Agent.from_row(row), bool(row["created"])
 
@@ -132,17 +133,9 @@ class Agents(_Resource):
         ``secret`` replaces the signing secret from the next delivery on)."""
         self._agent_row(uid)
         row = self._call(
-            "agents.update",
-            uid,
-            name=name,
-            events=list(events) if events is not None else None,
-            description=description,
-            callback_url=callback_url,
-            is_active=is_active,
-            project=project,
-            task_types=list(task_types) if task_types is not None else None,
-            secret=secret,
-        )
+            "agents.update", uid, **_fields(name, events, description, callback_url, is_active, project, task_types,
+                                            secret)
+        )  # fmt: skip
         return Agent.from_row(row)
 
     def delete(self, uid: str) -> None:

@@ -23,6 +23,8 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
 
 from avala_infer.errors import ConfigError, StoreError
+from avala_infer.store.api_keys import ApiKeyRepository
+from avala_infer.store.db import DB_NAME, connect
 
 KEY_HEADER = "X-Avala-Api-Key"
 KEY_ENV = "AVALA_INFER_API_KEY"
@@ -59,9 +61,6 @@ class ManagedKeys:
 
     def verify(self, key: str) -> bool:
         """Whether ``key`` is an active managed key (its ``last_used_at`` recorded, at most once a minute)."""
-        from avala_infer.store.api_keys import ApiKeyRepository
-        from avala_infer.store.db import DB_NAME, connect
-
         with self._lock:
             if self._repo is None:
                 conn = connect(self.home / DB_NAME)
@@ -127,7 +126,6 @@ def resolve_api_key(home: Path, key_file: str | os.PathLike | None = None) -> tu
 def has_managed_keys(home: Path) -> bool:
     """Whether the store in ``home`` has an active managed key (False when there is no store yet)."""
     from avala_infer.store import Store
-    from avala_infer.store.db import DB_NAME
 
     if not (home / DB_NAME).exists():
         return False
