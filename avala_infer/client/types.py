@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
@@ -20,12 +21,19 @@ def _time(value: str | None) -> datetime.datetime | None:
     return datetime.datetime.fromisoformat(value) if value else None
 
 
+_TIME_FIELDS = frozenset({"created_at", "updated_at", "started_at", "completed_at"})
+
+
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def _build(cls, row: dict[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)  # cached: a list page builds a hundred of each (the HTTP API's hot path)
     values = {k: v for k, v in row.items() if k in names}
-    for key in ("created_at", "updated_at", "started_at", "completed_at"):
-        if key in values:
-            values[key] = _time(values[key])
+    for key in _TIME_FIELDS.intersection(values):
+        values[key] = _time(values[key])
     return cls(**values)
 
 

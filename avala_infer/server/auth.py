@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader
 
 from avala_infer.errors import ConfigError, StoreError
@@ -79,15 +80,18 @@ class ManagedKeys:
                 self._repo = None
 
 
-def require_key(request: Request, key: str | None = Security(_key_header)) -> None:
-    """The dependency every ``/api/v1`` route has: a missing or wrong key is a 401."""
+async def require_key(request: Request, key: str | None = Security(_key_header)) -> None:
+    """The dependency every ``/api/v1`` route has: a missing or wrong key is a 401.
+
+    Async, so the server's own key is checked on the event loop (a sync dependency costs every request a hop
+    to the thread pool and back); only a managed key's store lookup goes to a thread."""
     if not key:
         raise Unauthorized(f"missing API key: send it in the {KEY_HEADER} header")
     state = request.app.state
     if key_matches(key, state.api_keys):
         return
     managed = getattr(state, "managed_keys", None)
-    if managed is not None and managed.verify(key):
+    if managed is not None and await run_in_threadpool(managed.verify, key):
         return
     raise Unauthorized(f"invalid API key: send a key of this server in the {KEY_HEADER} header (avala-infer keys)")
 

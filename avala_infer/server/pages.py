@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +27,32 @@ def client_of(request: Request) -> Avala:
 
 def iso(value: datetime.datetime) -> str:
     """ISO 8601 in UTC with ``Z`` (a naive time is taken as UTC)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    if value.tzinfo is not None and value.utcoffset():
+        value = value.astimezone(datetime.timezone.utc)
+    return value.replace(tzinfo=None).isoformat() + "Z"
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """A dataclass's field names (cached: list pages serialise a hundred objects of one class), else None."""
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+
+
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def jsonable(value: Any) -> Any:
     """A client object (dataclass), dict, list or scalar as JSON values, datetimes as :func:`iso` strings."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    names = _field_names(cls)
+    if names is not None:
+        out = {}
+        for name in names:
+            field = getattr(value, name)
+            out[name] = field if type(field) in _SCALARS else jsonable(field)
+        return out
     if isinstance(value, datetime.datetime):
         return iso(value)
     if isinstance(value, dict):

@@ -26,12 +26,10 @@ def row_dict(row: sqlite3.Row | None) -> dict[str, Any] | None:
     """A row as a dict, JSON columns decoded (``id``, the row's position, is kept: pages use it as the cursor)."""
     if row is None:
         return None
-    out = {}
-    for key in row.keys():
-        value = row[key]
-        if key in JSON_COLUMNS and isinstance(value, str):
-            value = json.loads(value)
-        out[key] = value
+    out = dict(zip(row.keys(), row))
+    for key in JSON_COLUMNS.intersection(out):
+        if isinstance(out[key], str):
+            out[key] = json.loads(out[key])
     return out
 
 
