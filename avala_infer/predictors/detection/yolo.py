@@ -3,9 +3,9 @@
 Pre-processing is :func:`avala_infer.predictors.imaging.letterbox`, which mirrors ultralytics' ``LetterBox``
 (same rounding, same 114 grey, same INTER_LINEAR resize) so that our boxes equal the reference's.
 Post-processing is ultralytics' class-aware NMS, image by image on the model's device (an image's boxes never
-depend on its batch), then boxes go back to original pixels with ultralytics' ``scale_boxes`` rule. An input size
-that is not a multiple of the model's stride is rounded up, with a warning, as ultralytics' ``check_imgsz`` does
-(the network's feature maps would not line up otherwise).
+depend on its batch); the batch's rows then come to the host in one copy and go back to original pixels with
+ultralytics' ``scale_boxes`` rule, in numpy. An input size that is not a multiple of the model's stride is rounded
+up, with a warning, as ultralytics' ``check_imgsz`` does (the network's feature maps would not line up otherwise).
 """
 
 from __future__ import annotations
@@ -98,15 +98,17 @@ def batched_nms(raw: Any, score_floor: float, iou: float, nc: int, max_det: int 
     return rows, kept
 
 
-def scale_boxes(boxes: Any, in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> Any:
-    """Letterboxed xyxy -> original pixels, clipped to the image (a new tensor)."""
-    import torch
-
-    gain_x, gain_y, pad_x, pad_y = unletterbox_params(in_shape, orig_shape)
-    h, w = orig_shape
-    gain = boxes.new_tensor([gain_x, gain_y, gain_x, gain_y])
-    pad = boxes.new_tensor([pad_x, pad_y, pad_x, pad_y])
-    return torch.minimum(((boxes - pad) / gain).clamp(min=0), boxes.new_tensor([w, h, w, h]))
+def scale_boxes(
+    boxes: np.ndarray, in_shape: tuple[int, int], orig_shapes: Sequence[tuple[int, int]], counts: Sequence[int]
+) -> np.ndarray:
+    """Letterboxed xyxy rows of a batch (image after image, ``counts[i]`` rows of image i) -> original pixels,
+    each clipped to its image: a new float32 array, with ultralytics' ``scale_boxes`` float32 arithmetic."""
+    per_image = np.array(
+        [(*unletterbox_params(in_shape, shape), shape[1], shape[0]) for shape in orig_shapes], dtype=np.float32
+    ).reshape(-1, 6)  # gain_x, gain_y, pad_x, pad_y, width, height
+    per_row = np.repeat(per_image, counts, axis=0)
+    gain, pad, limit = per_row[:, [0, 1, 0, 1]], per_row[:, [2, 3, 2, 3]], per_row[:, [4, 5, 4, 5]]
+    return np.minimum(np.maximum((boxes - pad) / gain, 0), limit)
 
 
 class YoloDetector(Predictor):
@@ -152,8 +154,16 @@ class YoloDetector(Predictor):
     def batch_key(self, prepared: Letterboxed) -> Hashable:
         return prepared.image.shape
 
-    def masks_for(self, protos: Any, rows: Any, in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> Any:
-        """Instance masks of one image's rows (segmentation subclasses); detectors have none."""
+    def masks_on_host(
+        self,
+        protos: Any,
+        rows: Any,
+        counts: Sequence[int],
+        in_shape: tuple[int, int],
+        orig_shapes: Sequence[tuple[int, int]],
+    ) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Each image's instance masks and which of them are non-empty, on the host (segmentation subclasses);
+        detectors have none."""
         return None
 
     def postprocess(
@@ -166,22 +176,25 @@ class YoloDetector(Predictor):
         max_det: int = 300,
         **_: Any,
     ) -> list[Detections]:
+        """The batch's detections, read from the device once: its NMS rows in one copy (then split per image with
+        numpy), and for segmentation its masks in as few copies as ``masks_on_host`` makes. A host read per image
+        would wait on the device once per image; every read after the first here finds the work already done."""
         preds, protos = raw if isinstance(raw, tuple) else (raw, None)
         rows, counts = batched_nms(preds, score_floor, iou, len(self.labels), max_det)
-        host = rows[:, :6].cpu().split(counts)  # one device-to-host copy of the batch's boxes
         in_shape = prepared[0].image.shape[:2]
-        labels = np.asarray(self.labels, dtype=object)
-        results = []
-        for i, (item, mine, on_device) in enumerate(zip(prepared, host, rows.split(counts))):
-            masks = None
-            if protos is not None:
-                masks, nonempty = self.masks_for(protos[i], on_device, in_shape, item.orig_shape)
-                on_host = nonempty.cpu()
-                if not bool(on_host.all()):  # a copy of the masks: only when one must go
-                    masks, mine = masks[nonempty], mine[on_host]
-                masks = masks.cpu().numpy()
-            boxes = scale_boxes(mine[:, :4], in_shape, item.orig_shape).numpy()
-            mine = mine[:, 4:6].numpy()
-            class_id = mine[:, 1].astype(np.int64)
-            results.append(Detections(boxes, mine[:, 0], class_id, labels[class_id], masks))
+        orig_shapes = [item.orig_shape for item in prepared]
+        masks = None if protos is None else self.masks_on_host(protos, rows, counts, in_shape, orig_shapes)
+        host = rows[:, :6].cpu().numpy()  # the batch's one device-to-host copy of boxes, scores and classes
+        boxes = scale_boxes(host[:, :4], in_shape, orig_shapes, counts)
+        class_id = host[:, 5].astype(np.int64)
+        class_name = np.asarray(self.labels, dtype=object)[class_id]
+        results, start = [], 0
+        for i, n in enumerate(counts):
+            mine = slice(start, start + n)
+            start += n
+            image_masks, nonempty = masks[i] if masks is not None else (None, None)
+            detections = Detections(boxes[mine], host[mine, 4], class_id[mine], class_name[mine], image_masks)
+            if nonempty is not None and not nonempty.all():  # ultralytics drops an instance whose mask is empty
+                detections = detections[nonempty]
+            results.append(detections)
         return results
