@@ -3,7 +3,8 @@
 :func:`label` checks its arguments before the model loads and takes the output folder (:func:`output_folder`:
 made, locked, checked); then :class:`_Outputs` builds the run's sinks (the summary, the failure log, and the
 annotation writers or, for a dry run, the preview gallery) and :func:`_drive` runs the engine's stream through
-them (every prediction to every sink, progress), ending in a :class:`LabelReport`.
+them (every prediction to every sink, progress), ending in a :class:`LabelReport`. The sinks run on their own
+thread (:class:`_WriterThread`), fed through a bounded queue, so the pipeline's thread never waits on files.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 import dataclasses
 import itertools
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +50,9 @@ from avala_infer.types import ModelType
 
 ProgressFn = Callable[[int, "int | None", int], None]  # (done, total or None, failed)
 PROGRESS_EVERY_S = 0.2  # the progress callback is called at most this often (and once more at the end)
+# Predictions waiting for the writer thread, at most: enough for the pipeline to run a batch or two ahead of slow
+# files, few enough that memory stays bounded (an instance-segmentation prediction holds full-size masks).
+WRITER_QUEUE_ITEMS = 64
 
 
 @dataclasses.dataclass
@@ -89,6 +95,7 @@ def label(
     device: str = "auto",
     batch_size: int | None = None,
     input_size: int | None = None,
+    letterbox: str | None = None,
     progress: ProgressFn | None = None,
     trust_weights: bool = False,
     overwrite: bool = False,
@@ -99,7 +106,9 @@ def label(
     """Label ``sources`` with ``model`` and write ``formats`` into ``out``.
 
     ``model`` is a model name, spec or weights path, or a loaded :class:`Engine` (then ``device``,
-    ``batch_size`` and ``input_size`` are the engine's own and these arguments are not used).
+    ``batch_size``, ``input_size`` and ``letterbox`` are the engine's own and these arguments are not used).
+    ``letterbox`` (``rect`` or ``square``, YOLO models) overrides the engine's choice: rect on a CPU, square on a
+    GPU (full batches; see :class:`Engine`).
     ``mask_format`` (``rle`` or ``polygon``) chooses how COCO holds masks. ``top_k`` applies to classifiers,
     ``aggregation`` to named entities, ``text_field``/``per_line`` to how text files split into items
     (see :meth:`Engine.predict`). Formats must suit the model type (``exporters.FORMATS_FOR``).
@@ -131,7 +140,14 @@ def label(
     with output_folder(out, overwrite=overwrite, exist_ok=exist_ok) as out_dir:  # before the model loads
         if isinstance(model, Engine):
             return _label(model, sources, out_dir, run, progress)
-        engine = Engine(model, device=device, batch_size=batch_size, input_size=input_size, trust_weights=trust_weights)
+        engine = Engine(
+            model,
+            device=device,
+            batch_size=batch_size,
+            input_size=input_size,
+            letterbox=letterbox,
+            trust_weights=trust_weights,
+        )
         with engine:  # ours: its model is released when the run ends, however it ends
             return _label(engine, sources, out_dir, run, progress)
 
@@ -195,7 +211,9 @@ class _RunSettings:
             "confidence_threshold": self.confidence_threshold,
         }
         if model_type in (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION):
-            settings.update(iou_threshold=self.iou_threshold, max_det=self.max_det)
+            settings.update(
+                iou_threshold=self.iou_threshold, max_det=self.max_det, letterbox=engine.predictor.spec.letterbox
+            )
         if model_type in (ModelType.IMAGE_CLASSIFICATION, ModelType.TEXT_CLASSIFICATION):
             settings["top_k"] = self.top_k
         if model_type is ModelType.NAMED_ENTITY_RECOGNITION:
@@ -314,21 +332,92 @@ def _drive(
     total: int | None,
     failures: FailureLog,
 ) -> int:
-    """Every prediction to every sink, in order; ``progress(done, total, failed)`` at most every
-    :data:`PROGRESS_EVERY_S` and once at the end. Returns how many items came."""
-    done = reported = 0
-    last_report = 0.0
-    for prediction in predictions:
-        for sink in sinks:
+    """Every prediction to every sink, in order, on the writer thread; ``progress(done, total, failed)``, counting
+    written items, at most every :data:`PROGRESS_EVERY_S` and once at the end. Returns how many items came.
+
+    An error in a sink (or in ``progress``) stops the run with that error; an error here (the engine, Ctrl-C)
+    stops the writer thread. Either way the thread has ended before this returns or raises, so the caller may
+    abort the sinks with no write still under way."""
+    writer = _WriterThread(sinks, progress, total, failures)
+    try:
+        for prediction in predictions:
+            writer.put(prediction)
+    except BaseException:
+        writer.stop()
+        raise
+    writer.finish()
+    if progress is not None and writer.reported != writer.done:
+        progress(writer.done, total, failures.count)
+    return writer.done
+
+
+_END = object()  # the last thing put on a writer queue
+
+
+class _WriterThread:
+    """The sinks, run on a thread of their own from a bounded queue (:data:`WRITER_QUEUE_ITEMS`), in input order.
+
+    The thread writes each prediction to every sink, counts it in :attr:`done` and reports progress. After an
+    error (kept in :attr:`error`, raised to the feeder at its next :meth:`put`) or a :meth:`stop`, it takes what
+    is queued without writing it, so that the feeder never blocks on a full queue; it ends at :data:`_END`.
+    """
+
+    def __init__(self, sinks: list[Sink], progress: ProgressFn | None, total: int | None, failures: FailureLog) -> None:
+        self.sinks = sinks
+        self.progress = progress
+        self.total = total
+        self.failures = failures
+        self.done = self.reported = 0
+        self.error: BaseException | None = None
+        self._stopping = False
+        self._last_report = 0.0
+        self._queue: queue.Queue = queue.Queue(WRITER_QUEUE_ITEMS)
+        # a daemon: should the feeder be killed while it waits for the thread, the process can still exit
+        self._thread = threading.Thread(target=self._run, name="avala-infer-writers", daemon=True)
+        self._thread.start()
+
+    def put(self, prediction: Prediction) -> None:
+        """Queue ``prediction`` (waits while the queue is full); raises the error a sink raised, if one did
+        (checked after the wait too: the engine does not go on to its next batch for nothing)."""
+        if self.error is None:
+            self._queue.put(prediction)
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Wait until every queued prediction is written; raise the error a sink raised, if one did."""
+        self._end()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """The run failed on the feeding side: drop what is queued and wait for the thread to end."""
+        self._stopping = True
+        self._end()
+
+    def _end(self) -> None:
+        self._queue.put(_END)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (prediction := self._queue.get()) is not _END:
+            if self.error is not None or self._stopping:
+                continue  # the run is ending: keep the queue moving, write nothing more
+            try:
+                self._write(prediction)
+            except BaseException as exc:  # handed to the feeder, which stops the run with it
+                self.error = exc
+
+    def _write(self, prediction: Prediction) -> None:
+        for sink in self.sinks:
             sink.write(prediction)
-        done += 1
+        self.done += 1
+        if self.progress is None:
+            return
         now = time.monotonic()
-        if progress is not None and (now - last_report > PROGRESS_EVERY_S or done == total):
-            progress(done, total, failures.count)
-            last_report, reported = now, done
-    if progress is not None and reported != done:
-        progress(done, total, failures.count)
-    return done
+        if now - self._last_report > PROGRESS_EVERY_S or self.done == self.total:
+            self.progress(self.done, self.total, self.failures.count)
+            self._last_report, self.reported = now, self.done
 
 
 DEFAULT_OUT = Path("runs") / "label"

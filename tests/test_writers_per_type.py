@@ -251,3 +251,61 @@ def test_semantic_preview_and_summary(semantic_prediction, tmp_path):
     fractions = s["labeled_pixel_fraction"]
     assert fractions["sky"] == pytest.approx(sky.mean(), abs=1e-6)
     assert fractions["grass"] == pytest.approx((m.class_map == 2).mean(), abs=1e-6)
+
+
+def _reference_rle(mask):
+    """COCO RLE over the whole image, the way rle.encode did before it looked at the mask's extent only."""
+    h, w = mask.shape
+    flat = np.asarray(mask, dtype=np.uint8).ravel(order="F")
+    if flat.size == 0:
+        return {"size": [h, w], "counts": []}
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
+    if flat[0]:
+        counts.insert(0, 0)
+    return {"size": [h, w], "counts": counts}
+
+
+def _reference_polygons(mask):
+    """Outer contours traced on the whole image, as codecs.polygons did before it traced the mask's extent."""
+    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return [], False
+    parents = hierarchy[0][:, 3]
+    outer = [c.reshape(-1, 2).astype(np.float32) for c, p in zip(contours, parents) if p < 0 and len(c) >= 3]
+    return outer, bool((parents >= 0).any())
+
+
+def _random_masks(seed: int, count: int):
+    """Small masks whose set pixels lie in a random box: touching every edge and corner, full, empty, holed."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        h, w = (int(v) for v in rng.integers(1, 12, 2))
+        mask = np.zeros((h, w), bool)
+        y0, y1 = sorted(int(v) for v in rng.integers(0, h + 1, 2))
+        x0, x1 = sorted(int(v) for v in rng.integers(0, w + 1, 2))
+        mask[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) < (0.97 if i % 3 else 0.6)
+        yield mask
+    yield np.ones((5, 4), bool)
+    yield np.zeros((5, 4), bool)
+
+
+def test_rle_of_the_mask_extent_is_the_whole_image_rle():
+    masks = list(_random_masks(0, 4000))
+    assert sum(m[0].any() and m[-1].any() for m in masks) > 200  # top and bottom rows set: runs that wrap columns
+    assert sum(m[-1, -1] for m in masks) > 20  # the last pixel set: the last run ends with the image
+    for mask in masks:
+        got = rle.encode(mask)
+        assert got == _reference_rle(mask), mask.astype(int)
+        assert np.array_equal(rle.decode(got), mask)
+    for empty in (np.zeros((0, 5), bool), np.zeros((3, 0), bool)):
+        assert rle.encode(empty) == _reference_rle(empty)
+
+
+def test_polygons_of_the_mask_extent_are_the_whole_image_outlines():
+    from avala_infer.exporters.codecs.polygons import mask_to_polygons
+
+    for mask in _random_masks(1, 3000):
+        (got, holes), (want, want_holes) = mask_to_polygons(mask), _reference_polygons(mask)
+        assert holes == want_holes and len(got) == len(want), mask.astype(int)
+        assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want)), mask.astype(int)

@@ -86,14 +86,8 @@ def _short(name: str) -> str:
     return f"{stem}.{suffix}" if suffix else stem
 
 
-def safe_relative_path(key: str) -> PurePosixPath:
-    """The relative path an item key stands for under an output folder, which can never leave it.
-
-    Backslashes count as separators, a drive (``C:``) and leading ``/`` are dropped, ``.`` parts are removed
-    and ``..`` steps up only as far as the top (``a/../../b.jpg`` -> ``b.jpg``, ``../../x.jpg`` -> ``x.jpg``);
-    control characters (NUL included) become ``_`` and names are cut to 200 bytes. Sub-folders inside are
-    kept: ``sub/a.jpg`` stays ``sub/a.jpg``. An empty result is ``unnamed``.
-    """
+def _safe_parts(key: str) -> list[str]:
+    """The parts of :func:`safe_relative_path` (``["unnamed"]`` for an empty result), as plain strings."""
     text = _UNSAFE_CHARS.sub("_", str(key)).replace("\\", "/")
     text = _DRIVE.sub("", text)
     parts: list[str] = []
@@ -105,7 +99,36 @@ def safe_relative_path(key: str) -> PurePosixPath:
                 parts.pop()
             continue
         parts.append(_short(part))
-    return PurePosixPath(*parts) if parts else PurePosixPath("unnamed")
+    return parts or ["unnamed"]
+
+
+def safe_relative_path(key: str) -> PurePosixPath:
+    """The relative path an item key stands for under an output folder, which can never leave it.
+
+    Backslashes count as separators, a drive (``C:``) and leading ``/`` are dropped, ``.`` parts are removed
+    and ``..`` steps up only as far as the top (``a/../../b.jpg`` -> ``b.jpg``, ``../../x.jpg`` -> ``x.jpg``);
+    control characters (NUL included) become ``_`` and names are cut to 200 bytes. Sub-folders inside are
+    kept: ``sub/a.jpg`` stays ``sub/a.jpg``. An empty result is ``unnamed``.
+    """
+    return PurePosixPath(*_safe_parts(key))
+
+
+def with_suffix(name: str, suffix: str) -> str:
+    """``name`` with its extension replaced by ``suffix``, or ``suffix`` added when it has none: pathlib's rule
+    (``a.jpg`` -> ``a.txt``, ``.bashrc`` -> ``.bashrc.txt``, ``a.`` -> ``a..txt``), on a plain string."""
+    dot = name.rfind(".")
+    return name[:dot] + suffix if 0 < dot < len(name) - 1 else name + suffix
+
+
+def suffix_of(path: str) -> str:
+    """The extension of ``path``'s last part, as ``PurePath.suffix`` gives it (``""`` for none)."""
+    name = path.rstrip("/").rpartition("/")[2]
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
 
 
 class PathAllocator:
@@ -114,13 +137,14 @@ class PathAllocator:
     Two keys that come out as the same path (``a.jpg`` and ``./a.jpg``; ``a.jpg`` and ``a.png`` once the
     extension is replaced) do not overwrite each other: the later one gets ``_1``, ``_2``... before its
     extension, as imports name duplicate keys. A name already taken as a folder (or a folder already taken as
-    a file) gets the suffix too. Memory: one entry per file written, as the writers' own outputs are.
+    a file) gets the suffix too. Memory: one entry per file written, as the writers' own outputs are. Paths are
+    kept as ``/``-joined strings (no path object per item: writers allocate one per item).
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._files: set[PurePosixPath] = set()
-        self._folders: set[PurePosixPath] = set()
+        self._files: set[str] = set()
+        self._folders: set[str] = set()
 
     def allocate(self, key: str, suffix: str | None = None, companion: str | None = None) -> Path:
         """The unique path for ``key`` under ``root`` (its extension replaced by ``suffix`` if given).
@@ -128,26 +152,33 @@ class PathAllocator:
         ``companion``: another extension the same stem will be written with elsewhere under the same layout
         (YOLO's image link beside its label file); that name is kept free of clashes too.
         """
-        relative = safe_relative_path(key)
+        return self.root / self.allocate_relative(key, suffix, companion)
+
+    def allocate_relative(self, key: str, suffix: str | None = None, companion: str | None = None) -> str:
+        """:meth:`allocate`'s path relative to ``root``, ``/``-joined."""
+        parts = _safe_parts(key)
         if suffix is not None:
-            relative = relative.with_suffix(suffix) if relative.suffix else relative.with_name(relative.name + suffix)
-        parts = list(relative.parts)
-        for i in range(len(parts) - 1):  # folders: not a name some file already has
-            parts[i] = self._free(PurePosixPath(*parts[:i]), parts[i], self._files, None)
-        parent = PurePosixPath(*parts[:-1])
-        name = self._free(parent, parts[-1], self._files | self._folders, companion)
-        path = parent / name
+            parts[-1] = with_suffix(parts[-1], suffix)
+        parent = ""
+        for part in parts[:-1]:  # folders: not a name some file already has
+            parent = _join(parent, self._free(parent, part, (self._files,), None))
+        name = self._free(parent, parts[-1], (self._files, self._folders), companion)
+        path = _join(parent, name)
         self._files.add(path)
         if companion is not None:
-            self._files.add(path.with_suffix(companion))
-        self._folders.update(path.parents)
-        return self.root.joinpath(*path.parts)
+            self._files.add(_join(parent, with_suffix(name, companion)))
+        while parent and parent not in self._folders:  # its ancestors are in already when it is
+            self._folders.add(parent)
+            parent = parent.rpartition("/")[0]
+        return path
 
     @staticmethod
-    def _free(parent: PurePosixPath, name: str, taken: set[PurePosixPath], companion: str | None) -> str:
+    def _free(parent: str, name: str, taken: tuple[set[str], ...], companion: str | None) -> str:
         def clash(candidate: str) -> bool:
-            path = parent / candidate
-            return path in taken or (companion is not None and path.with_suffix(companion) in taken)
+            paths = [_join(parent, candidate)]
+            if companion is not None:
+                paths.append(_join(parent, with_suffix(candidate, companion)))
+            return any(path in names for path in paths for names in taken)
 
         if not clash(name):
             return name
@@ -162,17 +193,39 @@ class PathAllocator:
             n += 1
 
 
-def round_list(values, digits: int = 2) -> list[float]:
-    return [round(float(v), digits) for v in values]
+class Folders:
+    """Makes folders (with their parents) once: a writer that puts each item's file under a sub-folder asks for
+    it per item, and the file system is asked once per folder. A folder removed during the run is not made
+    again: the next file written there fails, as any write into a vanished output folder does."""
+
+    def __init__(self) -> None:
+        self._made: set[str] = set()
+
+    def make(self, folder: str) -> None:
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
+def write_bytes_atomic(path: Path | str, data: bytes) -> Path | str:
     """Write ``data`` to ``path`` through ``path.tmp`` and a rename: a crash or a failed write (a full disk) leaves
-    the earlier file or none, never half of one (per-item files: YOLO labels, mask PNGs)."""
-    tmp = path.with_name(path.name + ".tmp")
+    the earlier file or none, never half of one (per-item files: YOLO labels, mask PNGs).
+
+    Whole-or-nothing needs only the rename (atomic in the folder: a reader, or the next run, sees the old name's
+    file or the new one) and the removal of ``.tmp`` on an error. There is no fsync, per file or at the end: it
+    would cost a disk flush per item (milliseconds) and buys only survival of a power cut or a kernel crash, which
+    no output of a run promises (an interrupted run is run again); ext4 (``auto_da_alloc``) and most file systems
+    flush a file renamed over an older one before the rename anyway. Raw ``os`` calls, no file object: this runs
+    once per item."""
+    tmp = f"{os.fspath(path)}.tmp"
     try:
-        with open(tmp, "wb") as file:
-            file.write(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # as open(tmp, "wb"): 0o666 less umask
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         remove_quietly(tmp)
@@ -180,7 +233,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
+def write_text_atomic(path: Path | str, text: str) -> Path | str:
     """:func:`write_bytes_atomic` of ``text`` in UTF-8."""
     return write_bytes_atomic(path, text.encode("utf-8"))
 

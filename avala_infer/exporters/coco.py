@@ -23,7 +23,7 @@ import numpy as np
 
 from avala_infer.annotations import Prediction, SemanticMask
 from avala_infer.errors import ConfigError
-from avala_infer.exporters.base import remove_quietly, round_list
+from avala_infer.exporters.base import remove_quietly
 from avala_infer.exporters.codecs import rle
 from avala_infer.exporters.codecs.polygons import mask_to_polygons
 
@@ -80,29 +80,35 @@ class CocoWriter:
             self._write_segments(image_id, prediction.result)
             return
         d = prediction.detections
-        rles = rle.encode_compressed(d.mask) if d.mask is not None else []
-        for i, (box, score, cid) in enumerate(zip(d.xyxy, d.confidence, d.class_id)):
-            x1, y1, x2, y2 = (float(v) for v in box)
+        runs = [rle.encode(mask) for mask in d.mask] if d.mask is not None else []  # each mask's area is in its runs
+        rles = [rle.compress(r) for r in runs]
+        records = []
+        # .tolist(): Python floats and ints, the same values float()/int() of each numpy element give
+        for i, ((x1, y1, x2, y2), score, cid) in enumerate(
+            zip(d.xyxy.tolist(), d.confidence.tolist(), d.class_id.tolist())
+        ):
             w, h = x2 - x1, y2 - y1
             record = {
-                "id": self._next_annotation,
+                "id": self._next_annotation + i,
                 "image_id": image_id,
-                "category_id": int(cid) + 1,
-                "bbox": round_list([x1, y1, w, h], 3),
+                "category_id": cid + 1,
+                "bbox": [round(x1, 3), round(y1, 3), round(w, 3), round(h, 3)],
                 "area": round(w * h, 3),
                 "iscrowd": 0,
-                "score": round(float(score), 5),
+                "score": round(score, 5),
             }
             if d.mask is not None:
                 polygon = self.mask_format == "polygon"
                 record["segmentation"] = polygon_or_rle(d.mask[i], rles[i]) if polygon else rles[i]
-                record["area"] = int(d.mask[i].sum())
-            self._append(self._annotations, record, self._next_annotation == 1)
-            self._next_annotation += 1
+                record["area"] = sum(runs[i]["counts"][1::2])  # the set pixels: every second run
+            records.append(json.dumps(record))
+        if records:  # one write per item: the records as _append would have joined them
+            self._annotations.write(("" if self._next_annotation == 1 else ",\n") + ",\n".join(records))
+            self._next_annotation += len(records)
 
     def _write_segments(self, image_id: int, semantic: SemanticMask) -> None:
         for segment in semantic.segments():
-            compressed = rle.encode_compressed(segment.mask[None])[0]
+            compressed = rle.compress(rle.encode(segment.mask))
             rows = np.flatnonzero(segment.mask.any(1))
             cols = np.flatnonzero(segment.mask.any(0))
             x, y = int(cols[0]), int(rows[0])

@@ -138,22 +138,28 @@ def _image_common(prediction: Prediction, result_id: str, from_name: str, score:
 def _box_results(prediction: Prediction, d: Detections) -> list[dict]:
     w, h = prediction.width, prediction.height
     results = []
-    for i, ((x1, y1, x2, y2), score, name) in enumerate(zip(d.xyxy, d.confidence, d.class_name)):
+    # .tolist(): Python floats, the values float() of each numpy element gives; the box sizes are float32
+    # differences, as (x2 - x1) of two numpy float32 elements is
+    sizes = (d.xyxy[:, 2:] - d.xyxy[:, :2]).tolist()
+    for i, ((x1, y1, _, _), (bw, bh), score, name) in enumerate(
+        zip(d.xyxy.tolist(), sizes, d.confidence.tolist(), d.class_name)
+    ):
         common = _image_common(prediction, f"{prediction.index}-{i}", "label", score)
         if d.mask is not None:
             polygons, _ = mask_to_polygons(d.mask[i])
             for part, polygon in enumerate(polygons):  # a mask in several parts: one polygon result per part
-                points = [[round(float(x) * 100 / w, 4), round(float(y) * 100 / h, 4)] for x, y in polygon]
+                points = [[round(x * 100 / w, 4), round(y * 100 / h, 4)] for x, y in polygon.tolist()]
                 value = {"points": points, "polygonlabels": [str(name)]}
                 results.append({**common, "id": f"{common['id']}-{part}", "type": "polygonlabels", "value": value})
         else:
-            box = {
-                "x": float(x1) * 100 / w,
-                "y": float(y1) * 100 / h,
-                "width": float(x2 - x1) * 100 / w,
-                "height": float(y2 - y1) * 100 / h,
+            value = {
+                "x": round(x1 * 100 / w, 4),
+                "y": round(y1 * 100 / h, 4),
+                "width": round(bw * 100 / w, 4),
+                "height": round(bh * 100 / h, 4),
+                "rotation": 0,
+                "rectanglelabels": [str(name)],
             }
-            value = {**{k: round(v, 4) for k, v in box.items()}, "rotation": 0, "rectanglelabels": [str(name)]}
             results.append({**common, "type": "rectanglelabels", "value": value})
     return results
 

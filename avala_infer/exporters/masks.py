@@ -8,13 +8,14 @@ Pixel value ``k + 1`` is the run's label ``k`` (the same ids as the COCO export'
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from avala_infer.annotations import Prediction, SemanticMask
-from avala_infer.exporters.base import PathAllocator, write_bytes_atomic, write_text_atomic
+from avala_infer.exporters.base import Folders, PathAllocator, write_bytes_atomic, write_text_atomic
 
 
 class MaskWriter:
@@ -25,12 +26,15 @@ class MaskWriter:
         self.dtype = np.uint8 if len(labels) < 256 else np.uint16
         self._paths = PathAllocator(self.root)
         self._paths.allocate("classes.txt")  # written at close
+        self._folders = Folders()  # sub-folders of nested keys, made once each
 
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok or not isinstance(prediction.result, SemanticMask):
             return
-        path = self._paths.allocate(prediction.key, ".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        relative = self._paths.allocate_relative(prediction.key, ".png")
+        path = os.path.join(self.root, relative)
+        if "/" in relative:
+            self._folders.make(os.path.dirname(path))
         values = (prediction.result.class_map + 1).astype(self.dtype)
         encoded, png = cv2.imencode(".png", values)
         if not encoded:

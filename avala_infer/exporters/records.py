@@ -36,7 +36,6 @@ from avala_infer.annotations import (
     SemanticMask,
 )
 from avala_infer.errors import ConfigError
-from avala_infer.exporters.base import round_list
 from avala_infer.exporters.codecs import rle
 from avala_infer.types import ModelType
 
@@ -48,9 +47,10 @@ CLASSIFICATION_TYPES = (ModelType.IMAGE_CLASSIFICATION, ModelType.TEXT_CLASSIFIC
 
 
 def _boxes(d: Detections) -> list[dict]:
+    # .tolist(): Python numbers, the same values float()/int() of each numpy element give, made in one call
     annotations = [
-        {"label": str(name), "class_id": int(cid), "score": round(float(score), 5), "bbox": round_list(box)}
-        for box, score, cid, name in zip(d.xyxy, d.confidence, d.class_id, d.class_name)
+        {"label": str(name), "class_id": cid, "score": round(score, 5), "bbox": [round(v, 2) for v in box]}
+        for box, score, cid, name in zip(d.xyxy.tolist(), d.confidence.tolist(), d.class_id.tolist(), d.class_name)
     ]
     if d.mask is not None:
         for annotation, mask in zip(annotations, d.mask):

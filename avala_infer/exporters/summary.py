@@ -32,6 +32,9 @@ DRY_RUN_FLOOR = 0.05
 FINE_STEPS = np.round(np.arange(101) / 100, 2)
 FINE = FINE_STEPS.astype(np.float32)
 SWEEP_EVERY = 5  # summary.json's sweep: every 0.05
+# Scores are counted a few thousand at a time (one numpy pass over many items instead of a few per item); what
+# waits is at most this many scores, so memory stays flat. Counting is per score, so the batches change nothing.
+COUNT_EVERY = 4096
 
 
 def dry_run_floor(label_filter) -> float:
@@ -82,11 +85,17 @@ class SummaryCollector:
         self.items = self.succeeded = self.failed = self.boxes = 0
         self.items_with_boxes = 0
         self.per_label: collections.Counter[str] = collections.Counter()
-        self.histogram = np.zeros(SCORE_BINS, dtype=np.int64)
-        self.at_threshold = np.zeros(len(THRESHOLDS), dtype=np.int64)
         # per label: what a run at each 0.01 step would keep, and the scores' histogram (all predicted)
-        self.fine = np.zeros((len(self.labels), len(FINE)), dtype=np.int64)
-        self.label_histogram = np.zeros((len(self.labels), SCORE_BINS), dtype=np.int64)
+        self._fine = np.zeros((len(self.labels), len(FINE)), dtype=np.int64)
+        self._label_histogram = np.zeros((len(self.labels), SCORE_BINS), dtype=np.int64)
+        self._histogram = np.zeros(SCORE_BINS, dtype=np.int64)
+        self._at_threshold = np.zeros(len(THRESHOLDS), dtype=np.int64)
+        # scores not counted yet (see COUNT_EVERY): (class ids, scores) predicted; scores kept at the requested
+        # thresholds; every score predicted (for annotations_at_threshold)
+        self._predicted: list[tuple[np.ndarray, np.ndarray]] = []
+        self._kept: list[np.ndarray] = []
+        self._all: list[np.ndarray] = []
+        self._waiting = 0
         self.semantic = False
         self.stage_ms: collections.Counter[str] = collections.Counter()
         self.pixels = 0
@@ -109,21 +118,67 @@ class SummaryCollector:
             self.pixels_per_label.update(dict(zip((str(n) for n in d.class_name), d.area.tolist())))
         elif len(d):
             ids = np.asarray(d.class_id, dtype=np.int64)
-            scores = np.asarray(d.confidence, dtype=np.float32)
             if len(self.labels) and ids.max() < len(self.labels):
-                passes = scores[None, :] >= FINE[:, None]  # (steps, n)
-                for step in range(len(FINE)):
-                    self.fine[:, step] += np.bincount(ids[passes[step]], minlength=len(self.labels))
-                bins = np.clip((scores * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
-                np.add.at(self.label_histogram, (ids, bins), 1)
+                self._predicted.append((ids, np.asarray(d.confidence, dtype=np.float32)))
             d = at_requested(prediction, self.requested).result
         self.boxes += len(d)
         self.items_with_boxes += bool(len(d))
-        self.per_label.update(str(n) for n in d.class_name)
-        self.histogram += np.histogram(d.confidence, bins=SCORE_BINS, range=(0.0, 1.0))[0]
-        if not self.semantic:  # from everything predicted (a dry run: at the floor); as_dict drops rows below it
-            scores = np.asarray(prediction.result.confidence, dtype=np.float32)
-            self.at_threshold += (scores[None, :] >= np.asarray(THRESHOLDS, dtype=np.float32)[:, None]).sum(1)
+        self.per_label.update(map(str, d.class_name))
+        if len(d):
+            self._kept.append(d.confidence)
+        # from everything predicted (a dry run: at the floor); as_dict drops rows below it
+        if not self.semantic and len(prediction.result):
+            self._all.append(np.asarray(prediction.result.confidence, dtype=np.float32))
+        self._waiting += len(prediction.result)
+        if self._waiting >= COUNT_EVERY:
+            self._count()
+
+    def _count(self) -> None:
+        """Count the scores waiting since the last call into the fine steps and the histograms."""
+        if self._predicted:
+            ids = np.concatenate([i for i, _ in self._predicted])
+            scores = np.concatenate([s for _, s in self._predicted])
+            # how many 0.01 steps each score passes (FINE ascends: score >= FINE[t] for t < passed); NaN passes none
+            passed = np.searchsorted(FINE, scores, side="right")
+            passed[np.isnan(scores)] = 0
+            width = len(FINE) + 1
+            counts = np.bincount(ids * width + passed, minlength=len(self.labels) * width)
+            counts = counts.reshape(len(self.labels), width)
+            self._fine += np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]  # at step t: those passing > t steps
+            bins = np.clip((scores * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+            self._label_histogram += np.bincount(
+                ids * SCORE_BINS + bins, minlength=len(self.labels) * SCORE_BINS
+            ).reshape(len(self.labels), SCORE_BINS)
+        if self._kept:
+            self._histogram += np.histogram(np.concatenate(self._kept), bins=SCORE_BINS, range=(0.0, 1.0))[0]
+        if self._all:
+            scores = np.concatenate(self._all)
+            self._at_threshold += (scores[None, :] >= np.asarray(THRESHOLDS, dtype=np.float32)[:, None]).sum(1)
+        self._predicted, self._kept, self._all, self._waiting = [], [], [], 0
+
+    @property
+    def fine(self) -> np.ndarray:
+        """Per label, how many predictions a run at each 0.01 step (:data:`FINE`) would keep."""
+        self._count()
+        return self._fine
+
+    @property
+    def label_histogram(self) -> np.ndarray:
+        """Per label, the histogram of every predicted score (:data:`SCORE_BINS` bins)."""
+        self._count()
+        return self._label_histogram
+
+    @property
+    def histogram(self) -> np.ndarray:
+        """The histogram of the scores kept at the requested thresholds."""
+        self._count()
+        return self._histogram
+
+    @property
+    def at_threshold(self) -> np.ndarray:
+        """How many predictions each of :data:`THRESHOLDS` keeps (from all predicted)."""
+        self._count()
+        return self._at_threshold
 
     def thresholds_known(self) -> np.ndarray:
         """Which of the 0.01 steps a count is known for: those at or above the floor (float32, as filters)."""

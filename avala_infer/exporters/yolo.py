@@ -10,6 +10,11 @@ outline, as ultralytics keeps one segment per box.
 Paths come from item keys through ``base.PathAllocator``: they stay inside ``yolo/`` whatever the key
 (``../x.jpg`` -> ``x.jpg``), nested keys keep their sub-folders, and two keys that would share a label file
 (``a.jpg`` and ``a.png``) get ``a.txt`` and ``a_1.txt``, their image links ``a.jpg`` and ``a_1.png``.
+
+Each label file is whole or absent (``base.write_text_atomic``: a temporary file and a rename). The writer runs
+once per item, so it touches the file system only for what the format needs (the label file, its rename, the
+link): folders are made once (``base.Folders``), a source folder's real path is looked up once, and an item's
+lines are formatted in one pass from numpy arrays.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import yaml
 
 from avala_infer.annotations import Prediction
-from avala_infer.exporters.base import PathAllocator, write_text_atomic
+from avala_infer.exporters.base import Folders, PathAllocator, suffix_of, with_suffix, write_text_atomic
 from avala_infer.exporters.codecs.polygons import largest_polygon
 
 
@@ -33,38 +38,73 @@ class YoloWriter:
         (self.root / "labels").mkdir(parents=True, exist_ok=True)
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         self._paths = PathAllocator(self.root / "labels")
+        self._labels = os.fspath(self.root / "labels")
+        self._images = os.fspath(self.root / "images")
+        self._folders = Folders()
+        self._real_folders: dict[tuple[str, str], str] = {}
 
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok:
             return
-        linked = not prediction.source.startswith("<")  # in-memory arrays have no file to link
-        image_suffix = (Path(prediction.source).suffix or ".jpg") if linked else None
-        label_path = self._paths.allocate(prediction.key, ".txt", companion=image_suffix)
-        label_path.parent.mkdir(parents=True, exist_ok=True)
+        source = prediction.source
+        linked = not source.startswith("<")  # in-memory arrays have no file to link
+        image_suffix = (suffix_of(source) or ".jpg") if linked else None
+        relative = self._paths.allocate_relative(prediction.key, ".txt", companion=image_suffix)
+        folder, _, name = relative.rpartition("/")
+        label_path = f"{self._labels}/{relative}"
+        if folder:
+            self._folders.make(f"{self._labels}/{folder}")
+        text = self._lines(prediction) if len(prediction.detections) else ""
+        write_text_atomic(label_path, text)  # whole or not at all
+        if image_suffix is not None:
+            if folder:
+                self._folders.make(f"{self._images}/{folder}")
+            image_path = f"{self._images}/{folder}/{name}" if folder else f"{self._images}/{name}"
+            image_path = with_suffix(image_path, image_suffix)
+            target = self._link_target(source)
+            try:
+                os.symlink(target, image_path)
+            except FileExistsError:  # an earlier run's link (or file) by that name: replaced
+                os.unlink(image_path)
+                os.symlink(target, image_path)
+
+    def _lines(self, prediction: Prediction) -> str:
+        """The label file's text: one ``class values...`` line per box (or instance outline), ``\\n``-ended.
+
+        Values are computed in the detections' float32, as the per-box arithmetic was, and printed from the
+        same numbers (``%.6f`` of a float32 widened to a double is what ``format(np.float32, ".6f")`` prints)."""
         d, w, h = prediction.detections, prediction.width, prediction.height
-        lines = []
-        for i, ((x1, y1, x2, y2), score, cid) in enumerate(zip(d.xyxy, d.confidence, d.class_id)):
-            if d.mask is not None:
-                polygon = largest_polygon(d.mask[i])
+        conf = " %.5f" if self.save_conf else ""
+        if d.mask is not None:
+            lines = []
+            scale = np.array([w, h], np.float32)
+            for mask, cid, score in zip(d.mask, d.class_id.tolist(), d.confidence.tolist()):
+                polygon = largest_polygon(mask)
                 if polygon is None:
                     continue
-                fields = [f"{v:.6f}" for v in (polygon / np.array([w, h], np.float32)).ravel()]
-            else:
-                fields = [
-                    f"{(x1 + x2) / 2 / w:.6f}",
-                    f"{(y1 + y2) / 2 / h:.6f}",
-                    f"{(x2 - x1) / w:.6f}",
-                    f"{(y2 - y1) / h:.6f}",
-                ]
-            lines.append(" ".join([str(int(cid)), *fields, *([f"{score:.5f}"] if self.save_conf else [])]))
-        write_text_atomic(label_path, "".join(line + "\n" for line in lines))  # whole or not at all
-        if image_suffix is not None:
-            relative = label_path.relative_to(self.root / "labels")
-            image_path = (self.root / "images" / relative).with_suffix(image_suffix)
-            image_path.parent.mkdir(parents=True, exist_ok=True)
-            if image_path.is_symlink() or image_path.exists():
-                image_path.unlink()
-            os.symlink(Path(prediction.source).resolve(), image_path)
+                values = (polygon / scale).ravel().tolist()
+                line = (str(cid) + " %.6f" * len(values)) % tuple(values)
+                lines.append(line + (conf % score if conf else "") + "\n")
+            return "".join(lines)
+        x1, y1, x2, y2 = d.xyxy.T
+        table = [d.class_id.astype(np.float64), (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]
+        if self.save_conf:
+            table.append(d.confidence)
+        values = np.column_stack(table).astype(np.float64).ravel().tolist()  # float32 -> double: exact
+        return (("%d %.6f %.6f %.6f %.6f" + conf + "\n") * len(d)) % tuple(values)
+
+    def _link_target(self, source: str) -> str:
+        """``Path(source).resolve()``: the source's folder resolved once per folder, then its name (the file
+        itself resolved only when it is a link)."""
+        folder, _, name = source.rpartition("/")
+        key = (os.getcwd() if not source.startswith("/") else "", folder)
+        real = self._real_folders.get(key)
+        if real is None:
+            real = self._real_folders[key] = os.path.realpath(folder or ("/" if source.startswith("/") else "."))
+        target = os.path.join(real, name)
+        if name in ("", ".", "..") or os.path.islink(target):
+            return os.path.realpath(source)
+        return target
 
     def abort(self) -> None:
         """Nothing is open: the label files written so far stay, ``classes.txt`` and ``data.yaml`` are not

@@ -1,7 +1,8 @@
 """Run-length encoding of binary masks in COCO's layout (column-major runs, starting with a run of zeros).
 
 ``encode`` gives the uncompressed form (``{"size": [h, w], "counts": [int, ...]}``) with numpy alone;
-``encode_compressed`` gives COCO's compressed string form through pycocotools (the ``coco`` extra).
+``compress`` turns it into COCO's compressed string form and ``encode_compressed`` gives that form of masks, both
+through pycocotools (the ``coco`` extra).
 """
 
 from __future__ import annotations
@@ -12,15 +13,35 @@ from avala_infer.errors import BackendUnavailableError
 
 
 def encode(mask: np.ndarray) -> dict:
-    """Uncompressed COCO RLE of one ``(h, w)`` bool mask."""
+    """Uncompressed COCO RLE of one ``(h, w)`` bool mask.
+
+    The runs are found on the mask's extent only (an instance covers a small part of its image): each column of
+    the extent, framed by a zero above and below, gives its changes, placed back at their column-major index in
+    the whole image. The zero frame stands for the empty rows around the extent; where the extent reaches the
+    bottom of one column and the top of the next, the two changes it adds land on one index and cancel."""
     h, w = mask.shape
-    flat = np.asarray(mask, dtype=np.uint8).ravel(order="F")
-    if flat.size == 0:
+    if h * w == 0:
         return {"size": [h, w], "counts": []}
-    edges = np.flatnonzero(np.diff(flat)) + 1
-    counts = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
-    if flat[0]:
-        counts.insert(0, 0)
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(1))
+    if not len(rows):
+        return {"size": [h, w], "counts": [h * w]}
+    top, bottom = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(mask[top:bottom].any(0))
+    left, right = int(cols[0]), int(cols[-1]) + 1
+    framed = np.zeros((right - left, bottom - top + 2), dtype=bool)  # column-major: one row per image column
+    framed[:, 1:-1] = mask[top:bottom, left:right].T
+    flat = framed.ravel()
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    column, row = np.divmod(changes, bottom - top + 2)
+    edges = (left + column) * h + (top - 1 + row)
+    if top == 0 and bottom == h:  # a column's end and the next one's start on one index: no change there
+        same = np.flatnonzero(edges[1:] == edges[:-1])
+        edges = np.delete(edges, np.concatenate((same, same + 1)))
+    if len(edges) and edges[-1] == h * w:  # the last pixel is set: its run ends with the image, not at a change
+        edges = edges[:-1]
+    # a change at 0 (the first pixel is set) makes the zero-length first run COCO's layout starts with
+    counts = np.diff(np.concatenate(([0], edges, [h * w]))).tolist()
     return {"size": [h, w], "counts": counts}
 
 
@@ -35,14 +56,32 @@ def decode(rle: dict) -> np.ndarray:
     return flat.reshape((w, h)).T
 
 
-def encode_compressed(masks: np.ndarray) -> list[dict]:
-    """COCO compressed RLE (``counts`` as a str) of each of ``masks`` ``(n, h, w)``, through pycocotools."""
+def _mask_utils():
     try:
         from pycocotools import mask as mask_utils
     except ImportError as exc:
         raise BackendUnavailableError("COCO masks need pycocotools: pip install 'avala-infer[coco]'") from exc
+    return mask_utils
+
+
+def compress(uncompressed: dict) -> dict:
+    """COCO compressed RLE (``counts`` as a str) of an uncompressed one (:func:`encode`), through pycocotools.
+
+    The same string pycocotools makes from the mask itself (its counts are :func:`encode`'s), from the runs
+    alone: no whole-image copy of the mask in Fortran order."""
+    h, w = uncompressed["size"]
+    compressed = _mask_utils().frPyObjects(uncompressed, h, w)
+    compressed["counts"] = compressed["counts"].decode("ascii")
+    return compressed
+
+
+def encode_compressed(masks: np.ndarray) -> list[dict]:
+    """COCO compressed RLE (``counts`` as a str) of each of ``masks`` ``(n, h, w)``, through pycocotools."""
+    mask_utils = _mask_utils()
     if len(masks) == 0:
         return []
+    if masks.shape[1] * masks.shape[2]:
+        return [compress(encode(mask)) for mask in masks]
     encoded = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0)).astype(np.uint8)))
     for rle in encoded:
         rle["counts"] = rle["counts"].decode("ascii")
