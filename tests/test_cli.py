@@ -68,3 +68,15 @@ def test_usage_and_configuration_errors(sample_images, tmp_path):
     assert no_model.returncode == 1 and "Known model names" in no_model.stderr
     pairs = _run("label", sample_images[0], "-m", "yolo11n", "--label-threshold", "person")
     assert pairs.returncode == 2 and "NAME=VALUE" in pairs.stderr
+
+
+def test_letterbox_option_reaches_the_engine_and_the_summary(sample_images, tmp_path):
+    """``--letterbox square`` (the GPU's default) can be asked for on any device, and summary.json says which ran
+    (a CPU run without it keeps rect: tests/test_gpu_batching.py); a value that is neither is refused."""
+    result = _run(
+        "label", *sample_images, "--model", "yolo11n", "--out", tmp_path, "--device", "cpu", "--letterbox", "square"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["settings"]["letterbox"] == "square"
+    bad = _run("label", *sample_images, "--model", "yolo11n", "--out", tmp_path / "x", "--letterbox", "round")
+    assert bad.returncode == 2 and "round" in bad.stderr

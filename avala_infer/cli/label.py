@@ -88,6 +88,12 @@ from avala_infer.errors import AvalaInferError
     default=None,
     help="Model input size (YOLO: rounded up to a multiple of the stride, 32).",
 )
+@click.option(
+    "--letterbox",
+    type=click.Choice(["rect", "square"]),
+    default=None,
+    help="YOLO padding: rect (as ultralytics' predict; the default on a CPU) or square (full batches; the GPU's).",
+)
 @click.option("--max-det", default=300, show_default=True, type=click.IntRange(1), help="Max boxes per image.")
 @click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
@@ -118,6 +124,7 @@ def label_command(
     preview_count,
     batch_size,
     input_size,
+    letterbox,
     max_det,
     device,
     trust_weights,
@@ -160,6 +167,7 @@ def label_command(
             device=device,
             batch_size=batch_size,
             input_size=input_size,
+            letterbox=letterbox,
             progress=LabelProgress(),
             trust_weights=trust_weights,
             ls_root=ls_root,

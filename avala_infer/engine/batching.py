@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Generic, TypeVar
@@ -48,6 +49,11 @@ class ShapeBatcher(Generic[T]):
             ready.append(self._take(first))
         return ready
 
+    def resize(self, batch_size: int) -> None:
+        """Let later batches leave at ``batch_size`` (a :class:`BatchLimit` lowered it). A bucket that already
+        holds more leaves whole with its next item; the runner splits it to the limit."""
+        self.batch_size = max(1, batch_size)
+
     def flush(self) -> list[list[T]]:
         """Every waiting item, as batches, oldest bucket first."""
         return [self._take(k) for k in list(self.buckets)]
@@ -57,6 +63,29 @@ class ShapeBatcher(Generic[T]):
         del self.oldest[k]
         self.waiting -= len(batch)
         return batch
+
+
+class BatchLimit:
+    """The largest batch the model is given in one stream: the configured size until a batch runs out of device
+    memory, then lowered (halved, down to 1) and kept low for the rest of the stream, so one out-of-memory error
+    costs one retry instead of one per batch. Thread-safe: several batches may run at once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._lock = threading.Lock()
+
+    def lower(self, size: int) -> bool:
+        """Lower the limit to ``size`` (at least 1); whether it was higher (the caller logs only then)."""
+        with self._lock:
+            if size >= self.size:
+                return False
+            self.size = max(1, size)
+            return True
+
+    def split(self, batch: list[T]) -> list[list[T]]:
+        """``batch`` in order, as pieces of at most the limit (one piece when it fits)."""
+        size = self.size
+        return [batch[i : i + size] for i in range(0, len(batch), size)] if len(batch) > size else [batch]
 
 
 class ReorderBuffer(Generic[T]):

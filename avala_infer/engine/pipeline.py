@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from avala_infer.annotations import Classifications, Prediction
-from avala_infer.engine.batching import ConcurrentRunner, ReorderBuffer, ShapeBatcher
+from avala_infer.engine.batching import BatchLimit, ConcurrentRunner, ReorderBuffer, ShapeBatcher
 from avala_infer.engine.loaders import prefetch, read_image, read_text
 from avala_infer.engine.sources import Item, Source, Text, TextReading, check_sources_fit, iter_items
 from avala_infer.errors import AvalaInferError, ConfigError
@@ -30,6 +30,38 @@ status = logging.getLogger("avala_infer.status")
 
 # (position of the item in the stream, its decoded BGR image): see Engine.stream's ``on_image``
 ImageCallback = Callable[[int, np.ndarray], None]
+
+
+# On a GPU a forward pass of 8 small images leaves it idle most of the time: there the engine's own defaults
+# replace the spec's batch_size and letterbox (which stay the CPU's), unless the caller passes them.
+CUDA_BATCH_SIZE = 64
+CUDA_LETTERBOX = "square"  # one input shape: every batch leaves full (rect gives ~14 shapes on COCO)
+# how many batches' worth of items may wait in the batcher for their shape's batch to fill (ShapeBatcher's window);
+# a GPU wants its batches full and its host has the memory for the wait
+WINDOW_BATCHES_CPU = 4
+WINDOW_BATCHES_CUDA = 8
+# what an out-of-memory error says when it is not torch's OutOfMemoryError: torch's cuBLAS/cuDNN faults and
+# onnxruntime's CUDA provider (its errors are not RuntimeErrors)
+OUT_OF_MEMORY_MESSAGES = ("CUDA out of memory", "CUDA error: out of memory", "CUDA failure 2: out of memory")
+
+
+def batching_overrides(device: str, batch_size: int | None, letterbox: str | None) -> dict[str, Any]:
+    """The spec's ``batch_size`` and ``letterbox`` on ``device``: the caller's values when given; else on CUDA
+    :data:`CUDA_BATCH_SIZE` and :data:`CUDA_LETTERBOX`, on a CPU the spec's own (``None``: left as they are)."""
+    if device.startswith("cuda"):
+        batch_size = CUDA_BATCH_SIZE if batch_size is None else batch_size
+        letterbox = CUDA_LETTERBOX if letterbox is None else letterbox
+    return {"batch_size": batch_size, "letterbox": letterbox}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device ran out of memory (a smaller batch may then fit)."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    message = str(exc)
+    return any(text in message for text in OUT_OF_MEMORY_MESSAGES)
 
 
 _threads_lock = threading.Lock()
@@ -135,6 +167,18 @@ class Engine:
     sessions get that count; torch's process-wide intra-op count is set to it once, by the first CPU stream in
     the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1.
     ``close()`` (or a ``with`` block) releases the model; a closed engine refuses to predict.
+
+    Batches on a GPU: the spec's ``batch_size`` and ``letterbox`` are the CPU's. On CUDA the defaults are a batch
+    of 64 (:data:`CUDA_BATCH_SIZE`) and ``square`` letterboxing, with a batcher window of 8 batches instead of 4;
+    a ``batch_size`` or ``letterbox`` argument wins on any device. The trade-off: ``rect`` pads each image only
+    to a multiple of the stride, as ultralytics' predict does, so boxes equal the reference's (the parity tests
+    run it; it stays the default on a CPU, where smaller inputs are faster). But rect gives many input shapes
+    (~14 on COCO) and only images of one shape can share a forward pass, so a batch of 32 averages ~12 images.
+    ``square`` pads every image to ``input_size`` x ``input_size``: one shape, full batches, more pixels per
+    image (the padding is computed too); boxes move by a fraction of a pixel and the scores slightly, and
+    coco128's mAP50-95 stays within 0.005 of rect's (``tests/test_gpu_batching.py``). If a batch runs out of
+    GPU memory it is halved and retried (down to one item; no item is lost), and the stream keeps the smaller
+    size from then on.
     ``trust_weights=True`` loads a pickled checkpoint (``.pt``) from outside the model folders for this engine
     (a pickle runs code: see :mod:`avala_infer.trust`); without it such a file is an ``UntrustedWeightsError``.
     """
@@ -162,8 +206,10 @@ class Engine:
         from avala_infer.predictors.base import resolve_device
 
         self.device = resolve_device(device)
+        self.spec = self.spec.with_overrides(**batching_overrides(self.device, batch_size, letterbox))
         cores = os.cpu_count() or 1
         on_cpu = self.device == "cpu"
+        self.window_batches = WINDOW_BATCHES_CPU if on_cpu else WINDOW_BATCHES_CUDA
         self.streams = streams if streams is not None else (min(4, cores) if on_cpu else 1)
         if self.streams < 1:
             raise ConfigError(f"streams must be at least 1, got {self.streams}")
@@ -353,11 +399,14 @@ class Engine:
         configure_torch_threads(self.cpu_threads)
         batch_size = self.batch_size
         batcher: ShapeBatcher[_Loaded] = ShapeBatcher(
-            lambda loaded: self.predictor.batch_key(loaded.prepared), batch_size, window=4 * batch_size
+            lambda loaded: self.predictor.batch_key(loaded.prepared),
+            batch_size,
+            window=self.window_batches * batch_size,
         )
+        limit = BatchLimit(batch_size)  # lowered for the rest of this stream when a batch runs out of memory
         reorder: ReorderBuffer[tuple[int, Prediction]] = ReorderBuffer(lambda pair: pair[0])
         runner: ConcurrentRunner[list[_Loaded], list[tuple[int, Prediction]]] = ConcurrentRunner(
-            lambda batch: [(loaded.seq, p) for loaded, p in zip(batch, self._run_batch(batch, options))],
+            lambda batch: [(loaded.seq, p) for loaded, p in zip(batch, self._run_batch(batch, options, limit))],
             self.streams,
         )
         depth = max(2 * batch_size * self.streams, 2 * self.workers)
@@ -368,6 +417,8 @@ class Engine:
                 if loaded.error is not None:
                     reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
                 else:
+                    if limit.size < batcher.batch_size:
+                        batcher.resize(limit.size)
                     for batch in batcher.add(loaded):
                         for finished in runner.submit(batch):
                             reorder.put_many(finished)
@@ -417,18 +468,44 @@ class Engine:
             text=loaded.text,
         )
 
-    def _run_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
-        """Run one batch; if it fails as a whole, run its items one by one so only the bad ones fail."""
+    def _run_batch(self, batch: list[_Loaded], options: PredictOptions, limit: BatchLimit) -> list[Prediction]:
+        """Run one batch, in pieces of at most ``limit`` items, one prediction per item in batch order."""
+        return [p for piece in limit.split(batch) for p in self._run_piece(piece, options, limit)]
+
+    def _run_piece(self, batch: list[_Loaded], options: PredictOptions, limit: BatchLimit) -> list[Prediction]:
+        """Run items that fit the limit. Out of device memory: lower the limit to half the batch, free the cached
+        memory and run both halves (down to one item, which then fails alone). Any other failure of a whole
+        batch: run its items one by one so only the bad ones fail."""
         try:
             return self._forward_batch(batch, options)
         except Exception as exc:
             if self._predictor is None:  # the engine was closed under us: the stream stops, items did not fail
                 raise
-            if len(batch) == 1:
-                log.warning("item %s failed in the model: %s", batch[0].item.source, exc)
-                return [self._failed(batch[0], f"model failed on this item: {type(exc).__name__}: {exc}")]
-            log.warning("a batch of %d failed (%s); retrying its items one by one", len(batch), exc)
-            return [p for loaded in batch for p in self._run_batch([loaded], options)]
+            out_of_memory = is_out_of_memory(exc)
+            reason = f"{type(exc).__name__}: {exc}"
+        # retried out of the except block: the traceback, and with it the failed pass's tensors, is gone by now
+        if out_of_memory:
+            self._release_cached_memory()
+            if len(batch) > 1:
+                half = (len(batch) + 1) // 2
+                if limit.lower(half):
+                    log.warning(
+                        "out of memory on %s with a batch of %d: batches of at most %d for the rest of this stream",
+                        self.device, len(batch), half,
+                    )  # fmt: skip
+                return self._run_batch(batch[:half], options, limit) + self._run_batch(batch[half:], options, limit)
+        if len(batch) == 1:
+            log.warning("item %s failed in the model: %s", batch[0].item.source, reason)
+            return [self._failed(batch[0], f"model failed on this item: {reason}")]
+        log.warning("a batch of %d failed (%s); retrying its items one by one", len(batch), reason)
+        return [p for loaded in batch for p in self._run_piece([loaded], options, limit)]
+
+    def _release_cached_memory(self) -> None:
+        """Hand the memory torch caches on the GPU back, so the smaller retry can use it (nothing on a CPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
 
     def _forward_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
         import torch
