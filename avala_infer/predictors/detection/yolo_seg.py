@@ -144,12 +144,4 @@ class YoloSegmenter(YoloDetector):
 
     model_type = ModelType.INSTANCE_SEGMENTATION
 
-    def masks_on_host(
-        self,
-        protos: Any,
-        rows: Any,
-        counts: Sequence[int],
-        in_shape: tuple[int, int],
-        orig_shapes: Sequence[tuple[int, int]],
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        return masks_on_host(protos, rows, counts, in_shape, orig_shapes)
+    masks_on_host = staticmethod(masks_on_host)  # the module's function: the hook YoloDetector.postprocess calls
