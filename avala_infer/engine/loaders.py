@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import re
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +12,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
+from avala_infer.engine.decode import INCOMPLETE_MARKS, decode_quietly
 from avala_infer.engine.image_header import image_size
 from avala_infer.engine.sources import Item
 from avala_infer.errors import ItemError
@@ -40,7 +37,8 @@ def _check_pixel_count(data: np.ndarray, source: str, max_pixels: int) -> None:
 def read_image(item: Item, timings: dict[str, float], max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read and decode one item to a BGR uint8 HxWx3 array (EXIF orientation applied, as cv2/ultralytics).
 
-    Grayscale, RGBA and 16-bit images are converted; failures raise :class:`ItemError` with the reason.
+    Grayscale, RGBA and 16-bit images are converted; failures raise :class:`ItemError` with the reason. Plain
+    JPEGs decode in parallel on the loader threads, the rest one at a time (engine/decode.py says why).
     """
     if item.error:
         raise ItemError(item.error)
@@ -75,56 +73,6 @@ def read_image(item: Item, timings: dict[str, float], max_pixels: int = MAX_PIXE
         log.warning("%s: %s (decoded anyway; check the file)", item.source, "; ".join(messages))
     timings["decode"] = (time.perf_counter() - t1) * 1e3
     return image
-
-
-# The codecs inside cv2 (libjpeg, libpng...) print their warnings with fprintf to the process's stderr (fd 2):
-# "Corrupt JPEG data: 5 extraneous bytes before marker 0xd9", "Premature end of JPEG file", "libpng warning: ...".
-# cv2 has no switch for that, and fd 2 belongs to the whole process, so each decode runs with fd 2 pointed at a
-# capture file, under a lock (the decodes are serialized: about 1.5 ms for a 640x480 JPEG here, so the loader
-# threads decode at most some 650 such images/s; reading the file and letterboxing stay parallel). The codec's
-# lines become the item's reason (a picture with missing parts fails) or a logged warning naming the file;
-# anything else another thread wrote to fd 2 meanwhile is passed on to the real stderr unchanged.
-CODEC_LINE = re.compile(
-    r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression|"
-    r"Warning: unknown JFIF|Application transferred too|libpng (warning|error)|Bogus )"
-)
-INCOMPLETE_MARKS = ("Premature end of JPEG file", "premature end of data segment")
-_fd2_lock = threading.Lock()
-_capture = None  # a temporary file, opened once, fd 2 points at it during each decode
-
-
-def decode_quietly(data: np.ndarray) -> tuple[np.ndarray | cv2.error | None, list[str]]:
-    """``cv2.imdecode(data)`` (or the ``cv2.error`` it raised) and the codec's messages, kept off stderr."""
-    global _capture
-    with _fd2_lock:
-        if _capture is None:
-            _capture = tempfile.TemporaryFile()
-        _capture.seek(0)
-        _capture.truncate()
-        saved = os.dup(2)
-        try:
-            os.dup2(_capture.fileno(), 2)
-            try:
-                image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-            except cv2.error as exc:
-                image = exc
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        _capture.seek(0)
-        text = _capture.read()
-    if not text:
-        return image, []
-    messages, others = [], []
-    for line in text.splitlines(keepends=True):
-        said = line.decode("utf-8", "replace")
-        if CODEC_LINE.match(said):
-            messages.append(said.strip())
-        else:
-            others.append(line)
-    if others:  # another thread's output, written while fd 2 pointed at the capture file
-        os.write(2, b"".join(others))
-    return image, messages
 
 
 def prefetch(inputs: Iterable[T], fn: Callable[[T], R], workers: int, depth: int) -> Iterator[R]:

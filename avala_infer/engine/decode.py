@@ -1,0 +1,367 @@
+"""Image bytes -> BGR pixels, with the codec's warnings kept as the item's own reason.
+
+Two decoders, one answer. Plain JPEGs (8-bit, baseline or progressive, gray or YCbCr: nearly every photo) decode
+with torchvision's ``decode_jpeg`` on the CPU: the same libjpeg-turbo code as cv2, pixel-identical to
+``cv2.imdecode`` (EXIF orientation included), and it releases the GIL, so the loader threads decode side by side.
+Everything else (PNG, WebP, TIFF...; CMYK/YCCK JPEGs, where torchvision's colour conversion is off by one; 12-bit,
+lossless and arithmetic-coded JPEGs; any file torchvision refuses or warns about) goes through ``cv2.imdecode``,
+one at a time, exactly as before.
+
+Why the warnings need care: libjpeg (in cv2 and in torchvision alike) prints its warnings with fprintf to the
+process's stderr (fd 2): "Corrupt JPEG data: 5 extraneous bytes before marker 0xd9", "Corrupt JPEG data: premature
+end of data segment" (part of the picture is missing), "libpng warning: ...". Neither library tells its caller:
+torchvision returns such a picture as if it were whole (equal to cv2's), where cv2's path turns the message into
+the item's failure or a logged warning naming the file. So while any decode runs, fd 2 points at a capture file
+(:class:`QuietDecodes`):
+
+* torchvision decodes run **shared** (many at once). After each, the capture is read; a codec line in it marks
+  every torchvision decode that was running meanwhile as suspect (we cannot tell which thread printed it), and
+  each suspect is decoded again by cv2, so the file gets exactly the reason it got before. False alarms cost a
+  second decode of a few pictures, and only when a damaged file is met.
+* cv2 decodes run **exclusive** (alone: no other decode is running), so every codec line in the capture is
+  theirs, as it was under the old process-wide lock.
+
+Anything else written to fd 2 meanwhile (another thread's log line, a progress bar) is passed on to the real
+stderr unchanged, when the next decode ends (milliseconds late). During a run the loader threads decode almost
+all the time, so fd 2 stays redirected most of it; a hard crash then leaves its last words in the capture.
+
+torchvision 0.29 marks its image codecs deprecated (TorchCodec takes them over): if ``decode_jpeg`` goes away or
+fails to import, every file takes the cv2 path, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import struct
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+# Huffman-coded frames libjpeg-turbo decodes the same way in both libraries: baseline, extended, progressive.
+# The others (C3 lossless, C5-C7 differential, C9-CF arithmetic) are rare enough to take the cv2 path.
+PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
+OTHER_FRAMES = frozenset(range(0xC3, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 (DHT), C8 (JPG), CC (DAC) are no frames
+HEADER_SCAN_LIMIT = 1 << 20  # a frame header further in than this is not worth finding: cv2 decodes the file
+
+DEPRECATION_MESSAGE = "The image decoding and encoding capabilities of TorchVision are deprecated"
+
+# The codec lines libjpeg and libpng print (see the module docstring). Bare "Corrupt JPEG data: ..." covers
+# libjpeg's JWRN_* messages about the data; the others are its remaining warnings and libpng's prefix.
+CODEC_LINE = re.compile(
+    r"^(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression|"
+    r"Warning: unknown JFIF|Application transferred too|libpng (warning|error)|Bogus |Unknown Adobe color transform)"
+)
+# Messages that mean part of the picture is missing: the item fails rather than being labeled half grey.
+INCOMPLETE_MARKS = ("Premature end of JPEG file", "premature end of data segment")
+
+
+def is_plain_jpeg(data: np.ndarray | bytes | memoryview) -> bool:
+    """Whether torchvision's ``decode_jpeg`` gives exactly cv2's picture for these bytes, from the header alone.
+
+    True for an 8-bit Huffman-coded JPEG (baseline, extended or progressive) with 1 (gray) or 3 (YCbCr)
+    components. False for everything else, and for a 3-component JPEG its Adobe marker says is stored as RGB
+    (rare; not checked against cv2, so not trusted); unreadable headers are False too: cv2 says what is wrong.
+    """
+    view = memoryview(data)[:HEADER_SCAN_LIMIT]
+    if bytes(view[:3]) != JPEG_MAGIC:
+        return False
+    rgb_stored = False
+    i = 2
+    while i + 9 < len(view):
+        if view[i] != 0xFF:
+            return False
+        marker = view[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD8 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if marker == 0xD9:  # the end of the image before any frame header
+            return False
+        (length,) = struct.unpack(">H", view[i + 2 : i + 4])
+        if marker == 0xEE and bytes(view[i + 4 : i + 9]) == b"Adobe" and i + 15 < len(view):  # APP14
+            rgb_stored = view[i + 15] == 0  # the colour transform flag: 0 = RGB or CMYK as stored
+        elif marker in PLAIN_FRAMES:
+            precision, components = view[i + 4], view[i + 9]
+            return precision == 8 and (components == 1 or (components == 3 and not rgb_stored))
+        elif marker in OTHER_FRAMES or marker == 0xDA:  # another coding, or a scan before any frame header
+            return False
+        i += 2 + length
+    return False
+
+
+# --------------------------------------------------------------------------------------------- fd 2 capture
+
+
+class QuietDecodes:
+    """Runs decodes with fd 2 pointed at a capture file, and sorts what lands there.
+
+    Shared decodes run side by side; an exclusive one waits until none is running and keeps new ones out until
+    it ends (waiting exclusive decodes go first, so a stream of JPEGs cannot starve a PNG). fd 2 is redirected
+    while any decode runs and restored when the last one ends. The capture is read with ``pread``, which leaves
+    the offset the writers (libjpeg, and any thread writing to stderr) share where it is, and emptied only while
+    fd 2 does not point at it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._running = 0  # decodes in flight, either kind
+        self._exclusive = False
+        self._exclusive_waiting = 0
+        self._alarms = 0  # codec lines seen while shared decodes ran: each makes the decodes of that time suspect
+        self._capture = -1  # the capture file's descriptor, opened on first use
+        self._real_stderr = -1  # a duplicate of the real fd 2 while it is redirected
+        self._sorted = 0  # bytes of the capture already read
+
+    def shared(self, decode: Callable[[], T]) -> tuple[T | BaseException, bool]:
+        """``decode()`` (or the exception it raised) and whether it can be trusted: no codec line showed up
+        while it ran."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and not self._exclusive_waiting)
+            self._start()
+            alarms = self._alarms
+        result: T | BaseException
+        try:
+            result = decode()
+        except Exception as exc:  # the caller falls back to cv2, which names the problem
+            result = exc
+        finally:
+            with self._cond:
+                if self._finish():
+                    self._alarms += 1
+                trusted = self._alarms == alarms
+        return result, trusted
+
+    def exclusive(self, decode: Callable[[], T]) -> tuple[T, list[str]]:
+        """``decode()`` alone, and the codec lines it printed."""
+        with self._cond:
+            self._exclusive_waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._exclusive and self._running == 0)
+            finally:
+                self._exclusive_waiting -= 1
+            self._exclusive = True
+            self._start()
+        try:
+            result = decode()
+        finally:
+            with self._cond:
+                messages = self._finish()
+                self._exclusive = False
+                self._cond.notify_all()
+        return result, messages
+
+    def _start(self) -> None:  # under the condition's lock
+        if self._running == 0:
+            if self._capture < 0:
+                with tempfile.TemporaryFile() as handle:  # removed at once; the duplicate keeps it open
+                    self._capture = os.dup(handle.fileno())
+            # Nothing writes to the capture now (fd 2 is the real one): empty it, writes start at 0 again.
+            os.ftruncate(self._capture, 0)
+            os.lseek(self._capture, 0, os.SEEK_SET)
+            self._sorted = 0
+            self._real_stderr = os.dup(2)
+            os.dup2(self._capture, 2)
+        self._running += 1
+
+    def _finish(self) -> list[str]:  # under the condition's lock; the codec lines written since the last read
+        self._running -= 1
+        if self._running == 0:
+            os.dup2(self._real_stderr, 2)
+            os.close(self._real_stderr)
+            self._real_stderr = -1
+        messages = self._sort()
+        self._cond.notify_all()
+        return messages
+
+    def _sort(self) -> list[str]:
+        size = os.fstat(self._capture).st_size
+        if size <= self._sorted:
+            return []
+        text = os.pread(self._capture, size - self._sorted, self._sorted)
+        self._sorted += len(text)
+        messages, others = [], []
+        for line in text.splitlines(keepends=True):
+            said = line.decode("utf-8", "replace")
+            if CODEC_LINE.match(said):
+                messages.append(said.strip())
+            else:
+                others.append(line)
+        if others:  # another thread's output, written while fd 2 pointed at the capture file
+            with contextlib.suppress(OSError):  # a closed stderr must not leave the decodes locked out
+                os.write(self._real_stderr if self._real_stderr >= 0 else 2, b"".join(others))
+        return messages
+
+
+_quiet = QuietDecodes()
+
+
+# --------------------------------------------------------------------------------------------- decoding
+
+
+@functools.cache
+def _torchvision_jpeg() -> Callable[..., Any] | None:
+    """bytes -> torchvision's RGB CHW picture, EXIF orientation applied (torch imported on first use), or ``None``."""
+    try:
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:  # a broken install: cv2 decodes everything, as before
+        return None
+    # torchvision 0.29 warns on every call that its codecs are deprecated (see the module docstring): that one
+    # message, once per picture, says nothing a user can act on, so it alone is silenced
+    warnings.filterwarnings("ignore", message=DEPRECATION_MESSAGE, category=DeprecationWarning)
+
+    def decode(data: np.ndarray) -> torch.Tensor:
+        return decode_jpeg(torch.from_numpy(data), mode=ImageReadMode.RGB, apply_exif_orientation=True)
+
+    return decode
+
+
+def rgb_chw_to_bgr(chw: torch.Tensor) -> np.ndarray:
+    """torchvision's RGB CHW uint8 picture as cv2's BGR HxWx3 contiguous array, in one copy.
+
+    ``decode_jpeg`` fills an HxWx3 buffer and returns it permuted to CHW, so permuting back is a free view.
+    """
+    hwc = chw.permute(1, 2, 0).numpy()
+    return cv2.cvtColor(hwc if hwc.flags.c_contiguous else np.ascontiguousarray(hwc), cv2.COLOR_RGB2BGR)
+
+
+def decode_jpeg_shared(data: np.ndarray) -> np.ndarray | None:
+    """A plain JPEG's BGR picture decoded by torchvision beside other threads; ``None`` when that failed or a
+    codec warning showed up meanwhile (the caller then decodes with :func:`decode_with_cv2`)."""
+    chw = _decode_chw_shared(data)
+    return None if chw is None else rgb_chw_to_bgr(chw)
+
+
+def _decode_chw_shared(data: np.ndarray) -> torch.Tensor | None:
+    """torchvision's RGB CHW picture, decoded shared; ``None`` when it failed or cannot be trusted."""
+    decode = _torchvision_jpeg()
+    if decode is None:
+        return None
+    if not data.flags.writeable:  # torch.from_numpy warns on read-only memory
+        data = data.copy()
+    result, trusted = _quiet.shared(lambda: decode(data))
+    return None if not trusted or isinstance(result, BaseException) else result
+
+
+def decode_with_cv2(data: np.ndarray) -> tuple[np.ndarray | cv2.error | None, list[str]]:
+    """``cv2.imdecode(data)`` (or the ``cv2.error`` it raised) and the codec's messages, alone and off stderr."""
+
+    def decode() -> np.ndarray | cv2.error | None:
+        try:
+            return cv2.imdecode(data, cv2.IMREAD_COLOR)
+        except cv2.error as exc:
+            return exc
+
+    return _quiet.exclusive(decode)
+
+
+def decode_quietly(data: np.ndarray) -> tuple[np.ndarray | cv2.error | None, list[str]]:
+    """Any image's bytes -> its BGR uint8 HxWx3 picture as ``cv2.imdecode`` gives it (``None`` or the
+    ``cv2.error`` when it cannot), and the codec's messages, none of which reach stderr.
+
+    Plain JPEGs decode in parallel (torchvision); the rest, and any JPEG torchvision refuses or warns about,
+    through cv2 one at a time.
+    """
+    if is_plain_jpeg(data):
+        image = decode_jpeg_shared(data)
+        if image is not None:
+            return image, []
+    return decode_with_cv2(data)
+
+
+# --------------------------------------------------------------------------------------------- on a device
+
+
+def decode_jpegs_on(device: torch.device | str, datas: Sequence[np.ndarray]) -> list[torch.Tensor | Exception]:
+    """Decode JPEG files' bytes on ``device`` in one call: for each, an RGB CHW uint8 tensor on that device (EXIF
+    orientation applied), or the exception that says why not (decode that item with :func:`decode_quietly`).
+
+    On CUDA: torchvision's batched nvJPEG decode; when the batch call fails, each item alone, so one bad file
+    fails only itself. Elsewhere: one by one on the CPU, shared as :func:`decode_jpeg_shared` (a decode during
+    which a codec warning showed up is a failure here). Only :func:`is_plain_jpeg` bytes are tried; the others
+    fail at once with a ``ValueError``, as they belong to cv2.
+    """
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    results: list[torch.Tensor | Exception] = []
+    wanted = []
+    for i, data in enumerate(datas):
+        results.append(ValueError("not a plain JPEG: cv2 decodes it"))
+        if is_plain_jpeg(data):
+            wanted.append(i)
+    if device.type != "cuda":
+        for i in wanted:
+            image = _decode_chw_shared(datas[i])
+            results[i] = image if image is not None else ValueError("torchvision refused or warned: cv2 decodes it")
+        return results
+    # nvJPEG does not apply EXIF orientation (torchvision does it on the CPU only): it is applied here, as cv2 does.
+    tensors = [torch.from_numpy(datas[i] if datas[i].flags.writeable else datas[i].copy()) for i in wanted]
+    try:
+        decoded = decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+    except Exception:  # one bad file fails the whole batched call: find it
+        decoded = []
+        for tensor in tensors:
+            try:
+                decoded.append(decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device))
+            except Exception as exc:
+                decoded.append(exc)
+    for i, image in zip(wanted, decoded):
+        results[i] = image if isinstance(image, Exception) else oriented(image, exif_orientation(datas[i]))
+    return results
+
+
+def exif_orientation(data: np.ndarray | bytes | memoryview) -> int:
+    """The EXIF orientation (1-8) in a JPEG's APP1 segment; 1 (as stored) when there is none or it is unreadable."""
+    view = memoryview(data)[:HEADER_SCAN_LIMIT]
+    i = 2
+    while i + 4 < len(view) and view[i] == 0xFF:
+        marker = view[i + 1]
+        if marker == 0xDA or marker == 0xD9:  # the scan starts: no EXIF came before it
+            return 1
+        (length,) = struct.unpack(">H", view[i + 2 : i + 4])
+        if marker == 0xE1 and bytes(view[i + 4 : i + 10]) == b"Exif\0\0":
+            return _tiff_orientation(bytes(view[i + 10 : i + 2 + length]))
+        i += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        tag, kind = struct.unpack(order + "HH", tiff[entry : entry + 4])
+        if tag == 0x0112 and kind == 3:  # Orientation, a SHORT held in the entry itself
+            (value,) = struct.unpack(order + "H", tiff[entry + 8 : entry + 10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def oriented(chw: torch.Tensor, orientation: int) -> torch.Tensor:
+    """A CHW picture turned upright for its EXIF ``orientation`` (1-8), as cv2 and torchvision's CPU decode do."""
+    if orientation in (5, 6, 7, 8):  # the stored picture lies on its side: swap height and width first
+        chw = chw.transpose(1, 2)
+    flips = {2: (2,), 3: (1, 2), 4: (1,), 6: (2,), 7: (1, 2), 8: (1,)}.get(orientation)
+    return chw.flip(flips) if flips else chw
