@@ -25,6 +25,8 @@ from avala_infer.annotations import Prediction, SemanticMask
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import remove_quietly
 from avala_infer.exporters.codecs import rle
+from avala_infer.exporters.codecs.mask_pool import map_masks
+from avala_infer.exporters.codecs.number_text import rounded_texts
 from avala_infer.exporters.codecs.polygons import mask_to_polygons
 
 MASK_FORMATS = ("rle", "polygon")
@@ -36,6 +38,31 @@ def polygon_or_rle(mask, compressed_rle: dict) -> dict | list:
     if has_holes or not polygons:
         return compressed_rle
     return [[round(float(v), 2) for v in polygon.ravel()] for polygon in polygons]
+
+
+# a record's segmentation while its polygons are printed apart: the one "segmentation" key of a record whose other
+# values are numbers, so the first such text in its JSON
+_POLYGONS_SLOT = '"segmentation": []'
+
+
+def _polygons_json(outlines: tuple[list, bool]) -> str | None:
+    """``json.dumps`` of :func:`polygon_or_rle`'s polygons, from the mask's ``mask_to_polygons``, printed by numpy
+    (thousands of numbers an item), or ``None`` where it gives the RLE."""
+    polygons, has_holes = outlines
+    if has_holes or not polygons:
+        return None
+    return "[[" + "], [".join(rounded_texts([polygon.ravel() for polygon in polygons], 2)) + "]]"
+
+
+def _record_json(record: dict, compressed_rle: dict, outlines: tuple[list, bool] | None) -> str:
+    """``json.dumps(record)`` with ``segmentation`` set: ``compressed_rle``, or with ``outlines`` (the mask's
+    ``mask_to_polygons``) its polygons where they hold it (as :func:`polygon_or_rle`)."""
+    polygons = _polygons_json(outlines) if outlines is not None else None
+    if polygons is None:
+        record["segmentation"] = compressed_rle
+        return json.dumps(record)
+    record["segmentation"] = []
+    return json.dumps(record).replace(_POLYGONS_SLOT, '"segmentation": ' + polygons, 1)
 
 
 class CocoWriter:
@@ -57,31 +84,31 @@ class CocoWriter:
         self._count_images = 0
 
     @staticmethod
-    def _append(file, record: dict, first: bool) -> None:
-        file.write(("" if first else ",\n") + json.dumps(record))
+    def _append(file, text: str, first: bool) -> None:
+        file.write(("" if first else ",\n") + text)
 
     def write(self, prediction: Prediction) -> None:
         if not prediction.ok:
             return
         image_id = prediction.index + 1
-        self._append(
-            self._images,
-            {
-                "id": image_id,
-                "file_name": prediction.key,
-                "width": prediction.width,
-                "height": prediction.height,
-                "path": prediction.source,
-            },
-            self._count_images == 0,
-        )
+        image = {
+            "id": image_id,
+            "file_name": prediction.key,
+            "width": prediction.width,
+            "height": prediction.height,
+            "path": prediction.source,
+        }
+        self._append(self._images, json.dumps(image), self._count_images == 0)
         self._count_images += 1
         if isinstance(prediction.result, SemanticMask):
             self._write_segments(image_id, prediction.result)
             return
         d = prediction.detections
-        runs = [rle.encode(mask) for mask in d.mask] if d.mask is not None else []  # each mask's area is in its runs
-        rles = [rle.compress(r) for r in runs]
+        masks = d.mask if d.mask is not None else []
+        runs = map_masks(rle.counts, masks)  # each mask's area is in its runs
+        size = list(d.mask.shape[1:]) if d.mask is not None else []
+        rles = [rle.compress({"size": size, "counts": r}) for r in runs]
+        outlines = map_masks(mask_to_polygons, masks) if self.mask_format == "polygon" else [None] * len(masks)
         records = []
         # .tolist(): Python floats and ints, the same values float()/int() of each numpy element give
         for i, ((x1, y1, x2, y2), score, cid) in enumerate(
@@ -97,18 +124,18 @@ class CocoWriter:
                 "iscrowd": 0,
                 "score": round(score, 5),
             }
-            if d.mask is not None:
-                polygon = self.mask_format == "polygon"
-                record["segmentation"] = polygon_or_rle(d.mask[i], rles[i]) if polygon else rles[i]
-                record["area"] = sum(runs[i]["counts"][1::2])  # the set pixels: every second run
-            records.append(json.dumps(record))
+            if d.mask is None:
+                records.append(json.dumps(record))
+                continue
+            record["area"] = int(runs[i][1::2].sum())  # the set pixels: every second run
+            records.append(_record_json(record, rles[i], outlines[i]))
         if records:  # one write per item: the records as _append would have joined them
             self._annotations.write(("" if self._next_annotation == 1 else ",\n") + ",\n".join(records))
             self._next_annotation += len(records)
 
     def _write_segments(self, image_id: int, semantic: SemanticMask) -> None:
         for segment in semantic.segments():
-            compressed = rle.compress(rle.encode(segment.mask))
+            compressed = rle.compress({"size": list(segment.mask.shape), "counts": rle.counts(segment.mask)})
             rows = np.flatnonzero(segment.mask.any(1))
             cols = np.flatnonzero(segment.mask.any(0))
             x, y = int(cols[0]), int(rows[0])
@@ -120,11 +147,10 @@ class CocoWriter:
                 "area": segment.area,
                 "iscrowd": 0,
                 "score": round(segment.confidence, 5),
-                "segmentation": (
-                    polygon_or_rle(segment.mask, compressed) if self.mask_format == "polygon" else compressed
-                ),
             }
-            self._append(self._annotations, record, self._next_annotation == 1)
+            outlines = mask_to_polygons(segment.mask) if self.mask_format == "polygon" else None
+            text = _record_json(record, compressed, outlines)
+            self._append(self._annotations, text, self._next_annotation == 1)
             self._next_annotation += 1
 
     def close(self) -> list[Path]:

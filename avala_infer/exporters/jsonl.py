@@ -1,7 +1,8 @@
 """JSONL: one object per labeled item, written as it arrives.
 
-Each line is the item's record, :func:`avala_infer.exporters.records.prediction_to_record` (the module that
-defines the format: ``source``, ``key``, ``annotations``, and ``width``/``height`` or ``text``; boxes in pixels,
+Each line is the item's record, :func:`avala_infer.exporters.records.prediction_to_record`, as ``json.dumps``
+prints it (``prediction_to_json`` gives that text with the masks' runs printed by numpy; the module defines the
+format: ``source``, ``key``, ``annotations``, and ``width``/``height`` or ``text``; boxes in pixels,
 masks as uncompressed COCO RLE, classes best first, entity spans with character offsets).
 
 Failed items are not here; they are in ``failures.jsonl``. The lines go to ``annotations.jsonl.part`` as they
@@ -10,12 +11,11 @@ arrive, renamed at the end: a run that fails leaves no half file (and an earlier
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from avala_infer.annotations import Prediction
 from avala_infer.exporters.base import PartFile
-from avala_infer.exporters.records import prediction_to_record
+from avala_infer.exporters.records import prediction_to_json
 
 
 class JsonlWriter:
@@ -27,7 +27,7 @@ class JsonlWriter:
 
     def write(self, prediction: Prediction) -> None:
         if prediction.ok:
-            self._file.write(json.dumps(prediction_to_record(prediction), ensure_ascii=False) + "\n")
+            self._file.write(prediction_to_json(prediction) + "\n")
 
     def close(self) -> list[Path]:
         return self._file.finish()

@@ -21,6 +21,7 @@ for a text file passes the text it read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ from avala_infer.annotations import (
 )
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.codecs import rle
+from avala_infer.exporters.codecs.mask_pool import map_masks
+from avala_infer.exporters.codecs.number_text import int_texts
 from avala_infer.types import ModelType
 
 DETECTION_TYPES = (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION)
@@ -46,26 +49,36 @@ CLASSIFICATION_TYPES = (ModelType.IMAGE_CLASSIFICATION, ModelType.TEXT_CLASSIFIC
 # --- prediction -> record ---------------------------------------------------------------------------------------
 
 
-def _boxes(d: Detections) -> list[dict]:
+def _segmentation(mask: np.ndarray, runs: list[np.ndarray] | None, counts: np.ndarray | None = None) -> dict:
+    """The mask's uncompressed RLE (of its ``counts`` when given); with ``runs``, its counts go there and the
+    record holds ``[]`` in their place (:func:`prediction_to_json` prints them)."""
+    counts = rle.counts(mask) if counts is None else counts
+    if runs is None:
+        return {"size": list(mask.shape), "counts": counts.tolist()}
+    runs.append(counts)
+    return {"size": list(mask.shape), "counts": []}
+
+
+def _boxes(d: Detections, runs: list[np.ndarray] | None) -> list[dict]:
     # .tolist(): Python numbers, the same values float()/int() of each numpy element give, made in one call
     annotations = [
         {"label": str(name), "class_id": cid, "score": round(score, 5), "bbox": [round(v, 2) for v in box]}
         for box, score, cid, name in zip(d.xyxy.tolist(), d.confidence.tolist(), d.class_id.tolist(), d.class_name)
     ]
     if d.mask is not None:
-        for annotation, mask in zip(annotations, d.mask):
-            annotation["segmentation"] = rle.encode(mask)
+        for annotation, mask, counts in zip(annotations, d.mask, map_masks(rle.counts, d.mask)):
+            annotation["segmentation"] = _segmentation(mask, runs, counts)
     return annotations
 
 
-def _segments(m: SemanticMask) -> list[dict]:
+def _segments(m: SemanticMask, runs: list[np.ndarray] | None) -> list[dict]:
     return [
         {
             "label": s.class_name,
             "class_id": s.class_id,
             "score": round(s.confidence, 5),
             "area": s.area,
-            "segmentation": rle.encode(s.mask),
+            "segmentation": _segmentation(s.mask, runs),
         }
         for s in m.segments()
     ]
@@ -100,6 +113,31 @@ def _spans(e: Entities, text: str) -> list[dict]:
 
 def prediction_to_record(prediction: Prediction) -> dict:
     """The JSONL record (a JSON-ready dict) of a successful prediction; see the module docstring for its layout."""
+    return _record(prediction, None)
+
+
+# what a mask's counts look like in the JSON of a record made with runs set aside: in ``json.dumps`` text only a
+# "counts" key can read so (a quote inside a string is escaped, and records have no keys of the data's own)
+_COUNTS_SLOT = '"counts": []'
+
+
+def prediction_to_json(prediction: Prediction) -> str:
+    """``json.dumps(prediction_to_record(prediction), ensure_ascii=False)``, the same text, faster for masks: their
+    run lengths (thousands of numbers an item) are printed by numpy in one pass each, not one by one."""
+    runs: list[np.ndarray] = []
+    text = json.dumps(_record(prediction, runs), ensure_ascii=False)
+    if not runs:
+        return text
+    parts = text.split(_COUNTS_SLOT)
+    if len(parts) != len(runs) + 1:  # cannot happen (see _COUNTS_SLOT); the slow way rather than a wrong line
+        return json.dumps(prediction_to_record(prediction), ensure_ascii=False)
+    pieces = [parts[0]]
+    for counts, part in zip(int_texts(runs), parts[1:]):
+        pieces += ['"counts": [', counts, "]", part]
+    return "".join(pieces)
+
+
+def _record(prediction: Prediction, runs: list[np.ndarray] | None) -> dict:
     result = prediction.result
     record: dict = {"source": prediction.source, "key": prediction.key}
     if prediction.text is not None:
@@ -107,9 +145,9 @@ def prediction_to_record(prediction: Prediction) -> dict:
     else:
         record["width"], record["height"] = prediction.width, prediction.height
     if isinstance(result, Detections):
-        record["annotations"] = _boxes(result)
+        record["annotations"] = _boxes(result, runs)
     elif isinstance(result, SemanticMask):
-        record["annotations"] = _segments(result)
+        record["annotations"] = _segments(result, runs)
     elif isinstance(result, Classifications):
         record["multi_label"] = result.multi_label
         record["annotations"] = _classes(result)

@@ -13,7 +13,13 @@ from avala_infer.errors import BackendUnavailableError
 
 
 def encode(mask: np.ndarray) -> dict:
-    """Uncompressed COCO RLE of one ``(h, w)`` bool mask.
+    """Uncompressed COCO RLE of one ``(h, w)`` bool mask: ``{"size": [h, w], "counts": [int, ...]}``."""
+    h, w = mask.shape
+    return {"size": [h, w], "counts": counts(mask).tolist()}
+
+
+def counts(mask: np.ndarray) -> np.ndarray:
+    """The run lengths of :func:`encode` as an int64 array (for writers that print or compress them at once).
 
     The runs are found on the mask's extent only (an instance covers a small part of its image): each column of
     the extent, framed by a zero above and below, gives its changes, placed back at their column-major index in
@@ -21,11 +27,11 @@ def encode(mask: np.ndarray) -> dict:
     bottom of one column and the top of the next, the two changes it adds land on one index and cancel."""
     h, w = mask.shape
     if h * w == 0:
-        return {"size": [h, w], "counts": []}
+        return np.zeros(0, np.int64)
     mask = np.asarray(mask, dtype=bool)
     rows = np.flatnonzero(mask.any(1))
     if not len(rows):
-        return {"size": [h, w], "counts": [h * w]}
+        return np.array([h * w], np.int64)
     top, bottom = int(rows[0]), int(rows[-1]) + 1
     cols = np.flatnonzero(mask[top:bottom].any(0))
     left, right = int(cols[0]), int(cols[-1]) + 1
@@ -41,8 +47,7 @@ def encode(mask: np.ndarray) -> dict:
     if len(edges) and edges[-1] == h * w:  # the last pixel is set: its run ends with the image, not at a change
         edges = edges[:-1]
     # a change at 0 (the first pixel is set) makes the zero-length first run COCO's layout starts with
-    counts = np.diff(np.concatenate(([0], edges, [h * w]))).tolist()
-    return {"size": [h, w], "counts": counts}
+    return np.diff(np.concatenate(([0], edges, [h * w]))).astype(np.int64, copy=False)
 
 
 def decode(rle: dict) -> np.ndarray:
@@ -65,7 +70,8 @@ def _mask_utils():
 
 
 def compress(uncompressed: dict) -> dict:
-    """COCO compressed RLE (``counts`` as a str) of an uncompressed one (:func:`encode`), through pycocotools.
+    """COCO compressed RLE (``counts`` as a str) of an uncompressed one (:func:`encode`; its counts may be the
+    array :func:`counts` gives), through pycocotools.
 
     The same string pycocotools makes from the mask itself (its counts are :func:`encode`'s), from the runs
     alone: no whole-image copy of the mask in Fortran order."""
@@ -81,7 +87,7 @@ def encode_compressed(masks: np.ndarray) -> list[dict]:
     if len(masks) == 0:
         return []
     if masks.shape[1] * masks.shape[2]:
-        return [compress(encode(mask)) for mask in masks]
+        return [compress({"size": list(mask.shape), "counts": counts(mask)}) for mask in masks]
     encoded = mask_utils.encode(np.asfortranarray(np.transpose(masks, (1, 2, 0)).astype(np.uint8)))
     for rle in encoded:
         rle["counts"] = rle["counts"].decode("ascii")
