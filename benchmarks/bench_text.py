@@ -2,7 +2,8 @@
 
 Two tasks, each on its shared model and data: text classification (``sentiment-minilm-sst2`` on the 872 SST-2
 dev sentences, every class scored) and NER (``ner-minilm-conll03`` on CoNLL-2003 test sentences, tokens joined
-with spaces, aggregation ``simple``). Both tools get the same texts and the same batch size, in one process.
+with spaces, aggregation ``simple``). Both tools get the same texts, the same device and the same batch size,
+in one process; on CUDA the pipeline runs in the precision ours runs in (fp16 unless the spec says fp32).
 One untimed warm-up pass per side, then rounds that alternate the pipeline and ours; the median items/s over
 rounds is reported for each, with the ratio. A model-only ceiling (our predictor's forward alone on
 pre-collated batches, run as the engine runs them) puts our end-to-end figure in context.
@@ -10,6 +11,7 @@ pre-collated batches, run as the engine runs them) puts our end-to-end figure in
     python benchmarks/bench_text.py --rounds 1 --limit 200      # smoke check
     python benchmarks/bench_text.py                             # both tasks, 3 rounds
     python benchmarks/bench_text.py --task ner --onnx           # NER on the ONNX export (ours), pipeline on torch
+    python benchmarks/bench_text.py --device cuda               # on a GPU: batch 64 for both tools
 """
 
 from __future__ import annotations
@@ -76,6 +78,20 @@ def read_conll_sentences(path: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- timed runs
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU; both tools then get the same canonical name (``cpu`` or ``cuda:N``)."""
+    from avala_infer.predictors.base import resolve_device as resolve
+
+    return resolve(device)
+
+
+def default_batch(device: str) -> int:
+    """8 on a CPU (the specs' default); on a GPU the engine's CUDA default, which keeps the device busy."""
+    from avala_infer.engine.pipeline import CUDA_BATCH_SIZE
+
+    return CUDA_BATCH_SIZE if device.startswith("cuda") else 8
 
 
 def run_pipeline(pipe: Any, texts: list[str], batch: int, task: str) -> tuple[float, int, int]:
@@ -178,18 +194,22 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     texts = texts[: args.limit] if args.limit else texts
 
     torch_threads = torch.get_num_threads()
-    engine = Engine(spec, device="cpu", batch_size=args.batch)
-    pipe = pipeline(pipe_task, model=str(folder), device="cpu")
-    progress(f"{task}: {len(texts)} texts, batch {args.batch}; warm-up (not timed)")
-    run_pipeline(pipe, texts, args.batch, task)
+    device = resolve_device(args.device)
+    batch = args.batch or default_batch(device)
+    engine = Engine(spec, device=device, batch_size=batch)
+    # the same precision on both sides: ours runs fp16 on CUDA unless the spec says fp32 (an ONNX graph: its own)
+    half = device.startswith("cuda") and engine.predictor.fp16
+    pipe = pipeline(pipe_task, model=str(folder), device=device, dtype=torch.float16 if half else "auto")
+    progress(f"{task}: {len(texts)} texts on {device}, batch {batch}; warm-up (not timed)")
+    run_pipeline(pipe, texts, batch, task)
     run_ours(engine, texts, task)
-    batches = collate_batches(engine, texts, args.batch)
+    batches = collate_batches(engine, texts, batch)
     run_forward(engine, batches[:4])
 
     reference, ours, model = Series("transformers"), Series("avala-infer"), Series("model-only")
     for r in range(1, args.rounds + 1):
         torch.set_num_threads(torch_threads)
-        reference.add(*run_pipeline(pipe, texts, args.batch, task))
+        reference.add(*run_pipeline(pipe, texts, batch, task))
         ours.add(*run_ours(engine, texts, task))
         model.add(*run_forward(engine, batches))
         progress(
@@ -201,7 +221,9 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
         "model": engine.predictor.describe(),
         "pipeline_model": str(folder),
         "texts": len(texts),
-        "batch": args.batch,
+        "device": device,
+        "pipeline_precision": "fp16" if half else "fp32",
+        "batch": batch,
         "pipeline_threads": torch_threads,
         "ours_streams": engine.streams,
         "ours_threads_per_stream": engine.cpu_threads,
@@ -218,7 +240,7 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
 def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None:
     m = result["machine"]
     write(f"avala-infer text benchmark, {result['date']}")
-    write(f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}")
+    write(f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}" + (f", {m['gpu']}" if m.get("gpu") else ""))
     write(
         f"versions: python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
         f"tokenizers {m['tokenizers']}, onnxruntime {m['onnxruntime']}"
@@ -230,8 +252,11 @@ def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None
     )
     for task in result["tasks"]:
         write("")
-        write(f"== {task['task']}: {task['texts']} texts, batch {task['batch']}, {result['rounds']} round(s)")
-        write(f"ours: {task['model']}; pipeline: {task['pipeline_model']}")
+        write(
+            f"== {task['task']}: {task['texts']} texts on {task['device']}, batch {task['batch']}, "
+            f"{result['rounds']} round(s)"
+        )
+        write(f"ours: {task['model']}; pipeline: {task['pipeline_model']} ({task['pipeline_precision']})")
         write(
             f"torch threads: pipeline {task['pipeline_threads']}; avala-infer {task['ours_streams']} stream(s) x "
             f"{task['ours_threads_per_stream'] or 'default'} thread(s), +{task['loader_workers']} loader threads"
@@ -255,12 +280,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=(*TASKS, "all"), default="all")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per tool (default 3)")
-    parser.add_argument("--batch", type=int, default=8, help="batch size of both tools (default 8)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch size of both tools (default 8 on a CPU, 64 on a GPU)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N texts of each data set")
     parser.add_argument("--onnx", action="store_true", help="NER: ours runs the ONNX export (the pipeline, torch)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.batch < 1 or (args.limit is not None and args.limit < 1):
+    if args.rounds < 1 or (args.batch is not None and args.batch < 1) or (args.limit is not None and args.limit < 1):
         parser.error("--rounds, --batch and --limit must be at least 1")
     return args
 

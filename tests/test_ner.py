@@ -329,3 +329,34 @@ def test_the_onnx_spec_finds_its_weights_and_tokenizer():
     except WeightsNotFoundError:
         pytest.fail("weights ner-minilm-conll03/model.onnx must resolve under AVALA_INFER_MODELS (specs.resolve_path)")
     assert weights == need(NER / "model.onnx").resolve()
+
+
+# --------------------------------------------------------------------------------------------- a batch at once
+
+
+def test_a_batch_aggregates_as_its_texts_do_alone(torch_engine):
+    """Spans are found over a whole batch's arrays at once: a text's spans must not depend on its neighbours.
+    Every token leans to I-PER, so without the text boundaries spans would run from one text into the next."""
+    from avala_infer.predictors.text.ner_aggregation import aggregate
+
+    predictor = torch_engine.predictor
+    texts = ["Peter Blackburn", "", "Nadim Ladki met Angela Merkel", "x", "Emmanuel Macron"]
+    pres = [predictor.prepare(text).extra for text in texts]
+    rng = np.random.default_rng(0)
+    scores = rng.random((sum(map(len, pres)), len(predictor.scheme.labels)), dtype=np.float32)
+    scores[:, predictor.scheme.labels.index("I-PER")] += 2.0
+    scores[::5, predictor.scheme.labels.index("B-PER")] += 4.0  # a few B- tags, which start spans of their own
+    scores /= scores.sum(1, keepdims=True)
+    bounds = np.cumsum([0] + [len(pre) for pre in pres])
+    for strategy in STRATEGIES:
+        together = aggregate(scores, pres, predictor.scheme, strategy, predictor.decode)
+        alone = [
+            aggregate(scores[a:b], [pre], predictor.scheme, strategy, predictor.decode)[0]
+            for pre, a, b in zip(pres, bounds[:-1], bounds[1:])
+        ]
+        assert len(together) == len(texts), strategy
+        for text, mine, single in zip(texts, together, alone):
+            for field in ("start", "end", "score", "type_id", "word", "tag"):
+                assert np.array_equal(getattr(mine, field), getattr(single, field)), (strategy, text, field)
+            assert all(0 <= s < e <= len(text) for s, e in zip(mine.start, mine.end)), (strategy, text)
+        assert sum(len(s.start) for s in together) >= len(texts) - 2, strategy  # the empty and 1-char texts

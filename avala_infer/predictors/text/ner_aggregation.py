@@ -2,9 +2,11 @@
 
 The five ``aggregation`` strategies of the pipeline (``none``, ``simple``, ``first``, ``average``, ``max``)
 are mirrored step for step (``gather_pre_entities``, ``aggregate_words``, ``group_entities``,
-``group_sub_entities``): the same labels, character offsets, scores and ``word`` strings, but computed over a
-whole text at once with numpy instead of one dict per token. Spans tagged ``O`` are dropped, as the
-pipeline's default ``ignore_labels`` does.
+``group_sub_entities``): the same labels, character offsets, scores and ``word`` strings, but computed with
+numpy over a whole batch of texts at once instead of one dict per token (on a GPU the main thread's time per
+text is what caps the rate). What depends on the tokens alone (which tokens count, where words start, where
+each token's scores sit in the batch's rows) is found in the loader threads, by :func:`gather_pre_entities`.
+Spans tagged ``O`` are dropped, as the pipeline's default ``ignore_labels`` does.
 """
 
 from __future__ import annotations
@@ -66,13 +68,25 @@ class TagScheme:
 
 @dataclasses.dataclass(frozen=True)
 class PreEntities:
-    """The non-special tokens of one text, as the pipeline's ``gather_pre_entities`` sees them."""
+    """The non-special tokens of one text, as the pipeline's ``gather_pre_entities`` sees them.
+
+    ``window``/``column``: where each token's scores sit among the text's model rows (see
+    :func:`~avala_infer.predictors.text.batching.token_positions`). ``word_first``/``word_last``: each word's
+    first and last token (indices into these tokens), words as ``is_subword`` splits them.
+    """
 
     position: np.ndarray  # index of the token among the text's content tokens
     words: list[str]  # token strings; the text's own characters for unknown tokens
     start: np.ndarray
     end: np.ndarray
     is_subword: np.ndarray
+    window: np.ndarray
+    column: np.ndarray
+    word_first: np.ndarray
+    word_last: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.position)
 
 
 def gather_pre_entities(
@@ -81,15 +95,17 @@ def gather_pre_entities(
     ids: np.ndarray,
     offsets: np.ndarray,
     special: np.ndarray,
+    positions: tuple[np.ndarray, np.ndarray],
     *,
     word_aware: bool,
     unk_id: int | None,
 ) -> PreEntities:
     """Tokens that can be part of an entity, and whether each continues the word before it.
 
-    ``word_aware``: the tokenizer marks word pieces (WordPiece's ``##``), so a token is a sub-word when its
-    string is not as long as its span in the text; otherwise the pipeline's heuristic: a token that does not
-    start the text and touches no space on its left.
+    ``positions``: the window and column of each content token's scores. ``word_aware``: the tokenizer marks
+    word pieces (WordPiece's ``##``), so a token is a sub-word when its string is not as long as its span in
+    the text; otherwise the pipeline's heuristic: a token that does not start the text and touches no space on
+    its left.
     """
     keep = np.flatnonzero(~special)
     start = offsets[keep, 0]
@@ -107,7 +123,13 @@ def gather_pre_entities(
         for i in unknown:
             words[i] = text[start[i] : end[i]]
         is_subword[unknown] = False
-    return PreEntities(keep, words, start, end, is_subword)
+    n = len(keep)
+    starts_word = np.ones(n, dtype=bool)
+    starts_word[1:] = ~is_subword[1:]  # the first token starts a word whatever it looks like
+    word_first = np.flatnonzero(starts_word)
+    word_last = np.append(word_first[1:], n) - 1 if n else word_first
+    window, column = positions
+    return PreEntities(keep, words, start, end, is_subword, window[keep], column[keep], word_first, word_last)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,25 +146,31 @@ class Spans:
 
 def aggregate(
     scores: np.ndarray,
-    pre: PreEntities,
+    texts: Sequence[PreEntities],
     scheme: TagScheme,
     strategy: str,
     decode: Callable[[list[str]], str],
-) -> Spans:
-    """Entity spans from per-token class probabilities ``scores`` (``(content tokens, labels)``).
+) -> list[Spans]:
+    """Entity spans of each text from the class probabilities of all the texts' tokens.
 
-    ``decode`` joins token strings into text (the tokenizer's ``convert_tokens_to_string``).
+    ``scores`` is ``(tokens, labels)``: the tokens of ``texts[0]``, then those of ``texts[1]``... (one row per
+    :class:`PreEntities` token, in order). ``decode`` joins token strings into text (the tokenizer's
+    ``convert_tokens_to_string``). Every step runs on the batch's arrays at once; a text's boundaries also
+    bound its words and spans.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"aggregation must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    token_scores = scores[pre.position]
-    if strategy in ("none", "simple"):
-        units = _Units.of_tokens(token_scores, pre)
-    else:
-        units = _Units.of_words(token_scores, pre, strategy, decode)
+    if not len(scores):
+        return [_empty_spans() for _ in texts]
+    batch = _Batch.of(texts)
+    units = (
+        _Units.of_tokens(scores, batch)
+        if strategy in ("none", "simple")
+        else _Units.of_words(scores, batch, strategy, decode)
+    )
     if strategy == "none":
         keep = np.flatnonzero(~scheme.ignored[units.label] & (scheme.type_of[units.label] >= 0))
-        return Spans(
+        spans = Spans(
             start=units.start[keep],
             end=units.end[keep],
             score=units.score[keep],
@@ -150,7 +178,36 @@ def aggregate(
             word=[units.word(i) for i in keep],
             tag=[scheme.labels[units.label[i]] for i in keep],
         )
-    return _group(units, scheme, decode)
+        return _split(spans, units.text_of[keep], len(texts))
+    return _group(units, scheme, decode, len(texts))
+
+
+@dataclasses.dataclass
+class _Batch:
+    """The texts' tokens end to end: their strings, spans, and each text's first token and word."""
+
+    words: list[str]
+    start: np.ndarray
+    end: np.ndarray
+    token_offset: np.ndarray  # first token of each text, and the total at the end
+    word_first: np.ndarray  # each word's first and last token, over the whole batch
+    word_last: np.ndarray
+    word_offset: np.ndarray  # first word of each text, and the total at the end
+
+    @classmethod
+    def of(cls, texts: Sequence[PreEntities]) -> _Batch:
+        token_offset = np.cumsum([0] + [len(pre) for pre in texts])
+        word_offset = np.cumsum([0] + [len(pre.word_first) for pre in texts])
+        shifts = token_offset[:-1]
+        return cls(
+            words=[word for pre in texts for word in pre.words],
+            start=np.concatenate([pre.start for pre in texts]),
+            end=np.concatenate([pre.end for pre in texts]),
+            token_offset=token_offset,
+            word_first=np.concatenate([pre.word_first + shift for pre, shift in zip(texts, shifts)]),
+            word_last=np.concatenate([pre.word_last + shift for pre, shift in zip(texts, shifts)]),
+            word_offset=word_offset,
+        )
 
 
 @dataclasses.dataclass
@@ -161,31 +218,28 @@ class _Units:
     score: np.ndarray
     start: np.ndarray
     end: np.ndarray
+    text_of: np.ndarray  # the text each unit belongs to
     word: Callable[[int], str]
 
     @classmethod
-    def of_tokens(cls, token_scores: np.ndarray, pre: PreEntities) -> _Units:
-        label = token_scores.argmax(-1) if len(token_scores) else np.zeros(0, np.int64)
-        score = np.take_along_axis(token_scores, label[:, None], -1)[:, 0] if len(label) else np.zeros(0, np.float32)
-        return cls(label, score, pre.start, pre.end, lambda i: pre.words[i])
+    def of_tokens(cls, token_scores: np.ndarray, batch: _Batch) -> _Units:
+        label = token_scores.argmax(-1)
+        score = np.take_along_axis(token_scores, label[:, None], -1)[:, 0]
+        text_of = np.repeat(np.arange(len(batch.token_offset) - 1), np.diff(batch.token_offset))
+        return cls(label, score, batch.start, batch.end, text_of, batch.words.__getitem__)
 
     @classmethod
     def of_words(
-        cls, token_scores: np.ndarray, pre: PreEntities, strategy: str, decode: Callable[[list[str]], str]
+        cls, token_scores: np.ndarray, batch: _Batch, strategy: str, decode: Callable[[list[str]], str]
     ) -> _Units:
-        n = len(token_scores)
-        if n == 0:
-            empty = np.zeros(0, np.int64)
-            return cls(empty, np.zeros(0, np.float32), empty, empty, lambda i: "")
-        first = np.flatnonzero(np.append(True, ~pre.is_subword[1:]))  # each word's first token
-        last = np.append(first[1:], n) - 1
+        first, last = batch.word_first, batch.word_last
         if strategy == "first":
             vectors = token_scores[first]
         elif strategy == "average":
-            vectors = np.add.reduceat(token_scores, first, axis=0) / np.diff(np.append(first, n))[:, None]
+            vectors = np.add.reduceat(token_scores, first, axis=0) / (last - first + 1)[:, None]
         else:  # max: the token whose best score is highest (the first one on ties)
             best = token_scores.max(-1)
-            starts_word = np.zeros(n, dtype=bool)
+            starts_word = np.zeros(len(token_scores), dtype=bool)
             starts_word[first] = True
             word_of = np.cumsum(starts_word) - 1
             hits = np.flatnonzero(best == np.maximum.reduceat(best, first)[word_of])
@@ -193,28 +247,31 @@ class _Units:
             vectors = token_scores[chosen]
         label = vectors.argmax(-1)
         score = np.take_along_axis(vectors, label[:, None], -1)[:, 0]
+        text_of = np.repeat(np.arange(len(batch.word_offset) - 1), np.diff(batch.word_offset))
+        words = batch.words
 
         def word(i: int) -> str:
-            return decode(pre.words[first[i] : last[i] + 1])
+            return decode(words[first[i] : last[i] + 1])
 
-        return cls(label, score, pre.start[first], pre.end[last], word)
+        return cls(label, score, batch.start[first], batch.end[last], text_of, word)
 
 
-def _group(units: _Units, scheme: TagScheme, decode: Callable[[list[str]], str]) -> Spans:
-    """``group_entities``: adjacent units of one type join unless a unit is a ``B-`` tag; ``O`` spans dropped."""
+def _group(units: _Units, scheme: TagScheme, decode: Callable[[list[str]], str], texts: int) -> list[Spans]:
+    """``group_entities``: adjacent units of one type join unless a unit is a ``B-`` tag or starts a new text;
+    ``O`` spans dropped."""
     n = len(units.label)
     if n == 0:
-        return _empty_spans()
+        return [_empty_spans() for _ in range(texts)]
     key = scheme.group_key[units.label]
     new = np.ones(n, dtype=bool)
-    new[1:] = (key[1:] != key[:-1]) | scheme.begins[units.label[1:]]
+    new[1:] = (key[1:] != key[:-1]) | scheme.begins[units.label[1:]] | (units.text_of[1:] != units.text_of[:-1])
     firsts = np.flatnonzero(new)
     lasts = np.append(firsts[1:], n) - 1
     type_id = scheme.type_of[units.label[firsts]]
     mean = np.add.reduceat(units.score.astype(np.float64), firsts) / (lasts - firsts + 1)
     keep = np.flatnonzero(type_id >= 0)
     words = [decode([units.word(i) for i in range(firsts[g], lasts[g] + 1)]) for g in keep]
-    return Spans(
+    spans = Spans(
         start=units.start[firsts[keep]],
         end=units.end[lasts[keep]],
         score=mean[keep].astype(np.float32),
@@ -222,6 +279,25 @@ def _group(units: _Units, scheme: TagScheme, decode: Callable[[list[str]], str])
         word=words,
         tag=[None] * len(keep),
     )
+    return _split(spans, units.text_of[firsts[keep]], texts)
+
+
+def _split(spans: Spans, text_of: np.ndarray, texts: int) -> list[Spans]:
+    """The batch's spans (in text order) cut into one :class:`Spans` per text."""
+    bounds = np.searchsorted(text_of, np.arange(texts + 1)).tolist()
+    return [
+        Spans(
+            start=spans.start[a:b],
+            end=spans.end[a:b],
+            score=spans.score[a:b],
+            type_id=spans.type_id[a:b],
+            word=spans.word[a:b],
+            tag=spans.tag[a:b],
+        )
+        if b > a
+        else _empty_spans()
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
 
 
 def _empty_spans() -> Spans:

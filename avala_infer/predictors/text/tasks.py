@@ -31,7 +31,7 @@ from avala_infer.annotations import Classifications, Entities, Result
 from avala_infer.errors import ModelLoadError, ModelSpecError, UnsupportedInputError
 from avala_infer.predictors.base import Predictor
 from avala_infer.predictors.scoring import sigmoid, softmax
-from avala_infer.predictors.text.batching import TextBatch, TextEncoder, TokenizedText, merge_window_tokens, row_ranges
+from avala_infer.predictors.text.batching import TextBatch, TextEncoder, TokenizedText, row_ranges, token_positions
 from avala_infer.predictors.text.ner_aggregation import TagScheme, aggregate, gather_pre_entities
 from avala_infer.types import ModelType
 
@@ -63,9 +63,25 @@ class TextPredictor(Predictor):
         self.max_tokens = max(1, self.spec.batch_size) * ROW_TOKENS_PER_ITEM
 
     def prepare(self, data: np.ndarray | str) -> TokenizedText:
+        return self._finish(self.encoder.encode(self._checked(data)))
+
+    def prepare_many(self, texts: Sequence[str]) -> list[TokenizedText]:
+        """:meth:`prepare` of each text, tokenized in one call (see :meth:`.TextEncoder.encode_many`).
+
+        Any text that fails fails the call (no partial list): the engine then prepares that chunk item by
+        item, so only the bad text fails, with ``prepare``'s own error.
+        """
+        checked = [self._checked(text) for text in texts]
+        return [self._finish(tokenized) for tokenized in self.encoder.encode_many(checked)]
+
+    def _checked(self, data: Any) -> str:
         if not isinstance(data, str):
             raise UnsupportedInputError(f"{self.spec.name} is a text model; it cannot take an image")
-        return self.encoder.encode(data)
+        return data
+
+    def _finish(self, tokenized: TokenizedText) -> TokenizedText:
+        """What a task derives from the tokens in the loader thread too (nothing by default)."""
+        return tokenized
 
     def batch_key(self, prepared: TokenizedText) -> int:
         return self.encoder.batch_key(prepared)
@@ -133,10 +149,14 @@ class SequenceClassifierBase(TextPredictor):
 
     def postprocess(self, raw: np.ndarray, prepared: Sequence[TokenizedText], **options: Any) -> list[Result]:
         scores = sigmoid(raw) if self.multi_label else softmax(raw)
-        return [
-            Classifications.from_scores(scores[rows].mean(0), self.labels, self.multi_label)
-            for rows in row_ranges(prepared)
-        ]
+        if len(scores) != len(prepared):  # some text ran in several windows: each text scores their mean
+            scores = np.stack([scores[rows].mean(0) for rows in row_ranges(prepared)])
+        # Classifications.from_scores for the whole batch at once: classes best first (a stable sort)
+        scores = scores.astype(np.float32, copy=False)
+        order = np.argsort(-scores, axis=1, kind="stable")
+        ranked = np.take_along_axis(scores, order, axis=1)
+        names = np.asarray(self.labels, dtype=object)[order]
+        return [Classifications(*row, self.multi_label) for row in zip(order, ranked, names)]
 
 
 class TokenClassifierBase(TextPredictor):
@@ -162,8 +182,8 @@ class TokenClassifierBase(TextPredictor):
         self.unk_id = tokenizer.unk_token_id
         self.decode = tokenizer.convert_tokens_to_string
 
-    def prepare(self, data: np.ndarray | str) -> TokenizedText:
-        tokenized = super().prepare(data)
+    def _finish(self, tokenized: TokenizedText) -> TokenizedText:
+        """The tokens that may be part of an entity, found once here rather than in ``postprocess``."""
         used = tokenized.covered
         pre = gather_pre_entities(
             tokenized.text,
@@ -171,6 +191,7 @@ class TokenClassifierBase(TextPredictor):
             tokenized.ids[:used],
             tokenized.offsets[:used],
             tokenized.special[:used],
+            token_positions(tokenized.windows, len(self.encoder.prefix)),
             word_aware=self.word_aware,
             unk_id=self.unk_id,
         )
@@ -178,13 +199,15 @@ class TokenClassifierBase(TextPredictor):
 
     def postprocess(self, raw: np.ndarray, prepared: Sequence[TokenizedText], **options: Any) -> list[Result]:
         strategy = options.get("aggregation", "first")
-        probabilities = softmax(raw)
-        first = len(self.encoder.prefix)
+        texts = [item.extra for item in prepared]
+        # the logits of the tokens that count, all texts end to end: the padding and special tokens are never
+        # softmaxed, and the spans come out of one pass over the batch's arrays
+        rows = np.concatenate([pre.window + span.start for pre, span in zip(texts, row_ranges(prepared))])
+        columns = np.concatenate([pre.column for pre in texts])
+        probabilities = softmax(raw[rows, columns])
         names = np.asarray(self.labels, dtype=object)
         results: list[Result] = []
-        for item, rows in zip(prepared, row_ranges(prepared)):
-            scores = merge_window_tokens(probabilities[rows], item.windows, first)
-            spans = aggregate(scores, item.extra, self.scheme, strategy, self.decode)
+        for spans in aggregate(probabilities, texts, self.scheme, strategy, self.decode):
             if not len(spans.start):
                 results.append(Entities.empty())
                 continue
