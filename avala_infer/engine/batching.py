@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import queue
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -153,3 +154,90 @@ class ConcurrentRunner(Generic[T, R]):
         done = {f for f in self.inflight if f.done()}
         self.inflight -= done
         return [f.result() for f in done]
+
+
+class _Failed:
+    """What a stage raised, carried down the chain to the caller in place of the batch's result."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_STOP = object()  # down the chain from ``close``: each stage passes it on and ends
+
+
+class StageChain(Generic[T, R]):
+    """Runs every submitted batch through ``stages`` in turn, each stage on a thread of its own: while one batch
+    is in the last stage the next is in the one before, and so on (a GPU engine: collate batch i+2, forward
+    batch i+1, postprocess batch i). Each stage handles batches one at a time, in the order submitted.
+
+    The caller's thread only submits and collects, like :class:`ConcurrentRunner`'s: ``submit`` returns the
+    results finished by then and blocks only while ``capacity`` batches are in flight, which bounds the memory
+    the stages hold. The queues between stages need no bound of their own: nothing enters the chain past that
+    limit. If a stage raises, the batches behind it are dropped and the exception is raised in the caller, by
+    ``submit`` or ``drain``; ``close`` (always call it: the engine does in a ``finally``) stops every thread,
+    each after the batch it is on, and waits for them.
+    """
+
+    def __init__(self, stages: Sequence[Callable[[Any], Any]], capacity: int, name: str = "avala-stage") -> None:
+        self.capacity = max(1, capacity)
+        self.inflight = 0
+        self._inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in stages]
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        outboxes = [*self._inboxes[1:], self._done]
+        self._threads = [
+            threading.Thread(target=self._work, args=(stage, inbox, outbox), name=f"{name}-{i}", daemon=True)
+            for i, (stage, inbox, outbox) in enumerate(zip(stages, self._inboxes, outboxes))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, batch: T) -> list[R]:
+        """Start ``batch``; return the results that are finished by now (maybe none)."""
+        self._inboxes[0].put(batch)
+        self.inflight += 1
+        return self._collect(wait_for_one=self.inflight >= self.capacity)
+
+    def drain(self) -> list[R]:
+        """Wait for every batch in flight and return their results."""
+        results = []
+        while self.inflight:
+            results += self._collect(wait_for_one=True)
+        return results
+
+    def close(self) -> None:
+        """Stop every stage (the batches not started are dropped) and wait for their threads."""
+        self._stopping.set()
+        self._inboxes[0].put(_STOP)
+        for thread in self._threads:
+            thread.join()
+
+    def _collect(self, wait_for_one: bool) -> list[R]:
+        results = []
+        while self.inflight:
+            try:
+                value = self._done.get(block=wait_for_one and not results)
+            except queue.Empty:
+                break
+            self.inflight -= 1
+            if isinstance(value, _Failed):
+                raise value.exc
+            results.append(value)
+        return results
+
+    def _work(self, stage: Callable[[Any], Any], inbox: queue.SimpleQueue, outbox: queue.SimpleQueue) -> None:
+        while True:
+            value = inbox.get()
+            if value is _STOP:
+                outbox.put(_STOP)
+                return
+            if not isinstance(value, _Failed):
+                if self._stopping.is_set():
+                    continue  # closing, or a stage before failed: the rest is dropped
+                try:
+                    value = stage(value)
+                except BaseException as exc:  # handed to the caller, who decides (it stops the chain)
+                    self._stopping.set()
+                    value = _Failed(exc)
+            outbox.put(value)

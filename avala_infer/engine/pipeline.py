@@ -5,17 +5,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from avala_infer.annotations import Classifications, Prediction
-from avala_infer.engine.batching import BatchLimit, ConcurrentRunner, ReorderBuffer, ShapeBatcher
+from avala_infer.engine.batching import BatchLimit, ConcurrentRunner, ReorderBuffer, ShapeBatcher, StageChain
 from avala_infer.engine.loaders import prefetch, read_image, read_text
 from avala_infer.engine.sources import Item, Source, Text, TextReading, check_sources_fit, iter_items
 from avala_infer.errors import AvalaInferError, ConfigError
@@ -27,6 +28,7 @@ from avala_infer.types import AGGREGATIONS, DEFAULT_AGGREGATION
 
 log = logging.getLogger(__name__)
 status = logging.getLogger("avala_infer.status")
+T = TypeVar("T")
 
 # (position of the item in the stream, its decoded BGR image): see Engine.stream's ``on_image``
 ImageCallback = Callable[[int, np.ndarray], None]
@@ -40,6 +42,13 @@ CUDA_LETTERBOX = "square"  # one input shape: every batch leaves full (rect give
 # a GPU wants its batches full and its host has the memory for the wait
 WINDOW_BATCHES_CPU = 4
 WINDOW_BATCHES_CUDA = 8
+# batches one stream holds at once in its stage threads: one per stage (collate, forward, postprocess) and one
+# more collated ahead, so the forward never waits for a collate; it bounds the memory of the batches in flight
+STAGE_CAPACITY = 4
+# consecutive items per loader task (fewer when the read-ahead is short); a predictor with ``prepare_many`` (a
+# text tokenizer: one call for many texts) gets PREPARE_CHUNK
+LOAD_CHUNK = 8
+PREPARE_CHUNK = 32
 # what an out-of-memory error says when it is not torch's OutOfMemoryError: torch's cuBLAS/cuDNN faults and
 # onnxruntime's CUDA provider (its errors are not RuntimeErrors)
 OUT_OF_MEMORY_MESSAGES = ("CUDA out of memory", "CUDA error: out of memory", "CUDA failure 2: out of memory")
@@ -165,7 +174,9 @@ class Engine:
     loader threads that read and decode ahead of the model. ``streams`` is how many batches run in the model
     at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (ONNX Runtime
     sessions get that count; torch's process-wide intra-op count is set to it once, by the first CPU stream in
-    the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1.
+    the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1. The thread that iterates
+    the predictions only reads items, batches and dispatches: the batches run on threads of the engine's (with
+    one stream on a GPU, ``stage_threads``: collate, forward and postprocess each on its own, overlapping).
     ``close()`` (or a ``with`` block) releases the model; a closed engine refuses to predict.
 
     Batches on a GPU: the spec's ``batch_size`` and ``letterbox`` are the CPU's. On CUDA the defaults are a batch
@@ -214,6 +225,9 @@ class Engine:
         if self.streams < 1:
             raise ConfigError(f"streams must be at least 1, got {self.streams}")
         self.cpu_threads = max(1, cores // self.streams) if on_cpu else None
+        # one stream's collate, forward and postprocess on threads of their own (see _runner): on a GPU the host
+        # work then overlaps the device's; on a CPU the stages would only take cores from the forward pass
+        self.stage_threads = not on_cpu
         t0 = time.perf_counter()
         # "avala_infer.status": one-line progress the CLI shows (silent in a library unless logging is set up)
         status.info("loading %s on %s ...", self.spec.name, self.device, extra={"status": "start"})
@@ -396,6 +410,9 @@ class Engine:
     def _stream(
         self, items: Iterable[Item], options: PredictOptions, on_image: ImageCallback | None = None
     ) -> Iterator[Prediction]:
+        """This thread reads ``items``, hands them to the loader threads, batches what they return and submits
+        the batches; collate, forward and postprocess + filter run on the runner's threads (see :meth:`_runner`),
+        so the thread that iterates does little more than move items and predictions along."""
         configure_torch_threads(self.cpu_threads)
         batch_size = self.batch_size
         batcher: ShapeBatcher[_Loaded] = ShapeBatcher(
@@ -405,24 +422,21 @@ class Engine:
         )
         limit = BatchLimit(batch_size)  # lowered for the rest of this stream when a batch runs out of memory
         reorder: ReorderBuffer[tuple[int, Prediction]] = ReorderBuffer(lambda pair: pair[0])
-        runner: ConcurrentRunner[list[_Loaded], list[tuple[int, Prediction]]] = ConcurrentRunner(
-            lambda batch: [(loaded.seq, p) for loaded, p in zip(batch, self._run_batch(batch, options, limit))],
-            self.streams,
-        )
+        runner = self._runner(options, limit)
         depth = max(2 * batch_size * self.streams, 2 * self.workers)
         try:
-            load = functools.partial(self._load, on_image=on_image)
-            for loaded in prefetch(enumerate(items), load, self.workers, depth):
-                self._check_open()  # closed meanwhile: stop here rather than fail every item
-                if loaded.error is not None:
-                    reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
-                else:
-                    if limit.size < batcher.batch_size:
-                        batcher.resize(limit.size)
-                    for batch in batcher.add(loaded):
-                        for finished in runner.submit(batch):
-                            reorder.put_many(finished)
-                yield from (prediction for _, prediction in reorder.ready())
+            with contextlib.closing(self._loaded(items, on_image, depth)) as loaded_items:
+                for loaded in loaded_items:
+                    self._check_open()  # closed meanwhile: stop here rather than fail every item
+                    if loaded.error is not None:
+                        reorder.put((loaded.seq, self._failed(loaded, loaded.error)))
+                    else:
+                        if limit.size < batcher.batch_size:
+                            batcher.resize(limit.size)
+                        for batch in batcher.add(loaded):
+                            for finished in runner.submit(batch):
+                                reorder.put_many(finished)
+                    yield from (prediction for _, prediction in reorder.ready())
             self._check_open()
             for batch in batcher.flush():
                 for finished in runner.submit(batch):
@@ -433,26 +447,115 @@ class Engine:
         finally:
             runner.close()
 
+    def _runner(
+        self, options: PredictOptions, limit: BatchLimit
+    ) -> ConcurrentRunner[list[_Loaded], list[tuple[int, Prediction]]] | StageChain:
+        """What runs the batches, never on the thread that iterates.
+
+        Several streams (a CPU's default): each batch whole (collate, forward, postprocess) on one of ``streams``
+        threads, side by side. One stream with ``stage_threads`` (a GPU's default): a :class:`StageChain` of
+        collate, forward and postprocess + filter, each on its own thread, so the device runs batch i+1 while the
+        host postprocesses batch i and collates batch i+2 (on CUDA the copy to the device goes on a side stream:
+        see :class:`_StagedBatches`). One stream on a CPU: each batch whole on one thread, as one stream of
+        several; there the stages would run side by side on the cores the forward pass uses, and torch's
+        OpenMP teams and onnxruntime's spinning threads slow each other down many times over (measured here on
+        2 cores: the postprocess of a batch took 70x longer beside an ONNX forward pass).
+        """
+        run_whole = functools.partial(self._run_numbered, options=options, limit=limit)
+        if self.streams > 1:
+            return ConcurrentRunner(run_whole, self.streams)
+        if not self.stage_threads:
+            return StageChain([run_whole], capacity=2, name="avala-batch")
+        staged = _StagedBatches(self, options, limit)
+        return StageChain(
+            [staged.collate, staged.forward, staged.postprocess], capacity=STAGE_CAPACITY, name="avala-stage"
+        )
+
+    def _run_numbered(
+        self, batch: list[_Loaded], *, options: PredictOptions, limit: BatchLimit
+    ) -> list[tuple[int, Prediction]]:
+        return _numbered(batch, self._run_batch(batch, options, limit))
+
+    def _loaded(self, items: Iterable[Item], on_image: ImageCallback | None, depth: int) -> Iterator[_Loaded]:
+        """``items`` read and prepared on the loader threads, in order, at most about ``depth`` in flight.
+
+        Each loader task takes a run of consecutive items: this thread then waits for (and wakes up for) one task
+        per run, not per item, and a predictor with ``prepare_many`` (text: one tokenizer call for many texts)
+        prepares a whole run in one call. Runs stay short enough for ``2 * workers`` of them to be in flight.
+        """
+        if getattr(self.predictor, "prepare_many", None) is not None:
+            size = PREPARE_CHUNK
+        else:
+            size = max(1, min(LOAD_CHUNK, depth // (2 * self.workers)))
+        load = functools.partial(self._load_chunk, on_image=on_image)
+        runs = _chunks(enumerate(items), size)
+        with contextlib.closing(prefetch(runs, load, self.workers, max(2, depth // size))) as loaded:
+            for run in loaded:
+                yield from run
+
     def _load(self, numbered: tuple[int, Item], on_image: ImageCallback | None = None) -> _Loaded:
         seq, item = numbered
         loaded = _Loaded(seq, item)
-        image = None
+        data = self._read(loaded)
+        if data is not None:
+            try:
+                t0 = time.perf_counter()
+                loaded.prepared = self.predictor.prepare(data)
+                loaded.timings["preprocess"] = (time.perf_counter() - t0) * 1e3
+            except Exception as exc:  # a preprocessing fault fails this item only
+                loaded.error = _reason(exc)
+        self._hand_image(loaded, data, on_image)
+        return loaded
+
+    def _load_chunk(self, chunk: list[tuple[int, Item]], on_image: ImageCallback | None = None) -> list[_Loaded]:
+        """:meth:`_load` for consecutive items. A predictor with ``prepare_many`` prepares them in one call; if that
+        raises, each item is prepared alone, so only the items that fail alone fail."""
+        if getattr(self.predictor, "prepare_many", None) is None:
+            return [self._load(numbered, on_image) for numbered in chunk]
+        loaded = [_Loaded(seq, item) for seq, item in chunk]
+        datas = [self._read(one) for one in loaded]
+        readable = [(one, data) for one, data in zip(loaded, datas) if data is not None]
+        if readable:
+            predictor = self.predictor
+            t0 = time.perf_counter()
+            try:
+                prepared = predictor.prepare_many([data for _, data in readable])
+                if len(prepared) != len(readable):
+                    raise AvalaInferError(f"prepare_many gave {len(prepared)} results for {len(readable)} items")
+            except Exception as exc:
+                log.debug("prepare_many failed on %d items (%s); preparing them one by one", len(readable), exc)
+                for one, data in readable:
+                    t1 = time.perf_counter()
+                    try:
+                        one.prepared = predictor.prepare(data)
+                        one.timings["preprocess"] = (time.perf_counter() - t1) * 1e3
+                    except Exception as item_exc:
+                        one.error = _reason(item_exc)
+            else:
+                share = (time.perf_counter() - t0) * 1e3 / len(readable)
+                for (one, _), value in zip(readable, prepared):
+                    one.prepared = value
+                    one.timings["preprocess"] = share
+        for one, data in zip(loaded, datas):
+            self._hand_image(one, data, on_image)
+        return loaded
+
+    def _read(self, loaded: _Loaded) -> Any:
+        """The item's decoded image or text (``None``, with ``loaded.error`` set, when it cannot be read)."""
         try:
             if self.model_type.media == "text":
-                data = loaded.text = read_text(item, loaded.timings)
+                data = loaded.text = read_text(loaded.item, loaded.timings)
             else:
-                data = image = read_image(item, loaded.timings)
+                data = read_image(loaded.item, loaded.timings)
                 loaded.height, loaded.width = data.shape[:2]
-            t0 = time.perf_counter()
-            loaded.prepared = self.predictor.prepare(data)
-            loaded.timings["preprocess"] = (time.perf_counter() - t0) * 1e3
-        except AvalaInferError as exc:
-            loaded.error = str(exc)
-        except Exception as exc:  # a decoder or preprocessing fault fails this item only
-            loaded.error = f"{type(exc).__name__}: {exc}"
-        if on_image is not None and image is not None and loaded.error is None:
-            on_image(seq, image)  # outside the try: a fault of the sink's is not the item's
-        return loaded
+            return data
+        except Exception as exc:  # a decoder fault fails this item only
+            loaded.error = _reason(exc)
+            return None
+
+    def _hand_image(self, loaded: _Loaded, data: Any, on_image: ImageCallback | None) -> None:
+        if on_image is not None and loaded.error is None and isinstance(data, np.ndarray):
+            on_image(loaded.seq, data)  # not in the item's try: a fault of the sink's is not the item's
 
     @staticmethod
     def _failed(loaded: _Loaded, reason: str) -> Prediction:
@@ -473,18 +576,25 @@ class Engine:
         return [p for piece in limit.split(batch) for p in self._run_piece(piece, options, limit)]
 
     def _run_piece(self, batch: list[_Loaded], options: PredictOptions, limit: BatchLimit) -> list[Prediction]:
-        """Run items that fit the limit. Out of device memory: lower the limit to half the batch, free the cached
-        memory and run both halves (down to one item, which then fails alone). Any other failure of a whole
-        batch: run its items one by one so only the bad ones fail."""
+        """Run items that fit the limit (collate, forward, postprocess here, on this thread); on a failure see
+        :meth:`_retry`."""
         try:
             return self._forward_batch(batch, options)
         except Exception as exc:
             if self._predictor is None:  # the engine was closed under us: the stream stops, items did not fail
                 raise
-            out_of_memory = is_out_of_memory(exc)
-            reason = f"{type(exc).__name__}: {exc}"
+            failure = _Failure.of(exc)
         # retried out of the except block: the traceback, and with it the failed pass's tensors, is gone by now
-        if out_of_memory:
+        return self._retry(batch, failure, options, limit)
+
+    def _retry(
+        self, batch: list[_Loaded], failure: _Failure, options: PredictOptions, limit: BatchLimit
+    ) -> list[Prediction]:
+        """After ``batch`` failed as a whole. Out of device memory: lower the limit to half the batch, free the
+        cached memory and run both halves (down to one item, which then fails alone). Any other failure: run
+        its items one by one so only the bad ones fail."""
+        reason = failure.reason
+        if failure.out_of_memory:
             self._release_cached_memory()
             if len(batch) > 1:
                 half = (len(batch) + 1) // 2
@@ -520,8 +630,24 @@ class Engine:
             t2 = time.perf_counter()
             results = predictor.postprocess(raw, prepared, **options.postprocess_options())
         t3 = time.perf_counter()
+        return self._predictions(batch, results, options, t1 - t0, t2 - t1, t3 - t2)
+
+    @staticmethod
+    def _predictions(
+        batch: list[_Loaded],
+        results: Sequence[Any],
+        options: PredictOptions,
+        collate_s: float,
+        forward_s: float,
+        postprocess_s: float,
+    ) -> list[Prediction]:
+        """Filter each item's result and wrap it; the batch's stage times are shared evenly by its items."""
         n = len(batch)
-        shared = {"collate": (t1 - t0) * 1e3 / n, "forward": (t2 - t1) * 1e3 / n, "postprocess": (t3 - t2) * 1e3 / n}
+        shared = {
+            "collate": collate_s * 1e3 / n,
+            "forward": forward_s * 1e3 / n,
+            "postprocess": postprocess_s * 1e3 / n,
+        }
         predictions = []
         for loaded, result in zip(batch, results):
             t4 = time.perf_counter()
@@ -536,3 +662,168 @@ class Engine:
                 )
             )
         return predictions
+
+
+def _numbered(batch: list[_Loaded], predictions: list[Prediction]) -> list[tuple[int, Prediction]]:
+    """Each prediction with its item's position in the stream (the reorder buffer's key)."""
+    return [(loaded.seq, prediction) for loaded, prediction in zip(batch, predictions)]
+
+
+def _reason(exc: BaseException) -> str:
+    """An item's error text: our own errors say it all; anything else is named."""
+    return str(exc) if isinstance(exc, AvalaInferError) else f"{type(exc).__name__}: {exc}"
+
+
+def _chunks(values: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``values`` in lists of ``size`` consecutive ones (the last may be shorter)."""
+    iterator = iter(values)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+@dataclasses.dataclass(frozen=True)
+class _Failure:
+    """Why a whole batch failed, without the exception (its traceback holds the failed pass's tensors)."""
+
+    reason: str
+    out_of_memory: bool
+
+    @classmethod
+    def of(cls, exc: BaseException) -> _Failure:
+        return cls(f"{type(exc).__name__}: {exc}", is_out_of_memory(exc))
+
+
+@dataclasses.dataclass
+class _Staged:
+    """One batch on its way through :class:`_StagedBatches`: what each stage hands the next."""
+
+    items: list[_Loaded]
+    inputs: Any = None
+    raw: Any = None
+    ready: Any = None  # CUDA: an event on the stream of the stage before, recorded once its work was queued
+    collate_s: float = 0.0
+    forward_s: float = 0.0
+    failure: _Failure | None = None  # the batch failed in collate or forward: retried in the next stage
+    predictions: list[Prediction] | None = None  # made already (by a retry): later stages pass them on
+
+
+class _StagedBatches:
+    """The stages of one stream's batches, each run by its own :class:`StageChain` thread: ``collate`` (on CUDA on
+    a side stream, so the copy to the device overlaps the forward pass before it), ``forward`` (the model's
+    stream, batches in order), ``postprocess`` + filter (on CUDA on a stream of its own: its reads of the device
+    wait for this batch's forward, not for the one the forward thread has queued since).
+
+    A batch that fails in a stage is retried by the next stage, as :meth:`Engine._run_piece` does (halved when
+    out of memory, else item by item), with every step on that stage's thread; a batch larger than the
+    :class:`BatchLimit` (it was collated before an out-of-memory error lowered the limit) runs in pieces that
+    fit. Until its postprocess is done a batch keeps its inputs: on CUDA the forward pass reads them on another
+    stream than the one they were made on, and a freed block may be reused at once by its own stream.
+    """
+
+    def __init__(self, engine: Engine, options: PredictOptions, limit: BatchLimit) -> None:
+        self.engine = engine
+        self.options = options
+        self.limit = limit
+        self.device = engine.device
+        self.copy_stream = self.post_stream = None
+        if self.device.startswith("cuda"):
+            import torch
+
+            self.copy_stream = torch.cuda.Stream(self.device)
+            self.post_stream = torch.cuda.Stream(self.device)
+
+    def collate(self, batch: list[_Loaded]) -> _Staged:
+        staged = _Staged(batch)
+        if len(batch) > self.limit.size:
+            return staged  # the forward stage runs it in pieces
+        t0 = time.perf_counter()
+        try:
+            with self._running_on(self.copy_stream):
+                staged.inputs = self.engine.predictor.collate([loaded.prepared for loaded in batch])
+                staged.ready = self._mark(self.copy_stream)
+        except Exception as exc:
+            staged.failure = self._failure(exc)
+        staged.collate_s = time.perf_counter() - t0
+        return staged
+
+    def forward(self, staged: _Staged) -> _Staged:
+        engine, options, limit = self.engine, self.options, self.limit
+        if staged.failure is not None:
+            staged.predictions = engine._retry(staged.items, staged.failure, options, limit)
+        elif len(staged.items) > limit.size:
+            staged.predictions = engine._run_batch(staged.items, options, limit)
+        if staged.predictions is not None:
+            return staged
+        t0 = time.perf_counter()
+        failure = None
+        try:
+            with self._running_on(None):
+                self._wait(staged.ready)
+                staged.raw = engine.predictor.forward(staged.inputs)
+                staged.ready = self._mark(None)
+        except Exception as exc:
+            failure = self._failure(exc)
+        staged.forward_s = time.perf_counter() - t0
+        if failure is not None:  # retried out of the except block: the failed pass's tensors are gone by now
+            staged.inputs = None
+            staged.predictions = engine._retry(staged.items, failure, options, limit)
+        return staged
+
+    def postprocess(self, staged: _Staged) -> list[tuple[int, Prediction]]:
+        engine, options = self.engine, self.options
+        if staged.predictions is None:
+            prepared = [loaded.prepared for loaded in staged.items]
+            t0 = time.perf_counter()
+            failure = None
+            try:
+                with self._running_on(self.post_stream):
+                    self._wait(staged.ready)
+                    results = engine.predictor.postprocess(staged.raw, prepared, **options.postprocess_options())
+                    if self.post_stream is not None:
+                        self.post_stream.synchronize()  # every read of this batch's tensors is done
+            except Exception as exc:
+                failure = self._failure(exc)
+            postprocess_s = time.perf_counter() - t0
+            staged.raw = staged.inputs = None
+            if failure is not None:
+                staged.predictions = engine._retry(staged.items, failure, options, self.limit)
+            else:
+                staged.predictions = engine._predictions(
+                    staged.items, results, options, staged.collate_s, staged.forward_s, postprocess_s
+                )
+        return _numbered(staged.items, staged.predictions)
+
+    def _failure(self, exc: BaseException) -> _Failure:
+        if self.engine.closed:  # closed under us: the stream stops (raised in the consumer); items did not fail
+            raise exc
+        return _Failure.of(exc)
+
+    @contextlib.contextmanager
+    def _running_on(self, stream: Any) -> Iterator[None]:
+        """Inference mode (it is per thread), and on CUDA ``stream`` as this thread's current stream (``None``: the
+        device's default stream, the model's)."""
+        import torch
+
+        with torch.inference_mode():
+            if stream is None:
+                yield
+            else:
+                with torch.cuda.stream(stream):
+                    yield
+
+    def _mark(self, stream: Any) -> Any:
+        """On CUDA: an event recorded on ``stream`` (``None``: the default stream) after the work queued so far."""
+        if not self.device.startswith("cuda"):
+            return None
+        import torch
+
+        event = torch.cuda.Event()
+        event.record(stream if stream is not None else torch.cuda.default_stream(self.device))
+        return event
+
+    def _wait(self, event: Any) -> None:
+        """Make this thread's current CUDA stream wait (on the device, not here) for ``event``."""
+        if event is not None:
+            import torch
+
+            torch.cuda.current_stream(self.device).wait_event(event)

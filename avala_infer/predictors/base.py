@@ -2,9 +2,16 @@
 
 The engine calls ``prepare`` in its loader threads (CPU, per item, must be thread-safe) with a decoded BGR
 uint8 image (image model types) or a ``str`` (text model types), groups prepared
-items whose ``batch_key`` is equal, then calls ``collate``, ``forward`` and ``postprocess`` on its own
-thread for each batch. Only ``forward`` touches the model; the engine wraps it in inference mode.
+items whose ``batch_key`` is equal, then calls ``collate``, ``forward`` and ``postprocess`` for each batch, in
+inference mode, on threads of its own: on a GPU each of the three on its own thread, so ``collate`` of one batch,
+``forward`` of the one before and ``postprocess`` of the one before that run at once (on CUDA ``collate`` runs
+with a side stream current: it should queue its copies to the device on the current stream, as ``.to(device,
+non_blocking=True)`` from pinned memory does). Only ``forward`` touches the model.
 A predictor keeps no per-call state on ``self``: everything a batch needs travels with the prepared items.
+
+An optional ``prepare_many(datas) -> list`` (one prepared value per data, in order) is called instead of
+``prepare`` on runs of consecutive items when a predictor defines it (a tokenizer that encodes many texts in one
+call); if it raises, the engine prepares those items one by one, so only the items that fail alone fail.
 """
 
 from __future__ import annotations
