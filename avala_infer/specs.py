@@ -14,6 +14,9 @@ A spec is a small YAML file (see ``models/`` in the repository)::
     params: {}                   # backend-specific settings, checked by the predictor (see its docstring)
     sha256: <64 hex digits>      # optional: the weights file must have this hash, else nothing is loaded
     url: https://.../yolo11n.pt  # optional: where `avala-infer models pull NAME` fetches the weights from
+    onnx_provider: auto          # onnxruntime YOLO models: auto (the device's: CUDA or CPU) or tensorrt
+    engine_cache: trt-engines/   # optional, with tensorrt: where built engines are kept (see below)
+    torch_compile: reduce-overhead  # optional, ultralytics YOLO models: a torch.compile mode (default: off)
 
 ``weights`` may also name a folder (transformers models). Paths in ``params`` that name files (a tokenizer
 folder, say) are resolved like weights by :func:`resolve_path`.
@@ -26,6 +29,29 @@ else by file name in ``$AVALA_INFER_MODELS`` (folders, ``os.pathsep``-separated)
 ``<user data>/avala-infer/models``. Nothing is downloaded while labeling: only ``avala-infer models pull NAME``
 (:mod:`avala_infer.pull`) fetches a spec's ``url``, on request. Whether pickled weights may be loaded, and the
 ``sha256`` check, are :mod:`avala_infer.trust`'s business.
+
+Runtime options (launch cost on a GPU; each is refused on a backend that would not read it):
+
+``onnx_provider`` (``backend: onnxruntime``, YOLO detection and segmentation): ``auto`` runs the CUDA provider on a
+CUDA device and the CPU provider on a CPU. ``tensorrt`` runs NVIDIA TensorRT (the CUDA provider takes the nodes
+TensorRT cannot): it needs onnxruntime-gpu, TensorRT 10's libraries and a CUDA device, else the model does not
+load (a ``BackendUnavailableError`` says what to install; never a silent run on another provider). With it,
+``precision`` ``fp16`` or ``auto`` builds fp16 engines (``fp32``: fp32 engines); the first load of a model builds
+its engine (minutes) for every batch size up to ``batch_size`` and every input up to ``input_size`` (rect
+letterboxing: one engine for all its shapes), later loads read it from the engine cache folder: ``engine_cache``
+(relative to the spec file's folder), else ``$AVALA_INFER_HOME/cache/tensorrt``, else
+``~/.cache/avala-infer/tensorrt`` (``$XDG_CACHE_HOME``), one subfolder per weights file's content.
+
+``torch_compile`` (``backend: ultralytics``, YOLO detection and segmentation): compile the network with
+``torch.compile`` in this mode: ``default`` (also ``true``), ``reduce-overhead`` (on CUDA it replays CUDA graphs,
+one per input shape: the launch cost of ~250 kernels per batch goes), ``max-autotune`` or
+``max-autotune-no-cudagraphs``. Off by default: the first batch of each input shape compiles (tens of seconds on a
+GPU host; ~10 minutes on a busy 2-core CPU, where inductor builds C++ kernels and needs a C++ compiler), each CPU
+stream's copy of the model compiles on its own, and torch compiles at most 8 shapes (its recompile limit) and runs
+the rest uncompiled: pair it with square letterboxing, the CUDA default. Outputs equal eager ones within float
+tolerance, not bit for bit (``benchmarks/bench_compile.py``). On CUDA the ultralytics backend also turns on
+``cudnn.benchmark`` (the fastest convolution for the input shape, tried on its first batch) when letterboxing is
+square: one input shape, so the trial is paid once.
 """
 
 from __future__ import annotations
@@ -50,6 +76,10 @@ WEIGHT_BACKENDS = {".pt": "ultralytics", ".onnx": "onnxruntime"}
 PRECISIONS = ("auto", "fp32", "fp16")
 URL_SCHEMES = ("https", "http", "file")  # a spec's url: where `models pull` fetches its weights
 LETTERBOX_MODES = ("rect", "square")
+ONNX_PROVIDERS = ("auto", "tensorrt")
+TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# the model types whose backends read the runtime options (anywhere else an option would be ignored: refused)
+RUNTIME_OPTION_TYPES = (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +100,9 @@ class ModelSpec:
     source: str | None = None  # the YAML file this spec came from, if any
     sha256: str | None = None  # the weights file's pinned hash (hex); a mismatch is refused before loading
     url: str | None = None  # where `avala-infer models pull` fetches the weights file (never fetched otherwise)
+    onnx_provider: str = "auto"  # onnxruntime's execution provider: auto (the device's) or tensorrt
+    engine_cache: str | None = None  # TensorRT engines' folder; None: the default (onnx_session.default_engine_cache)
+    torch_compile: str | None = None  # a torch.compile mode for the ultralytics backend; None: eager
 
     def __post_init__(self) -> None:
         where = f" in {self.source}" if self.source else ""
@@ -98,6 +131,37 @@ class ModelSpec:
             raise ModelSpecError(
                 f"url {self.url!r}{where} is not a download address: give a {'/'.join(URL_SCHEMES)}:// URL of the "
                 "weights file"
+            )
+        self._check_runtime_options(where)
+
+    def _check_runtime_options(self, where: str) -> None:
+        """``onnx_provider``, ``engine_cache`` and ``torch_compile``: known values, and only where a backend reads
+        them (a TensorRT or compile request that nothing reads would run without it, silently)."""
+        if self.onnx_provider not in ONNX_PROVIDERS:
+            raise ModelSpecError(
+                f"onnx_provider {self.onnx_provider!r}{where} is not one of {', '.join(ONNX_PROVIDERS)}"
+            )
+        if self.torch_compile is not None and self.torch_compile not in TORCH_COMPILE_MODES:
+            raise ModelSpecError(
+                f"torch_compile {self.torch_compile!r}{where} is not a torch.compile mode: use one of "
+                f"{', '.join(TORCH_COMPILE_MODES)}, or leave it out (eager)"
+            )
+        types = " or ".join(t.value for t in RUNTIME_OPTION_TYPES)
+        if self.onnx_provider != "auto" and (
+            self.backend != "onnxruntime" or self.model_type not in RUNTIME_OPTION_TYPES
+        ):
+            raise ModelSpecError(
+                f"onnx_provider {self.onnx_provider!r}{where} is read only by backend onnxruntime for {types} "
+                f"models, not {self.backend} {self.model_type.value}"
+            )
+        if self.engine_cache is not None and self.onnx_provider != "tensorrt":
+            raise ModelSpecError(f"engine_cache{where} is read only with onnx_provider: tensorrt")
+        if self.torch_compile is not None and (
+            self.backend != "ultralytics" or self.model_type not in RUNTIME_OPTION_TYPES
+        ):
+            raise ModelSpecError(
+                f"torch_compile{where} is read only by backend ultralytics for {types} models, "
+                f"not {self.backend} {self.model_type.value}"
             )
 
     def param(self, key: str, default: Any = None, choices: tuple | None = None) -> Any:
@@ -208,11 +272,24 @@ def load_spec(path: str | Path) -> ModelSpec:
             source=str(path),
             sha256=None if data.get("sha256") is None else str(data["sha256"]).strip().lower().removeprefix("sha256:"),
             url=None if data.get("url") is None else str(data["url"]).strip(),
+            onnx_provider=str(data.get("onnx_provider", "auto")).strip().lower(),
+            engine_cache=None if data.get("engine_cache") is None else str(data["engine_cache"]),
+            torch_compile=_compile_mode(data.get("torch_compile")),
         )
     except ModelSpecError:
         raise
     except (ValueError, TypeError) as exc:
         raise ModelSpecError(f"model spec {path}: {exc}") from exc
+
+
+def _compile_mode(value: object) -> str | None:
+    """A spec's ``torch_compile``: ``None``, ``false``, ``off`` or ``none`` mean eager, ``true`` the default mode;
+    else the mode's name."""
+    if value is None or value is False or str(value).strip().lower() in ("off", "none", "false"):
+        return None
+    if value is True:
+        return "default"
+    return str(value).strip().lower()
 
 
 @dataclasses.dataclass(frozen=True)

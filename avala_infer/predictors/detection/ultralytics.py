@@ -17,6 +17,13 @@ from avala_infer.errors import ConfigError
 from avala_infer.predictors.base import ReplicaPool
 from avala_infer.predictors.detection.yolo import TASKS, Letterboxed, YoloDetector
 from avala_infer.predictors.detection.yolo_seg import YoloSegmenter
+from avala_infer.predictors.torch_runtime import (
+    compile_module,
+    copy_out,
+    enable_cudnn_autotune,
+    mark_graph_step,
+    replays_cuda_graphs,
+)
 from avala_infer.predictors.ultralytics_loading import load_ultralytics_module
 from avala_infer.specs import ModelSpec
 
@@ -24,12 +31,23 @@ log = logging.getLogger(__name__)
 
 
 def stack_to_device(prepared: Sequence[Letterboxed], device: str, fp16: bool):
-    """Stack letterboxed BGR uint8 images into a normalised RGB NCHW tensor (channels-last) on ``device``."""
+    """Stack letterboxed BGR uint8 images into a normalised RGB NCHW tensor (channels-last) on ``device``.
+
+    On CUDA the images are stacked straight into pinned (page-locked) host memory, one copy, and go to the device
+    asynchronously on the current stream (the engine's side stream: it overlaps the forward pass before). The
+    pinned block comes from torch's caching host allocator, reused from batch to batch; torch records the copy on
+    the block and hands it out again only once the copy is done, so a batch still being copied is never
+    overwritten. (``np.stack`` then ``pin_memory()`` copied every image twice.)
+    """
     import torch
 
-    batch = torch.from_numpy(np.stack([p.image for p in prepared]))
-    if device != "cpu":
-        batch = batch.pin_memory().to(device, non_blocking=True)
+    images = [p.image for p in prepared]
+    if device == "cpu":
+        batch = torch.from_numpy(np.stack(images))
+    else:
+        host = torch.empty((len(images), *images[0].shape), dtype=torch.uint8, pin_memory=True)
+        np.stack(images, out=host.numpy())
+        batch = host.to(device, non_blocking=True)
     batch = batch.permute(0, 3, 1, 2).flip(1)  # BHWC BGR -> BCHW RGB
     batch = batch.half() if fp16 else batch.float()
     return batch.div_(255).contiguous(memory_format=torch.channels_last)
@@ -54,6 +72,10 @@ class UltralyticsDetector(YoloDetector):
         self.stride = max(int(model.stride.max()), 32)
         model = model.to(device).to(memory_format=torch.channels_last)
         self.model = model.half() if self.fp16 else model.float()
+        enable_cudnn_autotune(device, fixed_shapes=self.spec.letterbox == "square")
+        # opt-in (spec torch_compile); each replica below compiles its own graphs on its first batches
+        self.model = compile_module(self.model, self.spec.torch_compile)
+        self.cuda_graphs = replays_cuda_graphs(self.spec.torch_compile, device)
         # the Detect head caches anchors per input shape on itself: one copy per concurrent stream
         self.replicas = ReplicaPool(self.model, spare_copies=threads is not None)
 
@@ -62,8 +84,11 @@ class UltralyticsDetector(YoloDetector):
 
     def forward(self, batch):
         with self.replicas.acquire() as model:
+            if self.cuda_graphs:
+                mark_graph_step()
             out = model(batch)
-        return out[0] if isinstance(out, (list, tuple)) else out  # detect: a tensor; segment: (raw, protos)
+            out = out[0] if isinstance(out, (list, tuple)) else out  # detect: a tensor; segment: (raw, protos)
+            return copy_out(out) if self.cuda_graphs else out  # before the next replay overwrites it
 
 
 class UltralyticsSegmenter(YoloSegmenter, UltralyticsDetector):
