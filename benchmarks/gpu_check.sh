@@ -164,13 +164,16 @@ MODELS=$AVALA_INFER_ASSETS/models
 # the benchmark options below, parsed before any GPU time goes on them (a renamed option fails here, in seconds)
 step bench-options 60 CPU "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_detection as b
 b.parse_args(['--device', 'cuda', '--ref-half', '--ref-batches', '$REF_BATCHES', '--rounds', '$ROUNDS', '--json', 'x'])"
-step cuda-tests 150 GPU "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+step cuda-tests 150 GPU "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_onnx_binding.py \
+    tests/test_runtime_options.py tests/test_pipeline_stages.py tests/test_decode.py
 for weights in yolo11n.pt yolo11n-seg.pt; do
     name=bench_detection_${weights%.pt}
     limit=150 && [[ $weights == *-seg* ]] && limit=200 # masks: both sides slower
     step "$name" "$limit" GPU "$PY" benchmarks/bench_detection.py --weights "$MODELS/$weights" --images "$IMAGES" \
         --device cuda --ref-half --ref-batches "$REF_BATCHES" --rounds "$ROUNDS" --json "$OUT/$name.json"
 done
+step bench_detection_yolo11n_onnx 120 GPU "$PY" benchmarks/bench_detection.py --weights "$MODELS/yolo11n.onnx" \
+    --images "$IMAGES" --device cuda --ref-batches "$REF_BATCHES" --rounds "$ROUNDS" --json "$OUT/bench_detection_onnx.json"
 if "$PY" benchmarks/bench_text.py --help 2>/dev/null | grep -q -- --device; then
     step bench_text 90 GPU "$PY" benchmarks/bench_text.py --device cuda --rounds "$ROUNDS" --json "$OUT/bench_text.json"
 else
