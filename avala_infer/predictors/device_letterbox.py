@@ -9,35 +9,12 @@ may differ by one grey level (tests/test_device_letterbox.py measures it on coco
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
-from avala_infer.predictors.imaging import PAD_VALUE
+from avala_infer.predictors.imaging import PAD_VALUE, letterbox_geometry
 
 if TYPE_CHECKING:
     import torch
-
-
-class LetterboxGeometry(NamedTuple):
-    """Where a ``width`` x ``height`` picture lands: resized to ``new_width`` x ``new_height``, then padded."""
-
-    new_width: int
-    new_height: int
-    top: int
-    bottom: int
-    left: int
-    right: int
-
-
-def letterbox_geometry(width: int, height: int, size: int, stride: int, minimal: bool) -> LetterboxGeometry:
-    """imaging.letterbox's arithmetic: scale to fit ``size``, pad to ``size`` x ``size`` or, with ``minimal``,
-    only to the next multiple of ``stride`` on each side; the odd pixel of padding goes bottom/right."""
-    r = min(size / height, size / width)
-    new_w, new_h = max(round(width * r), 1), max(round(height * r), 1)
-    dw, dh = size - new_w, size - new_h
-    if minimal:
-        dw, dh = dw % stride, dh % stride
-    dw, dh = dw / 2, dh / 2
-    return LetterboxGeometry(new_w, new_h, round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1))
 
 
 def letterbox_tensor(image: torch.Tensor, size: int, stride: int, minimal: bool) -> torch.Tensor:
