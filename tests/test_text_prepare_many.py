@@ -21,6 +21,7 @@ from avala_infer.predictors.text.ner_aggregation import PreEntities
 from avala_infer.specs import find_spec
 from tests.conftest import ASSETS, need
 from tests.coverage_text import NER, SENTIMENT
+from tests.test_ner import read_conll
 
 CONLL_TEST = ASSETS / "data" / "conll2003" / "test.txt"
 SST2 = ASSETS / "data" / "sst2" / "test.tsv"
@@ -41,17 +42,7 @@ ODD_TEXTS = [
 
 
 def conll_sentences() -> list[str]:
-    sentences, words = [], []
-    for line in need(CONLL_TEST).read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("-DOCSTART-"):
-            if words:
-                sentences.append(" ".join(words))
-            words = []
-        else:
-            words.append(line.split()[0])
-    if words:
-        sentences.append(" ".join(words))
-    return sentences
+    return [sentence.text for sentence in read_conll(CONLL_TEST)]
 
 
 def sst2_sentences() -> list[str]:
