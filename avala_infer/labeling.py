@@ -96,6 +96,7 @@ def label(
     batch_size: int | None = None,
     input_size: int | None = None,
     letterbox: str | None = None,
+    decode: str = "cpu",
     progress: ProgressFn | None = None,
     trust_weights: bool = False,
     overwrite: bool = False,
@@ -108,7 +109,8 @@ def label(
     ``model`` is a model name, spec or weights path, or a loaded :class:`Engine` (then ``device``,
     ``batch_size``, ``input_size`` and ``letterbox`` are the engine's own and these arguments are not used).
     ``letterbox`` (``rect`` or ``square``, YOLO models) overrides the engine's choice: rect on a CPU, square on a
-    GPU (full batches; see :class:`Engine`).
+    GPU (full batches; see :class:`Engine`). ``decode`` (``cpu``, ``gpu`` or ``auto``) is where JPEGs decode (see
+    :class:`Engine`; not used with a loaded engine either).
     ``mask_format`` (``rle`` or ``polygon``) chooses how COCO holds masks. ``top_k`` applies to classifiers,
     ``aggregation`` to named entities, ``text_field``/``per_line`` to how text files split into items
     (see :meth:`Engine.predict`). Formats must suit the model type (``exporters.FORMATS_FOR``).
@@ -147,6 +149,7 @@ def label(
             input_size=input_size,
             letterbox=letterbox,
             trust_weights=trust_weights,
+            decode=decode,
         )
         with engine:  # ours: its model is released when the run ends, however it ends
             return _label(engine, sources, out_dir, run, progress)

@@ -164,13 +164,21 @@ MODELS=$AVALA_INFER_ASSETS/models
 # the benchmark options below, parsed before any GPU time goes on them (a renamed option fails here, in seconds)
 step bench-options 60 CPU "$PY" -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_detection as b
 b.parse_args(['--device', 'cuda', '--ref-half', '--ref-batches', '$REF_BATCHES', '--rounds', '$ROUNDS', '--json', 'x'])"
-step cuda-tests 150 GPU "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_onnx_binding.py \
-    tests/test_runtime_options.py tests/test_pipeline_stages.py tests/test_decode.py
+step cuda-tests 150 GPU "$PY" -m pytest -q -s -p no:cacheprovider tests/test_cuda.py tests/test_onnx_binding.py \
+    tests/test_runtime_options.py tests/test_pipeline_stages.py tests/test_decode.py \
+    tests/test_device_decode.py::test_on_cuda_the_detections_and_map_match_the_cpu_decoded_run \
+    tests/test_device_decode.py::test_nvjpeg_pictures_stay_close_to_cv2s
 for weights in yolo11n.pt yolo11n-seg.pt; do
     name=bench_detection_${weights%.pt}
     limit=150 && [[ $weights == *-seg* ]] && limit=200 # masks: both sides slower
     step "$name" "$limit" GPU "$PY" benchmarks/bench_detection.py --weights "$MODELS/$weights" --images "$IMAGES" \
         --device cuda --ref-half --ref-batches "$REF_BATCHES" --rounds "$ROUNDS" --json "$OUT/$name.json"
+done
+# --decode gpu (nvJPEG in the collate stage) against the default CPU decode, end to end as a user runs it: the CLI,
+# the same images, JSONL out; each run's last line gives its items/s
+for decode in cpu gpu; do
+    step "label_decode_$decode" 45 GPU "$PY" -m avala_infer.cli label "$IMAGES" --model "$MODELS/yolo11n.pt" \
+        --device cuda --decode "$decode" --format jsonl --trust-weights --overwrite --out "/tmp/gpu_check_label_$decode"
 done
 step bench_detection_yolo11n_onnx 120 GPU "$PY" benchmarks/bench_detection.py --weights "$MODELS/yolo11n.onnx" \
     --images "$IMAGES" --device cuda --ref-batches "$REF_BATCHES" --rounds "$ROUNDS" --json "$OUT/bench_detection_onnx.json"

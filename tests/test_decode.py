@@ -219,3 +219,18 @@ def test_decoding_on_a_device_gives_chw_rgb_or_the_failure(damaged, tmp_path):
         bgr = cv2.cvtColor(result.permute(1, 2, 0).numpy(), cv2.COLOR_RGB2BGR)
         assert np.array_equal(bgr, cv2.imdecode(data, cv2.IMREAD_COLOR))
     assert all(isinstance(result, Exception) for result in results[6:])
+
+
+def test_files_are_read_whole_into_writeable_arrays(tmp_path):
+    from avala_infer.engine.loaders import read_file
+
+    for path in asset_jpegs()[:8]:
+        data = read_file(str(path))
+        assert data.dtype == np.uint8 and data.flags.writeable and data.tobytes() == path.read_bytes()
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert read_file(str(tmp_path / "empty.jpg")).size == 0
+    proc = Path("/proc/self/mounts")  # a size of 0 on disk, text when read: read to the end
+    if proc.exists():
+        assert os.stat(proc).st_size == 0 and read_file(str(proc)).size > 0
+    with pytest.raises(IsADirectoryError):
+        read_file(str(tmp_path))

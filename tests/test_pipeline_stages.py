@@ -6,8 +6,9 @@ because there the stages would take cores from the forward pass). These tests tu
 engine, which runs the very code a GPU runs except the CUDA streams, and check every guarantee of the engine:
 the same predictions bit for bit, input order, a failed batch retried, the adaptive batch size, ``close()``
 mid-stream, an exception in a stage raised in the consumer, an early close of the generator, and no thread left
-behind. Also the loaders' ``prepare_many`` hook (a tokenizer encoding many texts in one call), with a tiny real
-text predictor defined here.
+behind. The stage threads are the engine's (issue 13, item 4): started by its first stream, the same threads for
+every later one, stopped by ``close()``. Also the loaders' ``prepare_many`` hook (a tokenizer encoding many texts
+in one call), with a tiny real text predictor defined here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from avala_infer import Engine
 from avala_infer.annotations import Classifications
-from avala_infer.engine.batching import StageChain
+from avala_infer.engine.batching import BatchDispatch, StageChain
 from avala_infer.errors import AvalaInferError
 from avala_infer.predictors.base import Predictor
 from avala_infer.types import ModelType
@@ -33,6 +34,11 @@ ENGINE_THREADS = ("avala-stage", "avala-batch", "avala-load", "avala-forward")
 
 def engine_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(ENGINE_THREADS)]
+
+
+def new_threads(before: set[threading.Thread]) -> list[str]:
+    """The engine threads alive now that were not in ``before`` (other tests' engines may hold theirs)."""
+    return sorted(t.name for t in threading.enumerate() if t not in before and t.name.startswith(ENGINE_THREADS))
 
 
 def staged(weights: Path, **settings) -> Engine:
@@ -90,13 +96,15 @@ def test_stage_chain_overlaps_its_stages_and_keeps_the_order():
             inflight[0] -= 1
         return pair
 
-    chain = StageChain([first, second, third], capacity=3, name="avala-stage-test")
+    chain = StageChain(3, name="avala-stage-test")
+    dispatch = BatchDispatch([(chain, [first, second, third], 3)])
     results = []
     try:
         for value in range(12):
-            results += chain.submit(value)
-            assert chain.inflight <= 3
-        results += chain.drain()
+            results += dispatch.submit(value)
+            assert dispatch.inflight[0] <= 3
+        results += dispatch.drain()
+        dispatch.close()
     finally:
         chain.close()
     assert [value for value, _ in results] == list(range(12))
@@ -111,7 +119,7 @@ class StageFault(BaseException):
     """Not an ``Exception``: nothing in the engine may take it for an item's fault."""
 
 
-def test_stage_chain_raises_a_stage_error_in_the_caller_and_stops_every_thread():
+def test_stage_chain_raises_a_stage_error_in_its_stream_only_and_stays_up_for_the_next():
     ran_after = []
 
     def first(value: int) -> int:
@@ -124,16 +132,64 @@ def test_stage_chain_raises_a_stage_error_in_the_caller_and_stops_every_thread()
             ran_after.append(value)
         return value
 
-    chain = StageChain([first, second, lambda v: v], capacity=2, name="avala-stage-test")
-    with pytest.raises(StageFault, match="batch 2"):
-        try:
-            for value in range(20):
-                chain.submit(value)
-            chain.drain()
-        finally:
-            chain.close()
+    chain = StageChain(3, name="avala-stage-test")
+    threads = set(chain.threads)
+    try:
+        failing = BatchDispatch([(chain, [first, second, lambda v: v], 2)])
+        with pytest.raises(StageFault, match="batch 2"):
+            try:
+                for value in range(20):
+                    failing.submit(value)
+                failing.drain()
+            finally:
+                failing.close()
+        assert not ran_after  # the batches behind the failed one were dropped
+        assert all(thread.is_alive() for thread in threads)
+        # the next stream runs on the same threads, with its own stage functions
+        doubling = BatchDispatch([(chain, [first, lambda v: 2 * v, lambda v: v + 1], 2)])
+        results = [r for value in range(10) for r in doubling.submit(value)] + doubling.drain()
+        doubling.close()
+        assert results == [2 * v + 1 for v in range(10)]
+        assert set(chain.threads) == threads
+    finally:
+        chain.close()
+    assert not any(thread.is_alive() for thread in threads)
+    with pytest.raises(RuntimeError, match="closed"):
+        BatchDispatch([(chain, [first, first, first], 2)]).submit(1)
+
+
+def test_dispatch_sends_each_batch_to_a_free_lane_so_a_slow_one_holds_nobody_up():
+    """Lane 0 is stuck until every batch is submitted: it holds its capacity (2) and lane 1 runs the rest. A round
+    robin would have queued every other batch behind the stuck lane."""
+    release = threading.Event()
+    ran: dict[int, list[int]] = {0: [], 1: []}
+
+    def stuck(value: int) -> tuple[int, int]:
+        release.wait(timeout=30)
+        ran[0].append(value)
+        return 0, value
+
+    def quick(value: int) -> tuple[int, int]:
+        ran[1].append(value)
+        return 1, value
+
+    slow, fast = StageChain(1, name="avala-stage-test-slow"), StageChain(1, name="avala-stage-test-fast")
+    try:
+        dispatch = BatchDispatch([(slow, [stuck], 2), (fast, [quick], 2)])
+        results = [r for value in range(20) for r in dispatch.submit(value)]
+        done_before_release = len(results)
+        release.set()
+        results += dispatch.drain()
+        dispatch.close()
+    finally:
+        release.set()
+        slow.close()
+        fast.close()
+    assert sorted(value for _, value in results) == list(range(20))  # every batch once
+    assert 1 <= len(ran[0]) <= 2 and len(ran[1]) >= 18, ran
+    assert done_before_release >= 16  # lane 1's results came back while lane 0 was stuck
+    assert all(lane == (0 if value in ran[0] else 1) for lane, value in results)
     assert not [name for name in engine_threads() if name.startswith("avala-stage-test")]
-    assert not ran_after  # the batches behind the failed one were dropped
 
 
 # ------------------------------------------------------------------------------------------ the engine, staged
@@ -149,15 +205,17 @@ def test_staged_predictions_equal_whole_batch_ones_bit_for_bit(weights_name, ima
     weights = need(ASSETS / "models" / weights_name)
     count = 6 if "seg" in weights_name else len(images)  # masks: fewer, to keep the test quick
     sources = [*images[: count - 1], images[-1]]
-    whole = Engine(weights, device="cpu", streams=1, batch_size=4, trust_weights=True)
-    assert not whole.stage_threads  # a CPU's default
-    expected = list(whole.predict(sources))
-    got = list(staged(weights, batch_size=4).predict(sources))
+    before = set(threading.enumerate())
+    with Engine(weights, device="cpu", streams=1, batch_size=4, trust_weights=True) as whole:
+        assert not whole.stage_threads  # a CPU's default
+        expected = list(whole.predict(sources))
+    with staged(weights, batch_size=4) as engine:
+        got = list(engine.predict(sources))
     assert_same(got, expected)
     assert [p.index for p in got] == list(range(len(sources)))
     assert not got[-1].ok and "no such file" in got[-1].error
     assert {"read", "decode", "preprocess", "collate", "forward", "postprocess", "filter"} <= set(got[0].timings)
-    assert not engine_threads()
+    assert new_threads(before) == []
 
 
 class Recorder:
@@ -182,7 +240,15 @@ def small(weights_onnx, val_images):
     """A staged ONNX engine at 256 px, square (full batches of 8), 24 images and their predictions."""
     engine = staged(weights_onnx, batch_size=8, letterbox="square", input_size=256)
     sources = sorted(val_images.glob("*.jpg"))[:24]
-    return engine, sources, list(engine.predict(sources))
+    with engine:
+        yield engine, sources, list(engine.predict(sources))
+
+
+def stage_threads_of(engine: Engine) -> set[threading.Thread]:
+    """The engine's stage threads (one chain per device), all alive."""
+    threads = {thread for lane in engine._lanes if lane._chain is not None for thread in lane._chain.threads}
+    assert threads and all(thread.is_alive() for thread in threads)
+    return threads
 
 
 def test_staged_out_of_memory_halves_the_batch_and_keeps_the_smaller_size(small):
@@ -236,33 +302,90 @@ def test_staged_forward_error_that_is_not_an_item_fault_stops_the_stream(small):
     def error(args):
         return StageFault("the forward thread died") if len(args[0]) else None
 
+    threads = stage_threads_of(engine)
     engine.predictor.forward = Recorder(engine.predictor.forward, error)
     try:
         with pytest.raises(StageFault, match="forward thread died"):
             list(engine.predict(sources))
     finally:
         del engine.predictor.forward
-    assert not engine_threads()
+    assert stage_threads_of(engine) == threads  # the stream failed, the engine's threads did not
+    assert_same(list(engine.predict(sources)), small[2])
 
 
-def test_closing_the_generator_early_stops_every_stage(small):
+def test_closing_the_generator_early_stops_its_batches_and_keeps_the_threads(small):
     engine, sources, normal = small
+    threads = stage_threads_of(engine)
+    before = set(threading.enumerate())
     stream = engine.predict(sources * 3)
     first = next(stream)
     assert first.source == normal[0].source
     stream.close()
-    assert not engine_threads()
+    assert new_threads(before) == []  # its loader threads are gone
+    assert stage_threads_of(engine) == threads
     assert_same(list(engine.predict(sources)), normal)  # the engine is still whole
 
 
+def test_stage_threads_start_once_and_serve_every_later_stream(weights_onnx, val_images):
+    """Item 4: a job predicts chunk by chunk; the threads that run its batches start with the first chunk and
+    are the same for every later one, whole, closed early or interleaved with another stream; close() ends
+    them all."""
+    sources = sorted(val_images.glob("*.jpg"))[:12]
+    before = set(threading.enumerate())
+    engine = staged(weights_onnx, batch_size=4, input_size=256)
+    assert new_threads(before) == []  # nothing starts before the first stream
+    expected = list(engine.predict(sources))
+    threads = stage_threads_of(engine)
+    assert sorted(t.name for t in threads) == new_threads(before)
+    assert len(threads) == 3  # collate, forward, postprocess
+    for chunk in range(6):
+        got = list(engine.predict(sources[chunk * 2 : chunk * 2 + 2]))
+        assert_same(got, expected[chunk * 2 : chunk * 2 + 2])
+        early = engine.predict(sources)
+        next(early)
+        early.close()
+        assert stage_threads_of(engine) == threads and new_threads(before) == sorted(t.name for t in threads)
+    # two streams of one engine at once, on its one set of threads: each gets its own predictions, in order
+    first, second = engine.predict(sources), engine.predict(sources[::-1])
+    pairs = list(zip(first, second))
+    assert_same([a for a, _ in pairs], expected)
+    assert_same([b for _, b in pairs], expected[::-1])
+    assert stage_threads_of(engine) == threads
+    engine.close()
+    assert not any(thread.is_alive() for thread in threads)
+    assert new_threads(before) == []
+    with pytest.raises(AvalaInferError, match="closed"):
+        engine.predict(sources)
+
+
+def test_an_engine_dropped_without_close_is_collected_and_its_threads_end(weights_onnx, val_images):
+    """Its threads hold nothing that leads back to the engine: dropped (as many scripts and tests do), the engine
+    and its model go as before, and a finalizer stops the threads."""
+    import gc
+    import weakref
+
+    engine = staged(weights_onnx, batch_size=4, input_size=256)
+    assert len(list(engine.predict(sorted(val_images.glob("*.jpg"))[:6]))) == 6
+    threads = stage_threads_of(engine)
+    predictor = weakref.ref(engine.predictor)
+    gone = weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert gone() is None and predictor() is None
+    for thread in threads:
+        thread.join(timeout=10)
+    assert not any(thread.is_alive() for thread in threads)
+
+
 def test_close_mid_stream_stops_the_stream_with_the_closed_error(weights_onnx, val_images):
+    before = set(threading.enumerate())
     engine = staged(weights_onnx, batch_size=4, input_size=256)
     stream = engine.predict(sorted(val_images.glob("*.jpg"))[:64])
     assert next(stream).ok
     engine.close()
     with pytest.raises(AvalaInferError, match="closed"):
         list(stream)
-    assert not engine_threads()
+    assert new_threads(before) == []
 
 
 # ------------------------------------------------------------------------------------------ prepare_many
@@ -325,7 +448,8 @@ def tiny_engine(tmp_path, monkeypatch):
     weights = tmp_path / "tiny.json"
     weights.write_text(json.dumps({"labels": ["short", "long"], "longer_than": 12}), encoding="utf-8")
     spec = ModelSpec("tiny", ModelType.TEXT_CLASSIFICATION, "tiny-test", str(weights), batch_size=8)
-    return Engine(spec, device="cpu", streams=1, workers=2)
+    with Engine(spec, device="cpu", streams=1, workers=2) as engine:
+        yield engine
 
 
 def test_prepare_many_prepares_runs_of_items_and_a_failed_run_item_by_item(tiny_engine):
@@ -351,4 +475,4 @@ def test_prepare_many_prepares_runs_of_items_and_a_failed_run_item_by_item(tiny_
     assert [t for chunk in predictor.chunks for t in chunk] == readable
     assert [len(chunk) for chunk in predictor.chunks] == [PREPARE_CHUNK - 1, PREPARE_CHUNK, 5]
     assert predictor.alone == texts[PREPARE_CHUNK : 2 * PREPARE_CHUNK]
-    assert not engine_threads()
+    assert [t.name for t in stage_threads_of(tiny_engine)] == ["avala-batch@cpu-0"]  # one stream on a CPU

@@ -18,9 +18,16 @@ from avala_infer.exporters.base import FailureLog
 from avala_infer.exporters.jsonl import JsonlWriter
 from avala_infer.labeling import WRITER_QUEUE_ITEMS, _drive
 
+# an Engine's own stage threads live until it closes (engine/batching.py StageChain): not the writer's leftovers
+ENGINE_THREAD_PREFIXES = ("avala-forward@", "avala-batch@", "avala-stage@")
+
 
 def _new_threads(before: set[threading.Thread]) -> list[str]:
-    return [t.name for t in threading.enumerate() if t not in before and t.is_alive()]
+    return [
+        t.name
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.name.startswith(ENGINE_THREAD_PREFIXES)
+    ]
 
 
 def _leftovers(out: Path) -> list[str]:

@@ -95,7 +95,17 @@ from avala_infer.errors import AvalaInferError
     help="YOLO padding: rect (as ultralytics' predict; the default on a CPU) or square (full batches; the GPU's).",
 )
 @click.option("--max-det", default=300, show_default=True, type=click.IntRange(1), help="Max boxes per image.")
-@click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, several GPUs (cuda:0,1) or all."
+)
+@click.option(
+    "--decode",
+    type=click.Choice(["cpu", "gpu", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="Where JPEGs are decoded: cpu (the loader threads), gpu (nvJPEG on the model's CUDA device, YOLO .pt "
+    "models; other files still on the CPU) or auto (gpu where it can run). cpu until measured on a GPU.",
+)
 @click.option(
     "--trust-weights",
     is_flag=True,
@@ -127,6 +137,7 @@ def label_command(
     letterbox,
     max_det,
     device,
+    decode,
     trust_weights,
     ls_root,
     ls_url_prefix,
@@ -168,6 +179,7 @@ def label_command(
             batch_size=batch_size,
             input_size=input_size,
             letterbox=letterbox,
+            decode=decode,
             progress=LabelProgress(),
             trust_weights=trust_weights,
             ls_root=ls_root,

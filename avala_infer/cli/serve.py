@@ -139,7 +139,11 @@ def bind_warning(host: str, tls: bool) -> str | None:
     help="How far below the server's CPU priority the worker child runs (0-19).",
 )
 @click.option(
-    "-d", "--device", default="auto", show_default=True, help="Where the jobs run: auto, cpu, cuda or cuda:N."
+    "-d",
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where the jobs run: auto, cpu, cuda, cuda:N, cuda:0,1 or all.",
 )
 def serve_command(
     home, host, port, api_key_file, ssl_certfile, ssl_keyfile, worker, worker_mode, worker_nice, device

@@ -157,87 +157,223 @@ class ConcurrentRunner(Generic[T, R]):
 
 
 class _Failed:
-    """What a stage raised, carried down the chain to the caller in place of the batch's result."""
+    """What a stage raised, handed to the stream whose batch it was, in place of the batch's result."""
 
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
 
-_STOP = object()  # down the chain from ``close``: each stage passes it on and ends
+_STOP = object()  # put by ``StageChain.close``: the thread that takes it ends
+_DROPPED = object()  # the answer for a batch whose stream was closed, or failed, before the batch ran
 
 
-class StageChain(Generic[T, R]):
-    """Runs every submitted batch through ``stages`` in turn, each stage on a thread of its own: while one batch
-    is in the last stage the next is in the one before, and so on (a GPU engine: collate batch i+2, forward
-    batch i+1, postprocess batch i). Each stage handles batches one at a time, in the order submitted.
+class _Job:
+    """One batch on its way through a :class:`StageChain`: the stages of its stream, and where its answer goes."""
 
-    The caller's thread only submits and collects, like :class:`ConcurrentRunner`'s: ``submit`` returns the
-    results finished by then and blocks only while ``capacity`` batches are in flight, which bounds the memory
-    the stages hold. The queues between stages need no bound of their own: nothing enters the chain past that
-    limit. If a stage raises, the batches behind it are dropped and the exception is raised in the caller, by
-    ``submit`` or ``drain``; ``close`` (always call it: the engine does in a ``finally``) stops every thread,
-    each after the batch it is on, and waits for them.
+    __slots__ = ("dispatch", "lane", "stages", "value")
+
+    def __init__(self, dispatch: BatchDispatch, lane: int, stages: Sequence[Callable[[Any], Any]], value: Any) -> None:
+        self.dispatch = dispatch
+        self.lane = lane
+        self.stages = stages
+        self.value = value
+
+
+class StageChain:
+    """Threads that run batches through ``depth`` stages in turn, each stage on a thread of its own: while one
+    batch is in the last stage the next is in the one before, and so on (a GPU engine: collate batch i+2, forward
+    batch i+1, postprocess batch i). Each stage takes batches one at a time, in the order they came. With
+    ``depth`` 1, ``width`` threads may share the one stage (a CPU engine's side-by-side streams; then batches
+    finish in any order).
+
+    The threads are started here and kept until :meth:`close`: an engine holds one chain per device for its
+    whole life, so a caller that predicts many times (a job, chunk by chunk) starts no thread per call, and
+    what torch keeps per thread (CUDA graph trees: one per thread and device) stays warm from call to call. The
+    chain knows nothing of the batches' work: each batch brings its stream's stage functions along (see
+    :class:`BatchDispatch`), so streams with different options share the threads, one after the other or at
+    once. ``on_start`` runs first on each thread (a GPU engine makes the thread's current CUDA device its own).
+
+    ``close`` stops every thread, each after the batch it is on, and waits for them; the batches still queued
+    are answered with ``closed_error()`` (their streams raise it), and a chain once closed takes no batch.
     """
 
-    def __init__(self, stages: Sequence[Callable[[Any], Any]], capacity: int, name: str = "avala-stage") -> None:
-        self.capacity = max(1, capacity)
-        self.inflight = 0
-        self._inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in stages]
-        self._done: queue.SimpleQueue = queue.SimpleQueue()
-        self._stopping = threading.Event()
-        outboxes = [*self._inboxes[1:], self._done]
-        self._threads = [
-            threading.Thread(target=self._work, args=(stage, inbox, outbox), name=f"{name}-{i}", daemon=True)
-            for i, (stage, inbox, outbox) in enumerate(zip(stages, self._inboxes, outboxes))
-        ]
-        for thread in self._threads:
+    def __init__(
+        self,
+        depth: int,
+        *,
+        width: int = 1,
+        name: str = "avala-stage",
+        on_start: Callable[[], None] | None = None,
+        closed_error: Callable[[], BaseException] | None = None,
+    ) -> None:
+        if depth < 1 or width < 1 or (depth > 1 and width > 1):
+            raise ValueError(f"a chain has at least one stage, and one thread per stage when it has several: "
+                             f"depth {depth}, width {width}")  # fmt: skip
+        self.depth = depth
+        self.on_start = on_start
+        self.closed_error = closed_error or (lambda: RuntimeError("these stage threads are closed"))
+        self._inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(depth)]
+        self._lock = threading.Lock()
+        self._closed = False
+        counts = [width] if depth == 1 else [1] * depth
+        self._threads: list[list[threading.Thread]] = []
+        number = 0
+        for stage, count in enumerate(counts):
+            threads = []
+            for _ in range(count):
+                threads.append(threading.Thread(target=self._work, args=(stage,), name=f"{name}-{number}", daemon=True))
+                number += 1
+            self._threads.append(threads)
+        for thread in self.threads:
             thread.start()
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [thread for threads in self._threads for thread in threads]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, job: _Job) -> None:
+        """Queue ``job`` for the first stage; a closed chain raises ``closed_error()``."""
+        with self._lock:  # never after close() has queued the threads' stop
+            if self._closed:
+                raise self.closed_error()
+            self._inboxes[0].put(job)
+
+    def close(self, wait: bool = True) -> None:
+        """Stop every thread (each after the batch it is on) and wait for them (``wait=False``: only tell them,
+        as a finalizer must, which may run on one of them). Calling it again does nothing."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if not wait:  # each thread ends at its stop (a finalizer's case: no stream is running, none holds a batch)
+            for stage, threads in enumerate(self._threads):
+                for _ in threads:
+                    self._inboxes[stage].put(_STOP)
+            return
+        for stage, threads in enumerate(self._threads):  # stage by stage: what one stage passes on is in the next
+            for _ in threads:  # inbox before that inbox's stops are
+                self._inboxes[stage].put(_STOP)
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    def _work(self, stage: int) -> None:
+        unusable: BaseException | None = None
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except BaseException as exc:  # every batch this thread takes fails with it (none waits forever)
+                unusable = exc
+        inbox = self._inboxes[stage]
+        outbox = self._inboxes[stage + 1] if stage + 1 < self.depth else None
+        while True:
+            job = inbox.get()
+            if job is _STOP:
+                return
+            self._take(job, stage, outbox, unusable)
+            # an idle thread holds nothing of the last batch: its memory (tensors, masks) goes with its stream, and
+            # a thread ending at interpreter exit frees no tensor then (torch's deallocation waiting for the GIL
+            # while the interpreter shuts down aborts the process)
+            del job
+
+    def _take(self, job: _Job, stage: int, outbox: queue.SimpleQueue | None, unusable: BaseException | None) -> None:
+        """Run ``job``'s ``stage`` and pass it on (or answer its stream)."""
+        dispatch = job.dispatch
+        if dispatch.cancelled.is_set():
+            dispatch.answer(job.lane, _DROPPED)
+        elif self._closed or unusable is not None:
+            dispatch.answer(job.lane, _Failed(unusable or self.closed_error()))
+        else:
+            try:
+                job.value = job.stages[stage](job.value)
+            except BaseException as exc:  # handed to the stream, which raises it; its later batches are dropped
+                dispatch.cancelled.set()
+                dispatch.answer(job.lane, _Failed(exc))
+                return
+            if outbox is None:
+                dispatch.answer(job.lane, job.value)
+            else:
+                outbox.put(job)
+
+
+class BatchDispatch(Generic[T, R]):
+    """One stream's batches, run on the stage chains of one or more devices (``lanes``: a chain, the stage
+    functions of this stream for it, and how many of this stream's batches it may hold at once).
+
+    Each batch goes to the lane with the fewest batches in flight for its capacity (the first such lane on a
+    tie): a device that finishes sooner gets the next batch sooner, and a slow device never holds the others up,
+    as a round robin would. ``submit`` blocks only while every lane is full, which bounds the memory the batches
+    in flight hold; it returns the results finished by then, in the order they finished (the engine's reorder
+    buffer puts them back in input order). If a stage raises, the batches of this stream behind it are dropped
+    and the exception is raised here, by ``submit`` or ``drain``. ``close`` (always call it: the engine does in
+    a ``finally``) drops this stream's batches not started and waits for the ones running; the chains stay up
+    for the engine's next stream.
+    """
+
+    def __init__(self, lanes: Sequence[tuple[StageChain, Sequence[Callable[[Any], Any]], int]]) -> None:
+        if not lanes:
+            raise ValueError("a dispatch needs at least one lane")
+        self._chains = [chain for chain, _, _ in lanes]
+        self._stages = [list(stages) for _, stages, _ in lanes]
+        for chain, stages in zip(self._chains, self._stages):
+            if len(stages) != chain.depth:
+                raise ValueError(f"{len(stages)} stage functions for a chain of {chain.depth} stages")
+        self.capacity = [max(1, capacity) for _, _, capacity in lanes]
+        self.inflight = [0] * len(lanes)
+        self.cancelled = threading.Event()
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+
     def submit(self, batch: T) -> list[R]:
-        """Start ``batch``; return the results that are finished by now (maybe none)."""
-        self._inboxes[0].put(batch)
-        self.inflight += 1
-        return self._collect(wait_for_one=self.inflight >= self.capacity)
+        """Start ``batch`` on the freest lane (waiting while all are full); the results finished by now."""
+        results: list[R] = []
+        lane = self._free_lane(results)
+        self._chains[lane].put(_Job(self, lane, self._stages[lane], batch))
+        self.inflight[lane] += 1
+        results += self._collect(block=False)
+        return results
 
     def drain(self) -> list[R]:
         """Wait for every batch in flight and return their results."""
-        results = []
-        while self.inflight:
-            results += self._collect(wait_for_one=True)
+        results: list[R] = []
+        while any(self.inflight):
+            results += self._collect(block=True)
         return results
 
     def close(self) -> None:
-        """Stop every stage (the batches not started are dropped) and wait for their threads."""
-        self._stopping.set()
-        self._inboxes[0].put(_STOP)
-        for thread in self._threads:
-            thread.join()
+        """Drop this stream's batches not started yet and wait for the ones running (their results are lost)."""
+        self.cancelled.set()
+        while any(self.inflight):
+            lane, _ = self._answers.get()
+            self.inflight[lane] -= 1
 
-    def _collect(self, wait_for_one: bool) -> list[R]:
-        results = []
-        while self.inflight:
+    def answer(self, lane: int, value: Any) -> None:
+        """From a chain's thread: what became of one of this stream's batches."""
+        self._answers.put((lane, value))
+
+    def _free_lane(self, results: list[R]) -> int:
+        lanes = range(len(self.inflight))
+        while True:
+            lane = min(lanes, key=lambda i: self.inflight[i] / self.capacity[i])
+            if self.inflight[lane] < self.capacity[lane]:
+                return lane
+            results += self._collect(block=True)
+
+    def _collect(self, block: bool) -> list[R]:
+        """The answers in by now; with ``block``, waiting for one first."""
+        results: list[R] = []
+        while any(self.inflight):
             try:
-                value = self._done.get(block=wait_for_one and not results)
+                lane, value = self._answers.get(block=block)
             except queue.Empty:
                 break
-            self.inflight -= 1
+            block = False
+            self.inflight[lane] -= 1
             if isinstance(value, _Failed):
                 raise value.exc
-            results.append(value)
+            if value is not _DROPPED:
+                results.append(value)
         return results
-
-    def _work(self, stage: Callable[[Any], Any], inbox: queue.SimpleQueue, outbox: queue.SimpleQueue) -> None:
-        while True:
-            value = inbox.get()
-            if value is _STOP:
-                outbox.put(_STOP)
-                return
-            if not isinstance(value, _Failed):
-                if self._stopping.is_set():
-                    continue  # closing, or a stage before failed: the rest is dropped
-                try:
-                    value = stage(value)
-                except BaseException as exc:  # handed to the caller, who decides (it stops the chain)
-                    self._stopping.set()
-                    value = _Failed(exc)
-            outbox.put(value)

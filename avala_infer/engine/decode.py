@@ -45,17 +45,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import cv2
 import numpy as np
 
+from avala_infer.engine.image_header import JPEG_EOI, JPEG_SOF, JPEG_SOS, jpeg_segments
+
 if TYPE_CHECKING:
     import torch
 
 T = TypeVar("T")
 
-JPEG_MAGIC = b"\xff\xd8\xff"
 # Huffman-coded frames libjpeg-turbo decodes the same way in both libraries: baseline, extended, progressive.
 # The others (C3 lossless, C5-C7 differential, C9-CF arithmetic) are rare enough to take the cv2 path.
 PLAIN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})
-OTHER_FRAMES = frozenset(range(0xC3, 0xD0)) - {0xC4, 0xC8, 0xCC}  # C4 (DHT), C8 (JPG), CC (DAC) are no frames
-HEADER_SCAN_LIMIT = 1 << 20  # a frame header further in than this is not worth finding: cv2 decodes the file
+OTHER_FRAMES = JPEG_SOF - PLAIN_FRAMES
 
 DEPRECATION_MESSAGE = "The image decoding and encoding capabilities of TorchVision are deprecated"
 
@@ -76,32 +76,17 @@ def is_plain_jpeg(data: np.ndarray | bytes | memoryview) -> bool:
     components. False for everything else, and for a 3-component JPEG its Adobe marker says is stored as RGB
     (rare; not checked against cv2, so not trusted); unreadable headers are False too: cv2 says what is wrong.
     """
-    view = memoryview(data)[:HEADER_SCAN_LIMIT]
-    if bytes(view[:3]) != JPEG_MAGIC:
-        return False
     rgb_stored = False
-    i = 2
-    while i + 9 < len(view):
-        if view[i] != 0xFF:
-            return False
-        marker = view[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0xD8 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-            continue
-        if marker == 0xD9:  # the end of the image before any frame header
-            return False
-        (length,) = struct.unpack(">H", view[i + 2 : i + 4])
-        if marker == 0xEE and bytes(view[i + 4 : i + 9]) == b"Adobe" and i + 15 < len(view):  # APP14
-            rgb_stored = view[i + 15] == 0  # the colour transform flag: 0 = RGB or CMYK as stored
-        elif marker in PLAIN_FRAMES:
-            precision, components = view[i + 4], view[i + 9]
+    for marker, payload in jpeg_segments(data):
+        if marker == 0xEE and payload[:5] == b"Adobe" and len(payload) > 11:  # APP14
+            rgb_stored = payload[11] == 0  # the colour transform flag: 0 = RGB or CMYK as stored
+        elif marker in PLAIN_FRAMES:  # precision, height, width, components
+            if len(payload) < 6:
+                return False
+            precision, components = payload[0], payload[5]
             return precision == 8 and (components == 1 or (components == 3 and not rgb_stored))
-        elif marker in OTHER_FRAMES or marker == 0xDA:  # another coding, or a scan before any frame header
+        elif marker in OTHER_FRAMES or marker == JPEG_SOS or marker == JPEG_EOI:  # another coding, or no frame
             return False
-        i += 2 + length
     return False
 
 
@@ -330,16 +315,9 @@ def decode_jpegs_on(device: torch.device | str, datas: Sequence[np.ndarray]) -> 
 
 def exif_orientation(data: np.ndarray | bytes | memoryview) -> int:
     """The EXIF orientation (1-8) in a JPEG's APP1 segment; 1 (as stored) when there is none or it is unreadable."""
-    view = memoryview(data)[:HEADER_SCAN_LIMIT]
-    i = 2
-    while i + 4 < len(view) and view[i] == 0xFF:
-        marker = view[i + 1]
-        if marker == 0xDA or marker == 0xD9:  # the scan starts: no EXIF came before it
-            return 1
-        (length,) = struct.unpack(">H", view[i + 2 : i + 4])
-        if marker == 0xE1 and bytes(view[i + 4 : i + 10]) == b"Exif\0\0":
-            return _tiff_orientation(bytes(view[i + 10 : i + 2 + length]))
-        i += 2 + length
+    for marker, payload in jpeg_segments(data):
+        if marker == 0xE1 and payload[:6] == b"Exif\0\0":
+            return _tiff_orientation(bytes(payload[6:]))
     return 1
 
 

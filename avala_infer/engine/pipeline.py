@@ -10,14 +10,24 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
 from avala_infer.annotations import Classifications, Prediction
-from avala_infer.engine.batching import BatchLimit, ConcurrentRunner, ReorderBuffer, ShapeBatcher, StageChain
-from avala_infer.engine.loaders import prefetch, read_image, read_text
+from avala_infer.engine.batching import BatchDispatch, BatchLimit, ReorderBuffer, ShapeBatcher, StageChain
+from avala_infer.engine.device_decode import (
+    collate_on_device,
+    decode_pending,
+    device_decode_for,
+    drop_device_pictures,
+    has_pending,
+    pending,
+)
+from avala_infer.engine.devices import resolve_devices
+from avala_infer.engine.loaders import EncodedJpeg, prefetch, read_image, read_text
 from avala_infer.engine.sources import Item, Source, Text, TextReading, check_sources_fit, iter_items
 from avala_infer.errors import AvalaInferError, ConfigError
 from avala_infer.filters import LabelFilter, build_filter
@@ -42,9 +52,11 @@ CUDA_LETTERBOX = "square"  # one input shape: every batch leaves full (rect give
 # a GPU wants its batches full and its host has the memory for the wait
 WINDOW_BATCHES_CPU = 4
 WINDOW_BATCHES_CUDA = 8
-# batches one stream holds at once in its stage threads: one per stage (collate, forward, postprocess) and one
-# more collated ahead, so the forward never waits for a collate; it bounds the memory of the batches in flight
+# batches one stream holds at once in a device's stage threads: one per stage (collate, forward, postprocess) and
+# one more collated ahead, so the forward never waits for a collate; it bounds the memory of the batches in flight
 STAGE_CAPACITY = 4
+# the same for a device whose batches run whole (a CPU): this many per thread, one running and one waiting
+WHOLE_BATCHES_PER_THREAD = 2
 # consecutive items per loader task (fewer when the read-ahead is short); a predictor with ``prepare_many`` (a
 # text tokenizer: one call for many texts) gets PREPARE_CHUNK
 LOAD_CHUNK = 8
@@ -169,7 +181,9 @@ class Engine:
     ...     print(pred.source, pred.detections.xyxy)
 
     ``model`` is a model name from the specs, a spec ``.yaml`` path, or a ``.pt``/``.onnx`` weights path.
-    ``device`` is ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``. ``batch_size``,
+    ``device`` is ``auto`` (CUDA when present: ``cuda:0``), ``cpu``, ``cuda`` or ``cuda:N``, or several GPUs:
+    ``cuda:0,1``, a list such as ``["cuda:0", "cuda:2"]``, or ``all`` (every CUDA device; an error on a host
+    without one, as ``cuda`` is: see :mod:`avala_infer.engine.devices`). ``batch_size``,
     ``input_size``, ``precision`` and ``letterbox`` override the spec. ``workers`` is the number of
     loader threads that read and decode ahead of the model. ``streams`` is how many batches run in the model
     at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (ONNX Runtime
@@ -177,7 +191,21 @@ class Engine:
     the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1. The thread that iterates
     the predictions only reads items, batches and dispatches: the batches run on threads of the engine's (with
     one stream on a GPU, ``stage_threads``: collate, forward and postprocess each on its own, overlapping).
-    ``close()`` (or a ``with`` block) releases the model; a closed engine refuses to predict.
+    ``close()`` (or a ``with`` block) releases the model and stops those threads; a closed engine refuses to
+    predict.
+
+    The threads that run batches start with the engine's first stream and are kept until ``close()``: a caller
+    that predicts many times (a job, chunk by chunk) starts none per call, and what torch keeps per thread stays
+    warm from call to call (``torch.compile``'s CUDA graph trees are one per thread and device: they are recorded
+    on a device's forward thread once and replayed by every later stream). A generator closed early leaves them
+    as they were, for the next stream; several streams of one engine may run at once and share them.
+
+    Several GPUs: one predictor per device, loaded here one after the other, each with its own threads (on a GPU
+    collate, forward and postprocess). The one loader pool and batcher feed them all: each batch goes to the
+    device with the fewest of this stream's batches in flight (a device that is done sooner gets the next one
+    sooner, and a slow one never holds the others up), and predictions come out in input order as on one device.
+    Each device halves its own batches on out-of-memory errors; ``engine.device`` reads ``cuda:0,cuda:1`` then,
+    ``engine.devices`` is the tuple and ``engine.predictor`` the first device's.
 
     Batches on a GPU: the spec's ``batch_size`` and ``letterbox`` are the CPU's. On CUDA the defaults are a batch
     of 64 (:data:`CUDA_BATCH_SIZE`) and ``square`` letterboxing, with a batcher window of 8 batches instead of 4;
@@ -192,13 +220,16 @@ class Engine:
     size from then on.
     ``trust_weights=True`` loads a pickled checkpoint (``.pt``) from outside the model folders for this engine
     (a pickle runs code: see :mod:`avala_infer.trust`); without it such a file is an ``UntrustedWeightsError``.
+    ``decode`` is where JPEGs are decoded: ``cpu`` (the loader threads; the default until measured on a GPU),
+    ``gpu`` (the model's CUDA device, in the collate stage; YOLO ``.pt`` models: see
+    :mod:`avala_infer.engine.device_decode`) or ``auto`` (``gpu`` where it can run, else ``cpu``).
     """
 
     def __init__(
         self,
         model: str | os.PathLike | ModelSpec,
         *,
-        device: str = "auto",
+        device: str | Sequence[str] = "auto",
         batch_size: int | None = None,
         input_size: int | None = None,
         precision: str | None = None,
@@ -206,6 +237,7 @@ class Engine:
         workers: int | None = None,
         streams: int | None = None,
         trust_weights: bool = False,
+        decode: str = "cpu",
     ) -> None:
         spec = model if isinstance(model, ModelSpec) else find_spec(model)
         self.spec = spec.with_overrides(
@@ -213,65 +245,96 @@ class Engine:
         )
         weights = resolve_weights(self.spec)
         check_weights(self.spec, weights, trust=trust_weights)  # before anything reads (or unpickles) them
-        predictor_class = get_predictor_class(self.spec.model_type, self.spec.backend)
-        from avala_infer.predictors.base import resolve_device
-
-        self.device = resolve_device(device)
+        self._predictor_class = get_predictor_class(self.spec.model_type, self.spec.backend)
+        self._weights = weights
+        self.devices = resolve_devices(device)
+        self.device = ",".join(self.devices)
         self.spec = self.spec.with_overrides(**batching_overrides(self.device, batch_size, letterbox))
         cores = os.cpu_count() or 1
-        on_cpu = self.device == "cpu"
+        on_cpu = self.devices == ("cpu",)
         self.window_batches = WINDOW_BATCHES_CPU if on_cpu else WINDOW_BATCHES_CUDA
         self.streams = streams if streams is not None else (min(4, cores) if on_cpu else 1)
         if self.streams < 1:
             raise ConfigError(f"streams must be at least 1, got {self.streams}")
         self.cpu_threads = max(1, cores // self.streams) if on_cpu else None
-        # one stream's collate, forward and postprocess on threads of their own (see _runner): on a GPU the host
+        # one stream's collate, forward and postprocess on threads of their own (see _Lane.chain): on a GPU the host
         # work then overlaps the device's; on a CPU the stages would only take cores from the forward pass
         self.stage_threads = not on_cpu
-        t0 = time.perf_counter()
-        # "avala_infer.status": one-line progress the CLI shows (silent in a library unless logging is set up)
-        status.info("loading %s on %s ...", self.spec.name, self.device, extra={"status": "start"})
-        self._predictor = predictor_class(self.spec, weights, self.device, threads=self.cpu_threads)
-        elapsed = time.perf_counter() - t0
-        status.info("loaded %s in %.2fs", self._predictor.describe(), elapsed, extra={"status": "done", "s": elapsed})
+        # JPEGs decoded on the device in the collate stage (engine/device_decode.py); tests set it on a CPU engine
+        self.decode_on_device = device_decode_for(decode, self.devices, self._predictor_class, self.spec.name)
+        self._lock = threading.Lock()  # closing, and starting a device's threads
+        self._closed = False
+        self._lanes: list[_Lane] = []
+        try:
+            for one in self.devices:
+                self._lanes.append(_Lane(self, one, self._load_predictor(one)))
+        except BaseException:  # a later device failed to load: the ones loaded go now, not at some later collection
+            for lane in self._lanes:
+                lane.release()
+            raise
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
 
+    def _load_predictor(self, device: str):
+        t0 = time.perf_counter()
+        # "avala_infer.status": one-line progress the CLI shows (silent in a library unless logging is set up)
+        status.info("loading %s on %s ...", self.spec.name, device, extra={"status": "start"})
+        predictor = self._predictor_class(self.spec, self._weights, device, threads=self.cpu_threads)
+        elapsed = time.perf_counter() - t0
+        status.info("loaded %s in %.2fs", predictor.describe(), elapsed, extra={"status": "done", "s": elapsed})
+        return predictor
+
+    def _add_device(self, device: str) -> None:
+        """Load one more predictor, on ``device``, beside the engine's others. For tests: a second ``cpu`` (which
+        :func:`~avala_infer.engine.devices.resolve_devices` refuses) runs the several-device dispatch on a host
+        without GPUs. Before the first stream only."""
+        self._check_open()
+        self._lanes.append(_Lane(self, device, self._load_predictor(device)))
+        self.devices = (*self.devices, device)
+        self.device = ",".join(self.devices)
+
     @property
     def predictor(self):
-        """The loaded model's predictor; an :class:`AvalaInferError` once the engine is closed."""
+        """The loaded model's predictor (with several devices, the first one's: they are alike but for the
+        device); an :class:`AvalaInferError` once the engine is closed."""
         self._check_open()
-        return self._predictor
+        return self._lanes[0].predictor
+
+    def _closed_error(self) -> AvalaInferError:
+        return _closed_error(self.spec.name)
 
     def _check_open(self) -> None:
-        if self._predictor is None:
-            raise AvalaInferError(
-                f"this engine ({self.spec.name}) is closed and its model released; create a new Engine to predict"
-            )
+        if self._closed:
+            raise self._closed_error()
 
     @property
     def closed(self) -> bool:
-        return self._predictor is None
+        return self._closed
 
     def close(self) -> None:
-        """Release the model (the predictor with its weights, ONNX Runtime session and stream replicas; on a GPU
-        the cached device memory too). Calling it again does nothing. A stream still running fails at its
-        next item; later calls to predict raise :class:`AvalaInferError`."""
-        predictor, self._predictor = self._predictor, None
-        if predictor is None:
-            return
-        release = getattr(predictor, "close", None)
-        if callable(release):
-            release()
-        del predictor
-        if self.device.startswith("cuda"):
+        """Stop the engine's threads and release the model (on every device: the predictor with its weights,
+        ONNX Runtime session and stream replicas; on a GPU the cached device memory too). Calling it again does
+        nothing. Each thread stops after the batch it is on; a stream still running fails at its next item or
+        batch with :class:`AvalaInferError`, as later calls to predict do."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for lane in self._lanes:
+            lane.stop()
+        for lane in self._lanes:
+            lane.release()
+        cuda = [device for device in self.devices if device.startswith("cuda")]
+        if cuda:
             import gc
 
             import torch
 
             gc.collect()  # the model's tensors go now, so empty_cache can hand their memory back
-            torch.cuda.empty_cache()
+            for device in cuda:
+                with torch.cuda.device(device):
+                    torch.cuda.empty_cache()
         log.info("closed %s", self.spec.name)
 
     def __enter__(self) -> Engine:
@@ -411,19 +474,24 @@ class Engine:
         self, items: Iterable[Item], options: PredictOptions, on_image: ImageCallback | None = None
     ) -> Iterator[Prediction]:
         """This thread reads ``items``, hands them to the loader threads, batches what they return and submits
-        the batches; collate, forward and postprocess + filter run on the runner's threads (see :meth:`_runner`),
-        so the thread that iterates does little more than move items and predictions along."""
-        configure_torch_threads(self.cpu_threads)
+        the batches to the devices' threads (see :meth:`_Lane.chain`), where collate, forward and postprocess +
+        filter run; so the thread that iterates does little more than move items and predictions along."""
+        configure_torch_threads(self.cpu_threads)  # before a first stream starts the threads that run torch
+        lanes = self._lanes
         batch_size = self.batch_size
+        batch_key = self.predictor.batch_key
         batcher: ShapeBatcher[_Loaded] = ShapeBatcher(
-            lambda loaded: self.predictor.batch_key(loaded.prepared),
-            batch_size,
-            window=self.window_batches * batch_size,
+            lambda loaded: batch_key(loaded.prepared), batch_size, window=self.window_batches * batch_size
         )
-        limit = BatchLimit(batch_size)  # lowered for the rest of this stream when a batch runs out of memory
+        # one limit per device, lowered for the rest of this stream when a batch runs out of its memory; batches
+        # are made at the largest (a device with a lower one runs them in pieces)
+        limits = [BatchLimit(batch_size) for _ in lanes]
+        limit = limits[0] if len(limits) == 1 else _LargestLimit(limits)
         reorder: ReorderBuffer[tuple[int, Prediction]] = ReorderBuffer(lambda pair: pair[0])
-        runner = self._runner(options, limit)
-        depth = max(2 * batch_size * self.streams, 2 * self.workers)
+        dispatch: BatchDispatch[list[_Loaded], list[tuple[int, Prediction]]] = BatchDispatch(
+            [(lane.chain(), *lane.stages(options, lane_limit)) for lane, lane_limit in zip(lanes, limits)]
+        )
+        depth = max(2 * batch_size * self.streams * len(lanes), 2 * self.workers)
         try:
             with contextlib.closing(self._loaded(items, on_image, depth)) as loaded_items:
                 for loaded in loaded_items:
@@ -434,47 +502,18 @@ class Engine:
                         if limit.size < batcher.batch_size:
                             batcher.resize(limit.size)
                         for batch in batcher.add(loaded):
-                            for finished in runner.submit(batch):
+                            for finished in dispatch.submit(batch):
                                 reorder.put_many(finished)
                     yield from (prediction for _, prediction in reorder.ready())
             self._check_open()
             for batch in batcher.flush():
-                for finished in runner.submit(batch):
+                for finished in dispatch.submit(batch):
                     reorder.put_many(finished)
-            for finished in runner.drain():
+            for finished in dispatch.drain():
                 reorder.put_many(finished)
             yield from (prediction for _, prediction in reorder.ready())
         finally:
-            runner.close()
-
-    def _runner(
-        self, options: PredictOptions, limit: BatchLimit
-    ) -> ConcurrentRunner[list[_Loaded], list[tuple[int, Prediction]]] | StageChain:
-        """What runs the batches, never on the thread that iterates.
-
-        Several streams (a CPU's default): each batch whole (collate, forward, postprocess) on one of ``streams``
-        threads, side by side. One stream with ``stage_threads`` (a GPU's default): a :class:`StageChain` of
-        collate, forward and postprocess + filter, each on its own thread, so the device runs batch i+1 while the
-        host postprocesses batch i and collates batch i+2 (on CUDA the copy to the device goes on a side stream:
-        see :class:`_StagedBatches`). One stream on a CPU: each batch whole on one thread, as one stream of
-        several; there the stages would run side by side on the cores the forward pass uses, and torch's
-        OpenMP teams and onnxruntime's spinning threads slow each other down many times over (measured here on
-        2 cores: the postprocess of a batch took 70x longer beside an ONNX forward pass).
-        """
-        run_whole = functools.partial(self._run_numbered, options=options, limit=limit)
-        if self.streams > 1:
-            return ConcurrentRunner(run_whole, self.streams)
-        if not self.stage_threads:
-            return StageChain([run_whole], capacity=2, name="avala-batch")
-        staged = _StagedBatches(self, options, limit)
-        return StageChain(
-            [staged.collate, staged.forward, staged.postprocess], capacity=STAGE_CAPACITY, name="avala-stage"
-        )
-
-    def _run_numbered(
-        self, batch: list[_Loaded], *, options: PredictOptions, limit: BatchLimit
-    ) -> list[tuple[int, Prediction]]:
-        return _numbered(batch, self._run_batch(batch, options, limit))
+            dispatch.close()  # this stream's batches not started are dropped; the threads stay for the next
 
     def _loaded(self, items: Iterable[Item], on_image: ImageCallback | None, depth: int) -> Iterator[_Loaded]:
         """``items`` read and prepared on the loader threads, in order, at most about ``depth`` in flight.
@@ -496,11 +535,14 @@ class Engine:
     def _load(self, numbered: tuple[int, Item], on_image: ImageCallback | None = None) -> _Loaded:
         seq, item = numbered
         loaded = _Loaded(seq, item)
-        data = self._read(loaded)
+        data = self._read(loaded, keep_jpeg=self.decode_on_device and on_image is None)
         if data is not None:
             try:
                 t0 = time.perf_counter()
-                loaded.prepared = self.predictor.prepare(data)
+                if isinstance(data, EncodedJpeg):  # decoded on the device, in the batch's collate
+                    loaded.prepared = pending(data, self.predictor)
+                else:
+                    loaded.prepared = self.predictor.prepare(data)
                 loaded.timings["preprocess"] = (time.perf_counter() - t0) * 1e3
             except Exception as exc:  # a preprocessing fault fails this item only
                 loaded.error = _reason(exc)
@@ -540,13 +582,14 @@ class Engine:
             self._hand_image(one, data, on_image)
         return loaded
 
-    def _read(self, loaded: _Loaded) -> Any:
-        """The item's decoded image or text (``None``, with ``loaded.error`` set, when it cannot be read)."""
+    def _read(self, loaded: _Loaded, keep_jpeg: bool = False) -> Any:
+        """The item's decoded image or text (``None``, with ``loaded.error`` set, when it cannot be read); with
+        ``keep_jpeg`` a plain JPEG's bytes for the device to decode (an ``EncodedJpeg``)."""
         try:
             if self.model_type.media == "text":
                 data = loaded.text = read_text(loaded.item, loaded.timings)
             else:
-                data = read_image(loaded.item, loaded.timings)
+                data = read_image(loaded.item, loaded.timings, keep_jpeg=keep_jpeg)
                 loaded.height, loaded.width = data.shape[:2]
             return data
         except Exception as exc:  # a decoder fault fails this item only
@@ -570,67 +613,6 @@ class Engine:
             error=reason,
             text=loaded.text,
         )
-
-    def _run_batch(self, batch: list[_Loaded], options: PredictOptions, limit: BatchLimit) -> list[Prediction]:
-        """Run one batch, in pieces of at most ``limit`` items, one prediction per item in batch order."""
-        return [p for piece in limit.split(batch) for p in self._run_piece(piece, options, limit)]
-
-    def _run_piece(self, batch: list[_Loaded], options: PredictOptions, limit: BatchLimit) -> list[Prediction]:
-        """Run items that fit the limit (collate, forward, postprocess here, on this thread); on a failure see
-        :meth:`_retry`."""
-        try:
-            return self._forward_batch(batch, options)
-        except Exception as exc:
-            if self._predictor is None:  # the engine was closed under us: the stream stops, items did not fail
-                raise
-            failure = _Failure.of(exc)
-        # retried out of the except block: the traceback, and with it the failed pass's tensors, is gone by now
-        return self._retry(batch, failure, options, limit)
-
-    def _retry(
-        self, batch: list[_Loaded], failure: _Failure, options: PredictOptions, limit: BatchLimit
-    ) -> list[Prediction]:
-        """After ``batch`` failed as a whole. Out of device memory: lower the limit to half the batch, free the
-        cached memory and run both halves (down to one item, which then fails alone). Any other failure: run
-        its items one by one so only the bad ones fail."""
-        reason = failure.reason
-        if failure.out_of_memory:
-            self._release_cached_memory()
-            if len(batch) > 1:
-                half = (len(batch) + 1) // 2
-                if limit.lower(half):
-                    log.warning(
-                        "out of memory on %s with a batch of %d: batches of at most %d for the rest of this stream",
-                        self.device, len(batch), half,
-                    )  # fmt: skip
-                return self._run_batch(batch[:half], options, limit) + self._run_batch(batch[half:], options, limit)
-        if len(batch) == 1:
-            log.warning("item %s failed in the model: %s", batch[0].item.source, reason)
-            return [self._failed(batch[0], f"model failed on this item: {reason}")]
-        log.warning("a batch of %d failed (%s); retrying its items one by one", len(batch), reason)
-        return [p for loaded in batch for p in self._run_piece([loaded], options, limit)]
-
-    def _release_cached_memory(self) -> None:
-        """Hand the memory torch caches on the GPU back, so the smaller retry can use it (nothing on a CPU)."""
-        if self.device.startswith("cuda"):
-            import torch
-
-            torch.cuda.empty_cache()
-
-    def _forward_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
-        import torch
-
-        predictor = self.predictor
-        prepared = [loaded.prepared for loaded in batch]
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            inputs = predictor.collate(prepared)
-            t1 = time.perf_counter()
-            raw = predictor.forward(inputs)
-            t2 = time.perf_counter()
-            results = predictor.postprocess(raw, prepared, **options.postprocess_options())
-        t3 = time.perf_counter()
-        return self._predictions(batch, results, options, t1 - t0, t2 - t1, t3 - t2)
 
     @staticmethod
     def _predictions(
@@ -693,6 +675,181 @@ class _Failure:
         return cls(f"{type(exc).__name__}: {exc}", is_out_of_memory(exc))
 
 
+def _closed_error(name: str) -> AvalaInferError:
+    return AvalaInferError(f"this engine ({name}) is closed and its model released; create a new Engine to predict")
+
+
+class _LargestLimit:
+    """The largest of several devices' :class:`BatchLimit` s: the size a stream's batcher makes batches at."""
+
+    def __init__(self, limits: Sequence[BatchLimit]) -> None:
+        self.limits = limits
+
+    @property
+    def size(self) -> int:
+        return max(limit.size for limit in self.limits)
+
+
+def _use_cuda_device(device: str) -> None:
+    """Make ``device`` this thread's current CUDA device: what a device's stage threads run first, so that what
+    takes the current device (``empty_cache``, new events, CUDA graph trees' pools) takes theirs."""
+    import torch
+
+    torch.cuda.set_device(device)
+
+
+class _Lane:
+    """One device of an engine: its predictor, and from the engine's first stream on the threads that run its
+    batches (:meth:`chain`), kept until the engine closes. Batches run here as :meth:`Engine._stream` hands them
+    over, whole (:meth:`run_batch`) or stage by stage (:class:`_StagedBatches`), never on the consuming thread.
+
+    Nothing the threads hold leads back to the engine (a lane holds its engine weakly, the chain only a device
+    name and an error message): an engine dropped without ``close()`` is collected as before, model and all,
+    and its threads then end (a finalizer stops them)."""
+
+    def __init__(self, engine: Engine, device: str, predictor: Any) -> None:
+        self._engine = weakref.ref(engine)
+        self.device = device
+        self._predictor = predictor
+        self._chain: StageChain | None = None
+
+    @property
+    def engine(self) -> Engine:
+        engine = self._engine()
+        if engine is None:  # only a batch of a stream that outlived its engine could see this; none can
+            raise AvalaInferError(f"the engine of device {self.device} is gone")
+        return engine
+
+    @property
+    def predictor(self):
+        self.engine._check_open()  # closed: the stream stops with the engine's error (see _run_piece, _failure)
+        return self._predictor
+
+    def chain(self) -> StageChain:
+        """This device's threads, started on first use (after :func:`configure_torch_threads`: a new thread takes
+        torch's thread count from the process when it first runs torch).
+
+        With ``stage_threads`` (a GPU's default): collate, forward and postprocess + filter each on a thread of
+        its own, so the device runs batch i+1 while the host postprocesses batch i and collates batch i+2 (on CUDA
+        the copy to the device goes on a side stream: see :class:`_StagedBatches`). Otherwise each batch runs
+        whole on one of ``streams`` threads, side by side (a CPU's default): there the stages would run beside
+        each other on the cores the forward pass uses, and torch's OpenMP teams and onnxruntime's spinning threads
+        slow each other down many times over (measured here on 2 cores: the postprocess of a batch took 70x
+        longer beside an ONNX forward pass).
+        """
+        engine = self.engine
+        with engine._lock:
+            engine._check_open()
+            if self._chain is None:
+                if engine.stage_threads:
+                    depth, width, name = 3, 1, "avala-stage"
+                else:
+                    depth, width, name = 1, engine.streams, ("avala-forward" if engine.streams > 1 else "avala-batch")
+                cuda = self.device.startswith("cuda")
+                where = self.device  # the test engines' second "cpu" is told apart by its position
+                if engine.devices.count(self.device) > 1:
+                    where = f"{self.device}.{engine._lanes.index(self)}"
+                self._chain = StageChain(
+                    depth,
+                    width=width,
+                    name=f"{name}@{where}",
+                    on_start=functools.partial(_use_cuda_device, self.device) if cuda else None,
+                    closed_error=functools.partial(_closed_error, engine.spec.name),
+                )
+                weakref.finalize(engine, self._chain.close, wait=False)  # dropped unclosed: the threads end too
+            return self._chain
+
+    def stages(self, options: PredictOptions, limit: BatchLimit) -> tuple[list[Callable[[Any], Any]], int]:
+        """One stream's stage functions for :meth:`chain`'s threads, and how many of its batches they may hold."""
+        chain = self.chain()
+        if chain.depth == 3:
+            staged = _StagedBatches(self, options, limit)
+            return [staged.collate, staged.forward, staged.postprocess], STAGE_CAPACITY
+        run_whole = functools.partial(self.run_numbered, options=options, limit=limit)
+        return [run_whole], WHOLE_BATCHES_PER_THREAD * len(chain.threads)
+
+    def stop(self) -> None:
+        """Stop the threads (each after the batch it is on; the batches queued fail with the closed error)."""
+        with self.engine._lock:
+            chain, self._chain = self._chain, None
+        if chain is not None:
+            chain.close()
+
+    def release(self) -> None:
+        """Release the predictor (its weights, session, replicas), once the threads are stopped."""
+        predictor, self._predictor = self._predictor, None
+        release = getattr(predictor, "close", None)
+        if callable(release):
+            release()
+
+    def run_numbered(
+        self, batch: list[_Loaded], *, options: PredictOptions, limit: BatchLimit
+    ) -> list[tuple[int, Prediction]]:
+        return _numbered(batch, self.run_batch(batch, options, limit))
+
+    def run_batch(self, batch: list[_Loaded], options: PredictOptions, limit: BatchLimit) -> list[Prediction]:
+        """Run one batch, in pieces of at most ``limit`` items, one prediction per item in batch order."""
+        return [p for piece in limit.split(batch) for p in self._run_piece(piece, options, limit)]
+
+    def _run_piece(self, batch: list[_Loaded], options: PredictOptions, limit: BatchLimit) -> list[Prediction]:
+        """Run items that fit the limit (collate, forward, postprocess here, on this thread); on a failure see
+        :meth:`retry`."""
+        try:
+            return self._forward_batch(batch, options)
+        except Exception as exc:
+            if self.engine.closed:  # the engine was closed under us: the stream stops, items did not fail
+                raise
+            failure = _Failure.of(exc)
+        # retried out of the except block: the traceback, and with it the failed pass's tensors, is gone by now
+        return self.retry(batch, failure, options, limit)
+
+    def retry(
+        self, batch: list[_Loaded], failure: _Failure, options: PredictOptions, limit: BatchLimit
+    ) -> list[Prediction]:
+        """After ``batch`` failed as a whole. Out of device memory: lower the limit to half the batch, free the
+        cached memory and run both halves (down to one item, which then fails alone). Any other failure: run
+        its items one by one so only the bad ones fail."""
+        reason = failure.reason
+        if failure.out_of_memory:
+            self.release_cached_memory()
+            if len(batch) > 1:
+                half = (len(batch) + 1) // 2
+                if limit.lower(half):
+                    log.warning(
+                        "out of memory on %s with a batch of %d: batches of at most %d for the rest of this stream",
+                        self.device, len(batch), half,
+                    )  # fmt: skip
+                return self.run_batch(batch[:half], options, limit) + self.run_batch(batch[half:], options, limit)
+        if len(batch) == 1:
+            log.warning("item %s failed in the model: %s", batch[0].item.source, reason)
+            return [Engine._failed(batch[0], f"model failed on this item: {reason}")]
+        log.warning("a batch of %d failed (%s); retrying its items one by one", len(batch), reason)
+        return [p for loaded in batch for p in self._run_piece([loaded], options, limit)]
+
+    def release_cached_memory(self) -> None:
+        """Hand the memory torch caches on this GPU back, so the smaller retry can use it (nothing on a CPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            with torch.cuda.device(self.device):
+                torch.cuda.empty_cache()
+
+    def _forward_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
+        import torch
+
+        predictor = self.predictor
+        prepared = [loaded.prepared for loaded in batch]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            inputs = predictor.collate(prepared)
+            t1 = time.perf_counter()
+            raw = predictor.forward(inputs)
+            t2 = time.perf_counter()
+            results = predictor.postprocess(raw, prepared, **options.postprocess_options())
+        t3 = time.perf_counter()
+        return Engine._predictions(batch, results, options, t1 - t0, t2 - t1, t3 - t2)
+
+
 @dataclasses.dataclass
 class _Staged:
     """One batch on its way through :class:`_StagedBatches`: what each stage hands the next."""
@@ -720,11 +877,11 @@ class _StagedBatches:
     stream than the one they were made on, and a freed block may be reused at once by its own stream.
     """
 
-    def __init__(self, engine: Engine, options: PredictOptions, limit: BatchLimit) -> None:
-        self.engine = engine
+    def __init__(self, lane: _Lane, options: PredictOptions, limit: BatchLimit) -> None:
+        self.lane = lane  # the device this stream's batches run on here
         self.options = options
         self.limit = limit
-        self.device = engine.device
+        self.device = lane.device
         self.copy_stream = self.post_stream = None
         if self.device.startswith("cuda"):
             import torch
@@ -739,19 +896,42 @@ class _StagedBatches:
         t0 = time.perf_counter()
         try:
             with self._running_on(self.copy_stream):
-                staged.inputs = self.engine.predictor.collate([loaded.prepared for loaded in batch])
+                prepared = [loaded.prepared for loaded in batch]
+                if has_pending(prepared):  # JPEGs to decode on the device (engine/device_decode.py)
+                    staged.inputs = self._collate_pending(staged, prepared)
+                else:
+                    staged.inputs = self.lane.predictor.collate(prepared)
                 staged.ready = self._mark(self.copy_stream)
         except Exception as exc:
             staged.failure = self._failure(exc)
         staged.collate_s = time.perf_counter() - t0
         return staged
 
+    def _collate_pending(self, staged: _Staged, prepared: list[Any]) -> Any:
+        """The batch's input, its pending JPEGs decoded on this device. An item that no decoder takes (device, then
+        CPU) fails alone, naming its file: the batch's other items then run here and now, through the predictor's
+        own collate (rare: a damaged JPEG), and ``staged.predictions`` holds the batch's predictions."""
+        pictures = decode_pending(prepared, self.device)
+        failed = {i: picture for i, picture in enumerate(pictures) if isinstance(picture, Exception)}
+        if not failed:
+            inputs = collate_on_device(pictures, self.lane.predictor.fp16)
+            drop_device_pictures(prepared)
+            return inputs
+        good = [loaded for i, loaded in enumerate(staged.items) if i not in failed]
+        done = iter(self.lane.run_batch(good, self.options, self.limit) if good else ())
+        staged.predictions = [
+            Engine._failed(loaded, _reason(failed[i])) if i in failed else next(done)
+            for i, loaded in enumerate(staged.items)
+        ]
+        drop_device_pictures(prepared)
+        return None
+
     def forward(self, staged: _Staged) -> _Staged:
-        engine, options, limit = self.engine, self.options, self.limit
+        lane, options, limit = self.lane, self.options, self.limit
         if staged.failure is not None:
-            staged.predictions = engine._retry(staged.items, staged.failure, options, limit)
+            staged.predictions = lane.retry(staged.items, staged.failure, options, limit)
         elif len(staged.items) > limit.size:
-            staged.predictions = engine._run_batch(staged.items, options, limit)
+            staged.predictions = lane.run_batch(staged.items, options, limit)
         if staged.predictions is not None:
             return staged
         t0 = time.perf_counter()
@@ -759,18 +939,18 @@ class _StagedBatches:
         try:
             with self._running_on(None):
                 self._wait(staged.ready)
-                staged.raw = engine.predictor.forward(staged.inputs)
+                staged.raw = lane.predictor.forward(staged.inputs)
                 staged.ready = self._mark(None)
         except Exception as exc:
             failure = self._failure(exc)
         staged.forward_s = time.perf_counter() - t0
         if failure is not None:  # retried out of the except block: the failed pass's tensors are gone by now
             staged.inputs = None
-            staged.predictions = engine._retry(staged.items, failure, options, limit)
+            staged.predictions = lane.retry(staged.items, failure, options, limit)
         return staged
 
     def postprocess(self, staged: _Staged) -> list[tuple[int, Prediction]]:
-        engine, options = self.engine, self.options
+        lane, options = self.lane, self.options
         if staged.predictions is None:
             prepared = [loaded.prepared for loaded in staged.items]
             t0 = time.perf_counter()
@@ -778,7 +958,7 @@ class _StagedBatches:
             try:
                 with self._running_on(self.post_stream):
                     self._wait(staged.ready)
-                    results = engine.predictor.postprocess(staged.raw, prepared, **options.postprocess_options())
+                    results = lane.predictor.postprocess(staged.raw, prepared, **options.postprocess_options())
                     if self.post_stream is not None:
                         self.post_stream.synchronize()  # every read of this batch's tensors is done
             except Exception as exc:
@@ -786,15 +966,15 @@ class _StagedBatches:
             postprocess_s = time.perf_counter() - t0
             staged.raw = staged.inputs = None
             if failure is not None:
-                staged.predictions = engine._retry(staged.items, failure, options, self.limit)
+                staged.predictions = lane.retry(staged.items, failure, options, self.limit)
             else:
-                staged.predictions = engine._predictions(
+                staged.predictions = Engine._predictions(
                     staged.items, results, options, staged.collate_s, staged.forward_s, postprocess_s
                 )
         return _numbered(staged.items, staged.predictions)
 
     def _failure(self, exc: BaseException) -> _Failure:
-        if self.engine.closed:  # closed under us: the stream stops (raised in the consumer); items did not fail
+        if self.lane.engine.closed:  # closed under us: the stream stops (raised in the consumer); items did not fail
             raise exc
         return _Failure.of(exc)
 
