@@ -57,7 +57,8 @@ class LabelFilter:
         keep = out_ids >= 0
         keep &= result.confidence >= self.thresholds[np.where(keep, out_ids, 0)]
         out_ids = out_ids[keep]
-        kept = result[keep]
+        # nothing dropped (the common case): no indexing, which would copy every (H, W) instance mask
+        kept = result if keep.all() else result[keep]
         names = np.asarray(self.output_labels, dtype=object)[out_ids] if len(out_ids) else np.zeros(0, object)
         return dataclasses.replace(kept, class_id=out_ids, class_name=names)
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+
+_Value = TypeVar("_Value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +19,12 @@ class Detections:
     ``class_name`` an object array of str ``(n,)``; ``mask``, for instance segmentation, a bool ``(n, H, W)``
     array at the original image's resolution (``None`` for boxes only). Index with a boolean mask, an index
     array or a slice.
+
+    ``mask_bounds``, optional with ``mask``, is int64 ``(n, 4)`` ``x1, y1, x2, y2`` (half-open, clipped to the
+    image) outside of which mask ``i`` is all False: a promise from whoever made the masks (the YOLO predictor
+    derives it from the box and the upsampling), not necessarily tight. Work on a mask (its extent, runs,
+    outlines: ``exporters/codecs/instance_masks.py``) then looks at the bounds' pixels only, not the whole image:
+    an instance covers a small part of it.
     """
 
     xyxy: np.ndarray
@@ -22,6 +32,9 @@ class Detections:
     class_id: np.ndarray
     class_name: np.ndarray
     mask: np.ndarray | None = None
+    mask_bounds: np.ndarray | None = None
+    # encodings of the masks the writers of one run share (see ``memo``); never compared, copied or pickled
+    _memo: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         xyxy = np.asarray(self.xyxy, dtype=np.float32)
@@ -40,6 +53,13 @@ class Detections:
             object.__setattr__(self, "mask", np.asarray(self.mask, dtype=bool))
             if self.mask.ndim != 3 or len(self.mask) != n:
                 raise ValueError(f"mask must have shape ({n}, H, W) to match xyxy, got {self.mask.shape}")
+        if self.mask_bounds is not None:
+            if self.mask is None:
+                raise ValueError("mask_bounds without masks")
+            bounds = np.asarray(self.mask_bounds, dtype=np.int64).reshape(-1, 4)
+            if len(bounds) != n:
+                raise ValueError(f"mask_bounds must have shape ({n}, 4) to match xyxy, got {bounds.shape}")
+            object.__setattr__(self, "mask_bounds", bounds)
 
     @classmethod
     def empty(cls) -> Detections:
@@ -62,9 +82,27 @@ class Detections:
             class_id=self.class_id[index],
             class_name=self.class_name[index],
             mask=None if self.mask is None else self.mask[index],
+            mask_bounds=None if self.mask_bounds is None else self.mask_bounds[index],
         )
+
+    # pickles and copies leave the memo behind: it is a cache of this object's own masks, remade on demand
+    def __getstate__(self) -> dict:
+        return {name: value for name, value in self.__dict__.items() if name != "_memo"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _memo={})
 
     @property
     def area(self) -> np.ndarray:
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
         return wh[:, 0] * wh[:, 1]
+
+    def memo(self, key: str, compute: Callable[[], _Value]) -> _Value:
+        """``compute()``, once per object and ``key``: what several writers of one run need from the masks (their
+        runs, their outlines) is worked out by the first. It cannot go stale: the fields are frozen, and
+        indexing or ``dataclasses.replace`` makes a new object with an empty memo. Keep values read-only."""
+        try:
+            return self._memo[key]
+        except KeyError:
+            value = self._memo[key] = compute()
+            return value

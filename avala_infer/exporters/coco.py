@@ -24,8 +24,7 @@ import numpy as np
 from avala_infer.annotations import Prediction, SemanticMask
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import remove_quietly
-from avala_infer.exporters.codecs import rle
-from avala_infer.exporters.codecs.mask_pool import map_masks
+from avala_infer.exporters.codecs import instance_masks, rle
 from avala_infer.exporters.codecs.number_text import rounded_texts
 from avala_infer.exporters.codecs.polygons import mask_to_polygons
 
@@ -104,11 +103,10 @@ class CocoWriter:
             self._write_segments(image_id, prediction.result)
             return
         d = prediction.detections
-        masks = d.mask if d.mask is not None else []
-        runs = map_masks(rle.counts, masks)  # each mask's area is in its runs
+        runs = instance_masks.runs(d)  # each mask's area is in its runs
         size = list(d.mask.shape[1:]) if d.mask is not None else []
         rles = [rle.compress({"size": size, "counts": r}) for r in runs]
-        outlines = map_masks(mask_to_polygons, masks) if self.mask_format == "polygon" else [None] * len(masks)
+        outlines = instance_masks.outlines(d) if self.mask_format == "polygon" else [None] * len(runs)
         records = []
         # .tolist(): Python floats and ints, the same values float()/int() of each numpy element give
         for i, ((x1, y1, x2, y2), score, cid) in enumerate(

@@ -40,10 +40,8 @@ import numpy as np
 from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
 from avala_infer.errors import ConfigError
 from avala_infer.exporters.base import remove_quietly
-from avala_infer.exporters.codecs import brush_rle
-from avala_infer.exporters.codecs.mask_pool import map_masks
-from avala_infer.exporters.codecs.number_text import rounded_texts
-from avala_infer.exporters.codecs.polygons import mask_to_polygons
+from avala_infer.exporters.codecs import brush_rle, instance_masks
+from avala_infer.exporters.codecs.number_text import rounded_row_texts
 from avala_infer.types import ModelType, Text
 
 LOCAL_FILES_URL = "/data/local-files/?d="
@@ -140,14 +138,14 @@ def _image_common(prediction: Prediction, result_id: str, from_name: str, score:
 
 
 def _box_results(prediction: Prediction, d: Detections, points: list[np.ndarray] | None = None) -> list[dict]:
-    """The rectangle or polygon results of ``d``; with ``points``, each polygon's points go there (as
-    :func:`_percent` arrays, in order) and its result holds ``[]`` in their place (:func:`prediction_task_json`)."""
+    """The rectangle or polygon results of ``d``; with ``points``, each polygon goes there (its outline in pixels,
+    in order) and its result holds ``[]`` in place of its points (:func:`prediction_task_json` prints them)."""
     w, h = prediction.width, prediction.height
     results = []
     # .tolist(): Python floats, the values float() of each numpy element gives; the box sizes are float32
     # differences, as (x2 - x1) of two numpy float32 elements is
     sizes = (d.xyxy[:, 2:] - d.xyxy[:, :2]).tolist()
-    outlines = map_masks(mask_to_polygons, d.mask) if d.mask is not None else None
+    outlines = instance_masks.outlines(d) if d.mask is not None else None
     for i, ((x1, y1, _, _), (bw, bh), score, name) in enumerate(
         zip(d.xyxy.tolist(), sizes, d.confidence.tolist(), d.class_name)
     ):
@@ -158,7 +156,7 @@ def _box_results(prediction: Prediction, d: Detections, points: list[np.ndarray]
                 if points is None:
                     value = {"points": _points(polygon, w, h), "polygonlabels": [str(name)]}
                 else:
-                    points.append(_percent(polygon, w, h))
+                    points.append(polygon)
                     value = {"points": [], "polygonlabels": [str(name)]}
                 results.append({**common, "id": f"{common['id']}-{part}", "type": "polygonlabels", "value": value})
         else:
@@ -249,8 +247,11 @@ def prediction_task_json(prediction: Prediction, model_version: str, image_url=N
     parts = text.split(_POINTS_SLOT)
     if len(parts) != len(points) + 1:  # cannot happen (see _POINTS_SLOT); the slow way rather than a wrong task
         return json.dumps(prediction_task(prediction, model_version, image_url), ensure_ascii=False)
+    # every outline of the item to percent at once (element by element: the same doubles as one at a time)
+    percent = _percent(np.concatenate(points), prediction.width, prediction.height)
+    texts = rounded_row_texts(percent, [len(polygon) for polygon in points], 4, (", ", "], ["))
     pieces = [parts[0]]
-    for polygon, part in zip(rounded_texts(points, 4, (", ", "], [")), parts[1:]):
+    for polygon, part in zip(texts, parts[1:]):
         pieces += ['"points": [[', polygon, "]]", part]
     return "".join(pieces)
 

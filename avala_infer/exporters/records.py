@@ -37,8 +37,7 @@ from avala_infer.annotations import (
     SemanticMask,
 )
 from avala_infer.errors import ConfigError
-from avala_infer.exporters.codecs import rle
-from avala_infer.exporters.codecs.mask_pool import map_masks
+from avala_infer.exporters.codecs import instance_masks, rle
 from avala_infer.exporters.codecs.number_text import int_texts
 from avala_infer.types import ModelType
 
@@ -66,7 +65,7 @@ def _boxes(d: Detections, runs: list[np.ndarray] | None) -> list[dict]:
         for box, score, cid, name in zip(d.xyxy.tolist(), d.confidence.tolist(), d.class_id.tolist(), d.class_name)
     ]
     if d.mask is not None:
-        for annotation, mask, counts in zip(annotations, d.mask, map_masks(rle.counts, d.mask)):
+        for annotation, mask, counts in zip(annotations, d.mask, instance_masks.runs(d)):
             annotation["segmentation"] = _segmentation(mask, runs, counts)
     return annotations
 

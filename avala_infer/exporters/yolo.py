@@ -32,9 +32,9 @@ import yaml
 
 from avala_infer.annotations import Prediction
 from avala_infer.exporters.base import Folders, PathAllocator, suffix_of, with_suffix, write_text_atomic
-from avala_infer.exporters.codecs.mask_pool import map_masks
+from avala_infer.exporters.codecs import instance_masks
 from avala_infer.exporters.codecs.number_text import fixed_texts
-from avala_infer.exporters.codecs.polygons import largest_polygon
+from avala_infer.exporters.codecs.polygons import largest
 
 _MAX_LINKS = 40  # links followed from one source before realpath decides (Linux's own limit)
 
@@ -87,7 +87,7 @@ class YoloWriter:
         if d.mask is not None:
             scale = np.array([w, h], np.float32)
             kept = []  # (class id, score, normalised float32 outline) per instance with an outline
-            polygons = map_masks(largest_polygon, d.mask)
+            polygons = [largest(outer) for outer, _ in instance_masks.outlines(d)]
             for polygon, cid, score in zip(polygons, d.class_id.tolist(), d.confidence.tolist()):
                 if polygon is not None:
                     kept.append((cid, score, polygon / scale))

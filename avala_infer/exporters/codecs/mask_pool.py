@@ -15,18 +15,18 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import numpy as np
-
 THREADS = min(4, os.cpu_count() or 1)  # an item rarely has more instances worth splitting than this
 
+_Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 
 
-def map_masks(function: Callable[[np.ndarray], _Result], masks: Iterable[np.ndarray]) -> list[_Result]:
-    """``[function(mask) for mask in masks]``, the masks shared out over the pool's threads."""
+def map_masks(function: Callable[[_Item], _Result], masks: Iterable[_Item]) -> list[_Result]:
+    """``[function(mask) for mask in masks]``, the masks (or what stands for each: a mask and its extent) shared
+    out over the pool's threads."""
     masks = list(masks)
     if THREADS < 2 or len(masks) < 2:
         return [function(mask) for mask in masks]

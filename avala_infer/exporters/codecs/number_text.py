@@ -62,6 +62,14 @@ def rounded_texts(groups: Sequence[np.ndarray], digits: int, separators: Sequenc
     return _decimal_texts(groups, digits, separators, trim=True)
 
 
+def rounded_row_texts(
+    rows: np.ndarray, sizes: Sequence[int], digits: int, separators: Sequence[str] = (", ",)
+) -> list[str]:
+    """:func:`rounded_texts` of groups given as consecutive ``rows`` (``(n, len(separators))``), ``sizes[i]`` rows
+    in group ``i``: for callers that compute all their groups in one array (no split, no concatenation)."""
+    return _decimal_texts((rows, sizes), digits, separators, trim=True)
+
+
 def int_texts(groups: Sequence[np.ndarray], separator: str = ", ") -> list[str]:
     """:func:`join_ints` of each of ``groups`` (1-D), from one table."""
     ends = _encoded([separator])
@@ -76,20 +84,34 @@ def int_texts(groups: Sequence[np.ndarray], separator: str = ", ") -> list[str]:
     return _split(table, sizes)
 
 
-def _decimal_texts(groups: Sequence[np.ndarray], digits: int, separators: Sequence[str], trim: bool) -> list[str]:
+def _decimal_texts(
+    groups: Sequence[np.ndarray] | tuple[np.ndarray, Sequence[int]], digits: int, separators: Sequence[str], trim: bool
+) -> list[str]:
+    """The texts of ``groups``: a list of arrays, or ``(rows, sizes)`` (:func:`rounded_row_texts`)."""
     if digits < 1:
         raise ValueError("digits must be 1 or more")
     ends = _encoded(separators)
     columns = len(separators)
-    arrays = [np.asarray(g, dtype=np.float64).reshape(-1, columns) for g in groups]
-    sizes = [len(a) for a in arrays]
-    if not any(sizes):
-        return ["" for _ in arrays]
-    flat = np.concatenate(arrays).reshape(-1)
+    if isinstance(groups, tuple):
+        rows, sizes = np.asarray(groups[0], dtype=np.float64).reshape(-1, columns), list(groups[1])
+        if sum(sizes) != len(rows):
+            raise ValueError(f"the group sizes add up to {sum(sizes)}, not the {len(rows)} rows given")
+        if not any(sizes):
+            return ["" for _ in sizes]
+        arrays = None
+        flat = rows.reshape(-1)
+    else:
+        arrays = [np.asarray(g, dtype=np.float64).reshape(-1, columns) for g in groups]
+        sizes = [len(a) for a in arrays]
+        if not any(sizes):
+            return ["" for _ in arrays]
+        flat = np.concatenate(arrays).reshape(-1)
     magnitude = np.abs(flat)
     power = 10.0**digits
     scaled = magnitude * power
     if not (np.all(magnitude < _LIMIT) and np.all(scaled < _EXACT)):  # nan, inf, huge: as Python prints them
+        if arrays is None:
+            arrays = np.split(flat.reshape(-1, columns), np.cumsum(sizes)[:-1])
         return [_join_in_python(a, digits, separators, trim) for a in arrays]
     units = np.rint(scaled)  # ties to even, as Python; a product on a tie is settled below
     ties = np.flatnonzero(scaled - np.floor(scaled) == 0.5)

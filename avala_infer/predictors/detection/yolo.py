@@ -111,6 +111,28 @@ def scale_boxes(
     return np.minimum(np.maximum((boxes - pad) / gain, 0), limit)
 
 
+def mask_bounds(
+    boxes: np.ndarray, in_shape: tuple[int, int], orig_shapes: Sequence[tuple[int, int]], counts: Sequence[int]
+) -> np.ndarray:
+    """int64 ``(k, 4)`` ``x1, y1, x2, y2`` in original pixels (half-open, clipped to the image) outside of which
+    each row's instance mask (``yolo_seg.instance_masks``) is all False, from the letterboxed xyxy ``boxes``.
+
+    The mask is cut to its box at the letterboxed size (columns ``c`` with ``x1 <= c < x2``: ``ceil(x1)`` to
+    ``ceil(x2) - 1``), then its content is resized bilinearly to the original size, where an output column ``x``
+    reads content columns ``floor(s)`` and ``floor(s) + 1`` at ``s = (x + 0.5) * gain - 0.5``: it can be set only
+    for ``(first - 0.5) / gain - 0.5 <= x < (last + 1.5) / gain - 0.5``. The bounds widen that by more than a pixel
+    each side (float rounding cannot reach them); rows alike."""
+    per_image = np.array(
+        [(*unletterbox_params(in_shape, shape), shape[1], shape[0]) for shape in orig_shapes], dtype=np.float64
+    ).reshape(-1, 6)  # gain_x, gain_y, pad_x, pad_y, width, height
+    per_row = np.repeat(per_image, counts, axis=0)
+    gain, pad, limit = per_row[:, [0, 1]], per_row[:, [2, 3]], per_row[:, [4, 5, 4, 5]]
+    first = np.ceil(boxes[:, :2].astype(np.float64)) - pad  # the first content column and row inside the box
+    last = np.ceil(boxes[:, 2:].astype(np.float64)) - 1 - pad  # the last
+    low, high = np.floor((first - 1) / gain) - 2, np.ceil((last + 2) / gain) + 2
+    return np.clip(np.concatenate((low, high), 1), 0, limit).astype(np.int64)
+
+
 class YoloDetector(Predictor):
     """Letterbox in, boxes out; backends subclass it with their own loading, ``collate`` and ``forward``.
 
@@ -186,6 +208,7 @@ class YoloDetector(Predictor):
         masks = None if protos is None else self.masks_on_host(protos, rows, counts, in_shape, orig_shapes)
         host = rows[:, :6].cpu().numpy()  # the batch's one device-to-host copy of boxes, scores and classes
         boxes = scale_boxes(host[:, :4], in_shape, orig_shapes, counts)
+        bounds = None if masks is None else mask_bounds(host[:, :4], in_shape, orig_shapes, counts)
         class_id = host[:, 5].astype(np.int64)
         class_name = np.asarray(self.labels, dtype=object)[class_id]
         results, start = [], 0
@@ -193,7 +216,10 @@ class YoloDetector(Predictor):
             mine = slice(start, start + n)
             start += n
             image_masks, nonempty = masks[i] if masks is not None else (None, None)
-            detections = Detections(boxes[mine], host[mine, 4], class_id[mine], class_name[mine], image_masks)
+            image_bounds = None if bounds is None else bounds[mine]
+            detections = Detections(
+                boxes[mine], host[mine, 4], class_id[mine], class_name[mine], image_masks, image_bounds
+            )
             if nonempty is not None and not nonempty.all():  # ultralytics drops an instance whose mask is empty
                 detections = detections[nonempty]
             results.append(detections)
