@@ -83,7 +83,7 @@ class OnnxImageClassifier(Predictor):
 
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         super().__init__(spec, weights, device, threads)
-        self.session = open_session(weights, device, threads)
+        self.session = open_session(weights, device, threads, spec=self.spec)
         self.fp16 = False  # the graph's own dtype decides
         meta = self.session.get_modelmeta().custom_metadata_map
         task = meta.get("task")

@@ -96,7 +96,7 @@ class OnnxSemanticSegmenter(SemanticSegmenter):
         self.scale = (1.0 / (255.0 * std)).astype(np.float32)  # (x / 255 - mean) / std, in one multiply-add
         self.shift = (mean / std).astype(np.float32)
         self._set_labels(None)
-        self.session = open_session(weights, device, threads)
+        self.session = open_session(weights, device, threads, spec=self.spec)
         self.fp16 = False  # the graph's own dtype decides
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name

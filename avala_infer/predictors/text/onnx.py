@@ -50,7 +50,7 @@ class _OnnxText:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(f"cannot read {config_path}: {exc}") from exc
-        self.session = open_session(self.weights, self.device, self.threads)
+        self.session = open_session(self.weights, self.device, self.threads, spec=self.spec)
         self.fp16 = False  # the graph's own dtypes decide
         self.feeds: dict[str, type] = {}
         for graph_input in self.session.get_inputs():
