@@ -177,9 +177,18 @@ def _watch(client, uid: str, interval_s: float, foreground: _ForegroundRun | Non
     type=click.Choice(["none", "simple", "first", "average", "max"]),
     help="NER jobs: how tokens become entities (default first: whole words; as transformers' aggregation_strategy).",
 )
+@click.option(
+    "--executor",
+    default=None,
+    type=click.Choice(["local", "ray"]),
+    help="Where its predictions run, whichever worker takes it: local (the worker's engine) or ray (actors of a Ray "
+    "cluster; pip install 'avala-infer[ray]'). Default: the worker's --executor.",
+)
 @click.option("--watch", is_flag=True, help="Show a progress bar until the job ends (exit code as `watch`).")
 @click.option("--run", "run_here", is_flag=True, help="Run the job in this process now, with a progress bar.")
-@click.option("-d", "--device", default="auto", show_default=True, help="Device for --run: auto, cpu, cuda[:N].")
+@click.option(
+    "-d", "--device", default="auto", show_default=True, help="Device for --run: auto, cpu, cuda[:N], cuda:0,1 or all."
+)
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(0.05), help="Poll every s.")
 @home_option
 @json_option
@@ -193,6 +202,7 @@ def jobs_create(
     overwrite,
     dry_run,
     aggregation,
+    executor,
     watch,
     run_here,
     device,
@@ -218,6 +228,7 @@ def jobs_create(
         "dry_run": dry_run,
         "aggregation": aggregation,
         "overwrite": overwrite,
+        "executor": executor,
     }
     settings.update({key: value for key, value in given.items() if value is not None})
     with store_client(home) as client:

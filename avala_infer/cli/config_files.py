@@ -4,7 +4,8 @@
   labels, or ``{model_type: [labels]}``) and ``models`` (``{model_type: model}`` or ``{model_type: {model: ...,
   label_map: {from: to}}}``, as ``client.projects.create`` takes them);
 - ``avala-infer auto-label create PROJECT --config job.yaml``: ``model_type``, ``confidence_threshold``,
-  ``labels``, ``dry_run``, ``aggregation``, ``overwrite`` (as ``client.auto_label_jobs.create`` takes them).
+  ``labels``, ``dry_run``, ``aggregation``, ``overwrite``, ``executor`` (as ``client.auto_label_jobs.create``
+  takes them).
 
 Options given on the command line override the file's values. A key the kind of config does not know, or a value
 of the wrong type, is a :class:`~avala_infer.errors.ConfigError` naming it (and, for a key, the valid ones).
@@ -69,6 +70,7 @@ _KEYS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "dry_run": (_flag, "true or false"),
         "aggregation": (lambda v: v in AGGREGATIONS, ", ".join(AGGREGATIONS)),
         "overwrite": (_flag, "true or false"),
+        "executor": (lambda v: v in ("local", "ray"), "local or ray"),
     },
 }
 

@@ -15,20 +15,47 @@ from avala_infer.errors import AvalaInferError
 
 @click.command("worker")
 @home_option
-@click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("-d", "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N, cuda:0,1 or all.")
 @click.option("--until-idle", is_flag=True, help="Exit when no job is waiting (default: keep polling).")
 @click.option("--lease", "lease_s", default=60.0, show_default=True, type=click.FloatRange(1), help="Job lease, s.")
 @click.option("--poll", "poll_s", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Idle poll, s.")
 @click.option("--dispatch/--no-dispatch", default=True, show_default=True, help="Also send agents' webhooks.")
-def worker_command(home, device, until_idle, lease_s, poll_s, dispatch) -> None:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where predictions run: this process, or actors of a Ray cluster (pip install 'avala-infer[ray]').",
+)
+@click.option("--address", default=None, help="Ray cluster: auto, HOST:PORT or ray://HOST:10001 (else RAY_ADDRESS).")
+@click.option(
+    "--concurrency", type=click.IntRange(1), default=None, help="Ray actors (default: one per GPU, else per CPU)."
+)
+def worker_command(home, device, until_idle, lease_s, poll_s, dispatch, executor, address, concurrency) -> None:
     """Run auto-label jobs from the store: pending ones, and running ones whose worker died (resumed).
 
     Stops after the batch in flight on SIGINT/SIGTERM; the job it held stays running and is resumed by the next
-    worker. Several workers may share one store.
+    worker. Several workers may share one store. With --executor ray this process is the Ray driver: the
+    actors predict, this process alone writes the store (--device then picks the actors' device).
     """
     from avala_infer.jobs import Worker
 
-    worker = Worker(home_folder(home), device=device, lease_s=lease_s, poll_s=poll_s, dispatch=dispatch)
+    if executor == "local" and (address is not None or concurrency is not None):
+        raise click.UsageError("--address and --concurrency apply to --executor ray only")
+    try:
+        worker = Worker(
+            home_folder(home),
+            device=device,
+            lease_s=lease_s,
+            poll_s=poll_s,
+            dispatch=dispatch,
+            executor=executor,
+            address=address,
+            concurrency=concurrency,
+        )
+    except AvalaInferError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stopping.set())
     try:

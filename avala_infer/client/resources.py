@@ -299,6 +299,7 @@ class AutoLabelJobs(_Resource):
         dry_run: bool | None = None,
         aggregation: str | None = None,
         overwrite: bool | None = None,
+        executor: str | None = None,
     ) -> AutoLabelJob:
         """Queue a job over the project's tasks; the worker runs it. ``model_type`` defaults to the project's
         only configured model type; ``confidence_threshold`` to 0.25 (as ``avala-infer label``). ``labels``
@@ -307,7 +308,12 @@ class AutoLabelJobs(_Resource):
         ``max``) is how tokens become entities; by default ``first``, whole words, as labeling tools expect.
 
         Tasks holding a result of the same model made with the same settings are skipped (their result is
-        kept); other settings label every task again. ``overwrite=True`` relabels even those."""
+        kept); other settings label every task again. ``overwrite=True`` relabels even those.
+
+        ``executor`` is where its predictions run, whichever worker takes it: ``"local"`` (the worker's engine) or
+        ``"ray"`` (actors of the Ray cluster ``RAY_ADDRESS`` names, or the worker's ``--address``; needs
+        ``avala-infer[ray]``); None (the default) leaves it to the worker (``avala-infer worker --executor``).
+        The results are the same either way."""
         project = self._call("projects.get", project_uid)
         if model_type is None:
             models = project["models"]
@@ -327,6 +333,7 @@ class AutoLabelJobs(_Resource):
             dry_run=bool(dry_run),
             aggregation=aggregation,
             overwrite=bool(overwrite),
+            executor=executor,
         )
         return AutoLabelJob.from_row(row)
 
@@ -348,12 +355,18 @@ class AutoLabelJobs(_Resource):
         between batches: once it answers True, the job stops after the batch in flight and stays running (the next
         worker resumes it). A job that another live worker holds is not run here: it is returned as it is."""
         from avala_infer.jobs import JobRunner
+        from avala_infer.jobs.executors import make_executor
         from avala_infer.store import Store, worker_id
 
-        with Store(self._client.home) as store, JobRunner(store, worker_id(), device=device) as runner:
-            job = store.jobs.claim(runner.worker, runner.lease_s, only=uid)  # its own connection: a run is long
-            if job is not None:
-                runner.run(job, should_stop or (lambda: False))
+        executor = make_executor(self.get(uid).executor)  # a job created with executor="ray" runs on Ray here too
+        try:
+            store = Store(self._client.home)  # its own connection: a run is long
+            with store, JobRunner(store, worker_id(), device=device, executor=executor) as runner:
+                job = store.jobs.claim(runner.worker, runner.lease_s, only=uid)
+                if job is not None:
+                    runner.run(job, should_stop or (lambda: False))
+        finally:
+            executor.close()
         return self.get(uid)
 
     def wait(self, uid: str, *, timeout: float | None = None, poll_s: float = 0.2) -> AutoLabelJob:

@@ -157,6 +157,7 @@ class AutoLabelJob:
     settings_hash: str | None = None  # the fingerprint of the settings that change results (skip rule)
     overwrite: bool = False  # relabel even tasks holding a result made with the same settings
     attempts: int = 0  # how many times a worker took the job up (more than 1 after a takeover or a restart)
+    executor: str | None = None  # where its predictions run: local, ray (None: the worker's executor)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> AutoLabelJob:

@@ -26,6 +26,7 @@ from avala_infer.annotations import Prediction
 from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError, ConfigError
 from avala_infer.exporters.base import aborting_on_error, close_sinks
+from avala_infer.jobs.executors.local import LocalExecutor
 from avala_infer.store import LeaseLost, Store, register_worker, unregister_worker
 from avala_infer.store.projects import type_ontology
 
@@ -68,7 +69,14 @@ class JobRunner:
     """
 
     def __init__(
-        self, store: Store, worker: str, *, device: str = "auto", lease_s: float = 60.0, max_engines: int = 1
+        self,
+        store: Store,
+        worker: str,
+        *,
+        device: str = "auto",
+        lease_s: float = 60.0,
+        max_engines: int = 1,
+        executor: Any = None,
     ) -> None:
         if int(max_engines) < 1:
             raise ConfigError(f"max_engines must be at least 1 (models kept loaded per device), got {max_engines}")
@@ -77,6 +85,8 @@ class JobRunner:
         self.device = device
         self.lease_s = lease_s
         self.max_engines = int(max_engines)
+        # what computes the predictions (jobs/executors: this process's engine, or Ray actors); commits stay here
+        self.executor = executor if executor is not None else LocalExecutor()
         self.engines: collections.OrderedDict[str, Any] = collections.OrderedDict()  # least recently used first
         register_worker(worker)
 
@@ -88,9 +98,7 @@ class JobRunner:
         while len(self.engines) >= self.max_engines:  # free the device before the next model loads
             _, evicted = self.engines.popitem(last=False)
             _close_engine(evicted)
-        from avala_infer.engine import Engine
-
-        self.engines[model] = Engine(model, device=self.device)
+        self.engines[model] = self.executor.load(model, self.device)
         return self.engines[model]
 
     def close(self) -> None:
@@ -243,6 +251,7 @@ class JobRunner:
             "throughput_items_per_s": round(done / max(wall, 1e-9), 2),
             "wall_s": round(wall, 3),
             "failures": self.store.jobs.failures(job["uid"]),
+            "executor": self.executor.name,
         }
         if job["dry_run"]:
             summary["preview"] = next((f for f in files if f.endswith("index.html")), None)

@@ -164,6 +164,7 @@ class AutoLabelJob(BaseModel):
     label_map: dict[str, str | None] | None
     settings_hash: str | None = Field(description="Fingerprint of the settings that change results")
     overwrite: bool
+    executor: str | None = Field(description="Where its predictions run: local, ray, or null (the worker's choice)")
     attempts: int = Field(description="How many times a worker took the job up")
     progress: float = Field(description="The docs' name of progress_pct")
     tasks_labeled: int = Field(description="Tasks holding this job's labels: successful_items + skipped_items")

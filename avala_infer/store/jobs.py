@@ -32,6 +32,8 @@ FINISHED = ("completed", "failed", "cancelled")
 JOB_EVENT_FIELDS = ("uid", "model_type", "model", "status", "dry_run", "total_items", "processed_items",
                     "successful_items", "failed_items", "skipped_items", "error_message")  # fmt: skip
 BOOLEAN_JOB_FIELDS = ("dry_run", "cancel_requested", "overwrite")  # 0/1 stored; true booleans in dicts, payloads
+# where a job's predictions run (jobs/executors); None: wherever the worker that claims it runs them
+JOB_EXECUTORS = ("local", "ray")
 
 
 def _job_booleans(job: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +62,15 @@ def _check_aggregation(aggregation: str | None, model_type: str) -> str | None:
     name = str(aggregation).strip().lower()
     if name not in AGGREGATIONS:
         raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+    return name
+
+
+def _check_executor(executor: str | None) -> str | None:
+    if executor is None:
+        return None
+    name = str(executor).strip().lower()
+    if name not in JOB_EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(JOB_EXECUTORS)} (None: the worker's), got {executor!r}")
     return name
 
 
@@ -117,8 +128,11 @@ class JobRepository(Repository):
         dry_run: bool = False,
         aggregation: str | None = None,
         overwrite: bool = False,
+        executor: str | None = None,
     ) -> dict[str, Any]:
-        """A pending job. ``aggregation`` (NER jobs only: ``none``, ``simple``, ``first``, ``average``, ``max``)
+        """A pending job. ``executor`` (``local`` or ``ray``; None: the worker's own) is where its predictions
+        run, whichever worker claims it; it changes no result, so it is not a setting of the fingerprint.
+        ``aggregation`` (NER jobs only: ``none``, ``simple``, ``first``, ``average``, ``max``)
         is how tokens become entities; None keeps the engine's default (``first``, whole words).
 
         The job takes the project's model for ``model_type`` and its label map now, and its settings fingerprint
@@ -144,6 +158,7 @@ class JobRepository(Repository):
             raise ConfigError(f"confidence_threshold must be between 0 and 1, got {confidence_threshold}")
         labels = _check_labels(labels)
         aggregation = _check_aggregation(aggregation, model_type)
+        executor = _check_executor(executor)
         label_map = project["label_maps"].get(model_type) or None
         fingerprint = settings_fingerprint(job_settings({
             "model": model, "model_type": model_type, "confidence_threshold": confidence_threshold,
@@ -153,11 +168,11 @@ class JobRepository(Repository):
             total = self.items.count_tasks(project_uid)
             self.conn.execute(
                 "INSERT INTO jobs (uid, project_uid, model_type, model, confidence_threshold, labels, dry_run, "
-                "aggregation, label_map, settings_hash, overwrite, total_items, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "aggregation, label_map, settings_hash, overwrite, total_items, created_at, executor) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (uid, project_uid, model_type, model, confidence_threshold, json.dumps(labels), int(dry_run),
                  aggregation, json.dumps(label_map) if label_map else None, fingerprint, int(bool(overwrite)),
-                 total, now),
+                 total, now, executor),
             )  # fmt: skip
         return self.get(uid)
 

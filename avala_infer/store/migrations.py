@@ -310,4 +310,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE UNIQUE INDEX api_keys_active_name ON api_keys (name) WHERE revoked_at IS NULL;
         """,
     ),
+    (
+        "0013_job_executor",
+        """
+        ALTER TABLE jobs ADD COLUMN executor TEXT;  -- where its predictions run: local or ray (NULL: the worker's)
+        """,
+    ),
 ]

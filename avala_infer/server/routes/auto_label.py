@@ -8,7 +8,7 @@ segmentation). A job's JSON carries the SDK's field names and the docs' (``progr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,9 @@ class AutoLabelRequest(BaseModel):
     dry_run: bool | None = Field(None, description="Count what would be labeled, write nothing")
     aggregation: str | None = Field(None, description="NER only: none, simple, first, average or max")
     overwrite: bool | None = Field(None, description="Relabel tasks holding a result made with the same settings")
+    executor: Literal["local", "ray"] | None = Field(
+        None, description="Where its predictions run: local (the worker's engine) or ray (a Ray cluster's actors)"
+    )
 
 
 def resolve_model_type(name: str | None) -> str | None:
@@ -86,6 +89,7 @@ def create_job(request: Request, uid: str, body: AutoLabelRequest | None = None)
         dry_run=body.dry_run,
         aggregation=body.aggregation,
         overwrite=body.overwrite,
+        executor=body.executor,
     )
     return job_json(job)
 
