@@ -96,9 +96,14 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_smaller_size(engine, image
     with caplog.at_level("WARNING", logger="avala_infer.engine.pipeline"):
         adapted = _run(engine, images, wrapper)
     _assert_same(adapted, normal)
-    # the first batch of 8 fails, its half of 4 fails, then 2s fit; the rest of the stream runs batches of 2:
-    # no further batch is tried at a size that failed
-    assert wrapper.calls == [(8, True), (4, True)] + [(2, False)] * 12
+    # the first batch of 8 fails, its half of 4 fails, then 2s fit; the rest of the stream runs pieces of at most
+    # 2: no further batch is tried at a size that failed. How the later items group depends on when the consuming
+    # thread sees the lowered limit (a bucket resized from 4 to 2 while holding 3 leaves a 1 behind: CI saw two
+    # 1s once), so the invariant is asserted, not one timing's batching
+    assert wrapper.calls[:2] == [(8, True), (4, True)]
+    later = wrapper.calls[2:]
+    assert all(size <= 2 and not failed for size, failed in later), later
+    assert sum(size for size, _ in later) == len(images)  # every item ran once after the failures
     lowered = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
     assert len(lowered) == 2 and "at most 4" in lowered[0] and "at most 2" in lowered[1], lowered
     # the next stream starts at the configured size again

@@ -12,8 +12,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 SCRIPT = """
 import sys
 from avala_infer import Engine
@@ -23,13 +21,12 @@ print("predicted", count, flush=True)
 """
 
 
-@pytest.mark.parametrize("model", ["yolo11n", "yolo11n-seg"])
-def test_a_script_that_never_closes_its_engine_exits_with_code_0(model, val_images):
+def test_a_script_that_never_closes_its_engine_exits_with_code_0(val_images):
     images = sorted(str(p) for p in val_images.glob("*.jpg"))[:12]
     env = {**os.environ, "YOLO_OFFLINE": "1"}
-    for _ in range(3):  # the abort came at exit, in a race with the threads' ending: once is not enough
+    for _ in range(2):  # the abort came at exit, in a race with the threads' ending: once is not enough
         run = subprocess.run(
-            [sys.executable, "-c", SCRIPT, model, *images], capture_output=True, text=True, env=env, timeout=300
+            [sys.executable, "-c", SCRIPT, "yolo11n", *images], capture_output=True, text=True, env=env, timeout=300
         )
         assert run.returncode == 0, run.stderr[-3000:]
         assert f"predicted {len(images)}" in run.stdout

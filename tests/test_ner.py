@@ -19,13 +19,17 @@ import pytest
 from avala_infer import Engine
 from avala_infer.errors import WeightsNotFoundError
 from avala_infer.specs import find_spec, resolve_weights
-from tests.conftest import ASSETS, need
+from tests.conftest import ASSETS, FULL_SWEEP, need
 from tests.coverage_text import NER
 
 CONLL_TEST = ASSETS / "data" / "conll2003" / "test.txt"
 STRATEGIES = ("none", "simple", "first", "average", "max")
 SCORE_TOL = 1e-5  # the README: entity scores within 1e-5 of the pipeline's
 SAMPLE_EVERY = 10  # every 10th test sentence (346) for span-by-span parity
+# the word-level F1 parity runs on every 2nd test sentence (1,727): ours equals the pipeline's on any subset, and
+# the whole set through the pipeline and both engines costs CI a minute; AVALA_INFER_FULL_SWEEP=1 runs all 3,453
+# and checks the README's figure (0.819)
+F1_EVERY = 1 if FULL_SWEEP else 2
 CLEAR_SENTENCES = [  # sentences whose entities do not depend on their neighbours
     "Peter Blackburn flew from Brussels to New York on Monday .",
     "Angela Merkel met Emmanuel Macron in Paris .",
@@ -161,15 +165,16 @@ def onnx_engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def pipeline_none_all(ner_pipeline, sentences) -> list[list[dict]]:
-    """The pipeline's token-level output (aggregation none) for every test sentence."""
-    return ner_pipeline([s.text for s in sentences], aggregation_strategy="none", batch_size=8)
+    """The pipeline's token-level output (aggregation none) for every :data:`F1_EVERY`-th test sentence."""
+    return ner_pipeline([s.text for s in sentences[::F1_EVERY]], aggregation_strategy="none", batch_size=8)
 
 
 @pytest.fixture(scope="module")
 def pipeline_sample(ner_pipeline, sentences, pipeline_none_all) -> dict[str, list[list[tuple]]]:
     """The pipeline's spans for every aggregation strategy on the sample sentences."""
     texts = [s.text for s in sentences[::SAMPLE_EVERY]]
-    spans = {"none": [pipeline_as_records(e, "none") for e in pipeline_none_all[::SAMPLE_EVERY]]}
+    every = SAMPLE_EVERY // F1_EVERY  # pipeline_none_all holds every F1_EVERY-th sentence
+    spans = {"none": [pipeline_as_records(e, "none") for e in pipeline_none_all[::every]]}
     for strategy in STRATEGIES[1:]:
         found = ner_pipeline(texts, aggregation_strategy=strategy, batch_size=8)
         spans[strategy] = [pipeline_as_records(e, strategy) for e in found]
@@ -195,12 +200,16 @@ def test_spans_match_the_pipeline_for_every_aggregation(request, engine_name, se
 @pytest.mark.parametrize("engine_name", ["torch_engine", "onnx_engine"])
 def test_conll_test_f1_equals_the_pipeline(request, engine_name, sentences, pipeline_none_all):
     engine = request.getfixturevalue(engine_name)
+    sentences = sentences[::F1_EVERY]
+    assert len(sentences) == len(pipeline_none_all)
     reference = word_level_f1(sentences, [{x["start"]: x["entity"] for x in e} for e in pipeline_none_all])
     predictions = engine.predict_texts([s.text for s in sentences], aggregation="none", confidence_threshold=0.0)
     ours = word_level_f1(sentences, [dict(zip(p.result.start.tolist(), p.result.tag)) for p in predictions])
-    print(f"{engine_name}: entity F1 {ours:.6f}, the pipeline's {reference:.6f}")
+    print(f"{engine_name}: entity F1 {ours:.6f}, the pipeline's {reference:.6f} on {len(sentences)} sentences")
     assert ours == reference  # the same tags on every word, so the same F1
-    assert round(ours, 3) == 0.819  # the README's figure
+    assert reference > 0.75  # a real model's F1, not an empty comparison
+    if FULL_SWEEP:
+        assert round(ours, 3) == 0.819  # the README's figure
 
 
 # --------------------------------------------------------------------------------------------- long texts
