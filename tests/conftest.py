@@ -52,9 +52,10 @@ def val_images() -> Path:
     return need(VAL_IMAGES)
 
 
-# The mAP and mask-parity tests score half of coco128 val2017 (its first 64 images by name): ours equals the
-# reference on any subset, and all 128 cost CI minutes it cannot spare. The full sweep, on demand:
-# AVALA_INFER_FULL_SWEEP=1 python -m pytest tests/test_coco_map.py tests/test_segmentation.py
+# The mAP, box- and mask-parity and dry-run tests run on half of coco128 val2017 (its first 64 images by name):
+# ours equals the reference on any subset, and all 128 cost CI minutes it cannot spare. The full sweep, on demand:
+# AVALA_INFER_FULL_SWEEP=1 python -m pytest tests/test_coco_map.py tests/test_segmentation.py tests/test_parity.py
+# (tests/test_gpu_batching.py keeps all 128: on 64 the square-vs-rect mAP gap, 0.0089, exceeds its 0.005 bound)
 FULL_SWEEP = os.environ.get("AVALA_INFER_FULL_SWEEP", "").lower() in ("1", "true", "yes")
 VAL_SUBSET = 128 if FULL_SWEEP else 64
 

@@ -16,9 +16,9 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from tests.conftest import need
+from tests.out_of_memory import cuda_out_of_memory, out_of_memory_above
 
 pytestmark = [pytest.mark.assets]
 
@@ -40,15 +40,6 @@ class RecordingForward:
         if exc is not None:
             raise exc
         return self.forward(batch)
-
-
-def _out_of_memory_above(capacity: int):
-    def error(batch):
-        if len(batch) > capacity:
-            return torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {len(batch)}")
-        return None
-
-    return error
 
 
 SIZE = 256
@@ -92,7 +83,7 @@ def _assert_same(adapted, normal):
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_smaller_size(engine, images, normal, caplog):
-    wrapper = RecordingForward(engine.predictor, _out_of_memory_above(3))
+    wrapper = RecordingForward(engine.predictor, out_of_memory_above(3))
     with caplog.at_level("WARNING", logger="avala_infer.engine.pipeline"):
         adapted = _run(engine, images, wrapper)
     _assert_same(adapted, normal)
@@ -116,7 +107,7 @@ def test_out_of_memory_with_batches_running_side_by_side(weights_onnx, val_image
     engine = Engine(weights_onnx, device="cpu", batch_size=8, letterbox="square", input_size=SIZE, streams=2)
     images = sorted(need(val_images).glob("*.jpg"))[:64]
     normal = _run(engine, images)
-    wrapper = RecordingForward(engine.predictor, _out_of_memory_above(3))
+    wrapper = RecordingForward(engine.predictor, out_of_memory_above(3))
     adapted = _run(engine, images, wrapper)
     _assert_same(adapted, normal)
     failed = [size for size, raised in wrapper.calls if raised]
@@ -147,7 +138,7 @@ def test_out_of_memory_on_one_item_fails_that_item_only(engine, images, normal):
 
     def error(batch):
         if (batch.reshape(len(batch), -1).max(axis=1) == 0).any():
-            return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return cuda_out_of_memory("2.00 GiB")
         return None
 
     wrapper = RecordingForward(engine.predictor, error)

@@ -22,6 +22,7 @@ from avala_infer import Engine
 from avala_infer.engine.devices import resolve_devices
 from avala_infer.errors import AvalaInferError, BackendUnavailableError, ConfigError
 from tests.conftest import ASSETS, need
+from tests.out_of_memory import out_of_memory_above
 
 ENGINE_THREADS = ("avala-stage", "avala-batch", "avala-load", "avala-forward")
 CUDA_COUNT = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -198,10 +199,10 @@ def small(weights_onnx, val_images):
 def test_out_of_memory_on_one_device_halves_its_batches_only(small):
     engine, images, normal = small
 
+    too_big = out_of_memory_above(2)
+
     def out_of_memory(args):
-        if len(args[0]) > 2:
-            return torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {len(args[0])}")
-        return None
+        return too_big(args[0])  # the forward's batch
 
     lanes = engine._lanes
     fine, short = Recorder(lanes[0].predictor.forward), Recorder(lanes[1].predictor.forward, out_of_memory)

@@ -15,13 +15,13 @@ from avala_infer import label
 from avala_infer.jobs import JobRunner
 from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store, worker_id
-from tests.conftest import VAL_IMAGES
+from tests.conftest import VAL_IMAGES, VAL_SUBSET
 
 
-def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_images, tmp_path):
-    real = label([val_images], engine_pt, out=tmp_path / "real", formats=["jsonl"])
+def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_subset, tmp_path):
+    real = label([val_subset], engine_pt, out=tmp_path / "real", formats=["jsonl"])
     dry = label(
-        [val_images], engine_pt, out=tmp_path / "dry", formats=["jsonl", "coco", "yolo"], dry_run=True, preview_count=5
+        [val_subset], engine_pt, out=tmp_path / "dry", formats=["jsonl", "coco", "yolo"], dry_run=True, preview_count=5
     )
     out = tmp_path / "dry"
     assert sorted(p.name for p in out.iterdir()) == ["preview", "summary.json"]
@@ -35,7 +35,7 @@ def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_i
     assert {link.split("/")[0] for link in re.findall(r"(?:src|href)=['\"]([^'\"]+)", page)} == {"images"}
     assert "default-src 'none'" in html.unescape(page)  # and its policy lets nothing else load
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["items"] == 128 and summary["failed"] == 0
+    assert summary["items"] == VAL_SUBSET and summary["failed"] == 0
     assert summary["settings"]["dry_run"] is True
     # the same pipeline: the counts equal a real run's
     assert summary["annotations"] == real.summary["annotations"] == sum(summary["per_label"].values())
@@ -46,11 +46,12 @@ def test_dry_run_writes_previews_and_summary_and_no_annotations(engine_pt, val_i
     assert summary["sweep"]["floor"] == 0.05 and summary["sweep"]["thresholds"][4] == 0.25
     assert summary["sweep"]["annotations"][4] == summary["annotations"]
     assert summary["throughput_items_per_s"] > 0 and summary["mean_stage_ms"]["forward"] > 0
-    assert dry.dry_run and dry.total == 128
+    assert dry.dry_run and dry.total == VAL_SUBSET
 
 
-def test_dry_run_default_previews_first_fifty(engine_onnx, val_images, tmp_path):
-    label([val_images], engine_onnx, out=tmp_path, dry_run=True)
+def test_dry_run_default_previews_first_fifty(engine_onnx, val_subset, tmp_path):
+    report = label([val_subset], engine_onnx, out=tmp_path, dry_run=True)
+    assert report.total == VAL_SUBSET > 50  # more images than the default previews
     assert len(list((tmp_path / "preview" / "images").iterdir())) == 50
 
 

@@ -137,13 +137,25 @@ def test_without_out_each_run_gets_a_new_numbered_folder(engine_onnx, sample_ima
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["label", "label2", "label3"]
 
 
-def test_cli_without_out_writes_numbered_folders(sample_images, tmp_path):
-    for expected in ("runs/label", "runs/label2"):
-        result = _cli("label", *sample_images, "-m", "yolo11n-onnx", "-d", "cpu", cwd=tmp_path)
+@pytest.fixture(scope="module")
+def cli_runs_without_out(sample_images, tmp_path_factory) -> tuple[Path, dict[int, tuple]]:
+    """Two CLI runs of yolo11n in one working folder, without --out: at --imgsz 650 (off the stride), then 672.
+    {imgsz: (the finished process, the folder it should have written)}; the two tests below read them (each CLI
+    run costs CI several seconds)."""
+    cwd = tmp_path_factory.mktemp("cli_without_out")
+    runs = {}
+    for size, expected in ((650, "runs/label"), (672, "runs/label2")):
+        runs[size] = (_cli("label", *sample_images, "-m", "yolo11n", "-d", "cpu", "--imgsz", size, cwd=cwd), expected)
+    return cwd, runs
+
+
+def test_cli_without_out_writes_numbered_folders(cli_runs_without_out, sample_images):
+    cwd, runs = cli_runs_without_out
+    for result, expected in runs.values():
         assert result.returncode == 0, result.stderr
         assert f"annotations in {expected}" in result.stderr
-        assert (tmp_path / expected / "annotations.jsonl").exists()
-    both = _cli("label", *sample_images, "-m", "yolo11n-onnx", "--overwrite", "--exist-ok", cwd=tmp_path)
+        assert (cwd / expected / "annotations.jsonl").exists()
+    both = _cli("label", *sample_images, "-m", "yolo11n-onnx", "--overwrite", "--exist-ok", cwd=cwd)
     assert both.returncode == 2 and "pass one" in both.stderr
 
 
@@ -184,14 +196,21 @@ def test_a_failed_write_leaves_no_half_written_per_item_file(tmp_path, model, fm
         need(ASSETS / "images" / "skimage" / "page.png"),
     ]
     out, whole = tmp_path / "out", tmp_path / "whole"
-    result = subprocess.run(
+    # the two runs are independent: started together, the second's start-up (imports, model load) overlaps the
+    # first's instead of adding to CI's time
+    limited = subprocess.Popen(
         [sys.executable, "-c", SMALL_FILES, "label", *images, "-m", model, "-f", fmt, "-d", "cpu", "--out", out],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    assert result.returncode != 0 and "File too large" in result.stderr, result.stderr
-    reference = _cli("label", *images, "-m", model, "-f", fmt, "-d", "cpu", "--out", whole)  # no size limit
+    try:
+        reference = _cli("label", *images, "-m", model, "-f", fmt, "-d", "cpu", "--out", whole)  # no size limit
+        _, stderr = limited.communicate(timeout=600)
+    finally:
+        limited.kill()
+        limited.wait()
+    assert limited.returncode != 0 and "File too large" in stderr, stderr
     assert reference.returncode == 0, reference.stderr
     left = sorted(p.relative_to(out) for p in (out / folder).rglob("*") if p.is_file())
     print(
@@ -206,11 +225,11 @@ def test_a_failed_write_leaves_no_half_written_per_item_file(tmp_path, model, fm
         assert (out / path).read_bytes() == (whole / path).read_bytes(), path
 
 
-def test_imgsz_off_the_stride_is_rounded_up_with_a_warning(sample_images, tmp_path):
+def test_imgsz_off_the_stride_is_rounded_up_with_a_warning(cli_runs_without_out):
+    cwd, cli_runs = cli_runs_without_out
     runs = {}
-    for size in (650, 672):
-        out = tmp_path / str(size)
-        result = _cli("label", *sample_images, "-m", "yolo11n", "-d", "cpu", "--imgsz", size, "--out", out)
+    for size, (result, folder) in cli_runs.items():
+        out = cwd / folder
         assert result.returncode == 0, result.stderr
         runs[size] = (
             result.stderr,

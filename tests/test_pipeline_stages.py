@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from avala_infer import Engine
 from avala_infer.annotations import Classifications
@@ -28,6 +27,7 @@ from avala_infer.errors import AvalaInferError
 from avala_infer.predictors.base import Predictor
 from avala_infer.types import ModelType
 from tests.conftest import ASSETS, need
+from tests.out_of_memory import out_of_memory_above
 
 ENGINE_THREADS = ("avala-stage", "avala-batch", "avala-load", "avala-forward")
 
@@ -254,10 +254,10 @@ def stage_threads_of(engine: Engine) -> set[threading.Thread]:
 def test_staged_out_of_memory_halves_the_batch_and_keeps_the_smaller_size(small):
     engine, sources, normal = small
 
+    too_big = out_of_memory_above(3)
+
     def error(args):
-        if len(args[0]) > 3:
-            return torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of {len(args[0])}")
-        return None
+        return too_big(args[0])  # the forward's batch
 
     engine.predictor.forward = recorder = Recorder(engine.predictor.forward, error)
     try:
