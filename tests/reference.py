@@ -19,6 +19,7 @@ def ultralytics_predictions(
     imgsz: int = 640,
     max_det: int = 300,
     masks: bool = False,
+    classes: list[int] | None = None,
 ) -> dict[str, tuple]:
     """{path: (xyxy, scores, class ids, (h, w)[, masks])} from ``YOLO(weights).predict`` over a folder, one image
     a batch; with ``masks``, bool instance masks at the original size (ultralytics' own ``scale_masks``).
@@ -43,6 +44,7 @@ def ultralytics_predictions(
         device="cpu",
         max_det=max_det,
         imgsz=imgsz,
+        classes=classes,
     ):
         b = r.boxes
         row = (b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), r.orig_shape)

@@ -1,7 +1,10 @@
 """ONNX exports of YOLO detectors and segmenters, run with onnxruntime.
 
 The session opens on the device's provider (see :mod:`avala_infer.predictors.onnx_session`). Class names, stride
-and task come from the ultralytics export metadata, or from the spec.
+and task come from the ultralytics export metadata, or from the spec; so does the head: an end-to-end graph
+(YOLO26 exported with ``nms=False``, or any export with ``nms=True``: NMS inside the graph) gives final rows and gets
+no NMS here, as ultralytics' ONNX backend reads the same metadata (see :func:`exported_end_to_end`). An in-graph NMS
+runs on as many images a batch as the export was traced with (usually one): such a graph gets batches that size.
 """
 
 from __future__ import annotations
@@ -14,13 +17,45 @@ from pathlib import Path
 import numpy as np
 
 from avala_infer.errors import ConfigError
-from avala_infer.predictors.detection.yolo import TASKS, Letterboxed, YoloDetector, stride_multiple
+from avala_infer.predictors.detection.yolo import (
+    END_TO_END_CANDIDATES,
+    TASKS,
+    Letterboxed,
+    YoloDetector,
+    stride_multiple,
+)
 from avala_infer.predictors.detection.yolo_seg import YoloSegmenter
+from avala_infer.predictors.imaging import letterbox
 from avala_infer.predictors.onnx_binding import BoundSession
 from avala_infer.predictors.onnx_session import InputRange, open_session
 from avala_infer.specs import ModelSpec
 
 log = logging.getLogger(__name__)
+
+
+def export_args(meta: dict[str, str]) -> dict:
+    """The export arguments an ultralytics export records in its metadata (``{}`` when it records none)."""
+    try:
+        args = ast.literal_eval(meta.get("args", "{}"))
+    except (ValueError, SyntaxError):
+        return {}
+    return args if isinstance(args, dict) else {}
+
+
+def exported_end_to_end(meta: dict[str, str]) -> bool:
+    """Whether an ultralytics export's graph gives final rows ``(B, k, 6 + extra)`` rather than raw outputs for NMS,
+    from its metadata, by ultralytics' own rule (its ONNX backend: ``end2end``, or ``nms`` among the export args)."""
+    try:
+        end2end = ast.literal_eval(meta.get("end2end", "False"))
+    except (ValueError, SyntaxError):
+        end2end = False
+    return bool(end2end or export_args(meta).get("nms"))
+
+
+def anchor_count(shape: tuple[int, int], stride: int) -> int:
+    """Anchors a P3-P5 head has for an input of ``shape`` at strides ``stride / 4``, ``/ 2`` and ``stride`` (a
+    lower bound for heads with more levels)."""
+    return sum((shape[0] // s) * (shape[1] // s) for s in (stride // 4, stride // 2, stride))
 
 
 class OnnxYoloDetector(YoloDetector):
@@ -43,6 +78,14 @@ class OnnxYoloDetector(YoloDetector):
         names = ast.literal_eval(meta["names"]) if "names" in meta else None
         self._set_labels([names[i] for i in sorted(names)] if isinstance(names, dict) else names)
         self.stride = max(int(meta.get("stride", 32)), 32)
+        self.end_to_end = exported_end_to_end(meta)
+        traced_batch = int(meta.get("batch", 1))
+        if export_args(meta).get("nms") and self.spec.batch_size > traced_batch:
+            # ultralytics' in-graph NMS loops over the images of the batch it was traced with (its ``batch``): the
+            # images after those would come back with no rows at all
+            log.info("%s has NMS in its graph, traced for %d image(s) a batch: batching that many", weights.name,
+                     traced_batch)  # fmt: skip
+            self.spec = self.spec.with_overrides(batch_size=traced_batch)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         height, width = model_input.shape[2:4]
@@ -51,6 +94,15 @@ class OnnxYoloDetector(YoloDetector):
             log.info("%s has a fixed %dx%d input: letterboxing to that square", weights.name, height, width)
             self.spec = spec.with_overrides(letterbox="square", input_size=self.fixed_size)
         self.fp16 = False  # the graph's own dtype decides; exports here are fp32
+
+    def prepare(self, image: np.ndarray) -> Letterboxed:
+        """The letterbox, but square for an end-to-end graph where rect letterboxing (a very wide or tall image)
+        would leave fewer anchors than the graph's top-k takes: onnxruntime refuses such a TopK (ultralytics'
+        predict fails on that image; here it is padded to the square, which has anchors enough)."""
+        prepared = super().prepare(image)
+        if self.end_to_end and anchor_count(prepared.image.shape[:2], self.stride) < END_TO_END_CANDIDATES:
+            return Letterboxed(letterbox(image, self.spec.input_size, self.stride, False), image.shape[:2])
+        return prepared
 
     def collate(self, prepared: Sequence[Letterboxed]) -> np.ndarray:
         batch = np.stack([p.image for p in prepared])  # BHWC BGR uint8

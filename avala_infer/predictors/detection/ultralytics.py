@@ -1,4 +1,4 @@
-"""ultralytics checkpoints (``.pt``: YOLOv5u, v8, 11; detection and ``-seg``) run directly with torch.
+"""ultralytics checkpoints (``.pt``: YOLOv5u, v8, 11, 26; detection and ``-seg``) run directly with torch.
 
 ultralytics is used only to unpickle the checkpoint (see :mod:`avala_infer.predictors.ultralytics_loading`: only
 trusted files, no auto-install, no download); pre- and post-processing are ours (see :mod:`.yolo`), batched, with
@@ -15,7 +15,7 @@ import numpy as np
 
 from avala_infer.errors import ConfigError
 from avala_infer.predictors.base import ReplicaPool
-from avala_infer.predictors.detection.yolo import TASKS, Letterboxed, YoloDetector
+from avala_infer.predictors.detection.yolo import END_TO_END_CANDIDATES, TASKS, Letterboxed, YoloDetector
 from avala_infer.predictors.detection.yolo_seg import YoloSegmenter
 from avala_infer.predictors.torch_runtime import (
     compile_module,
@@ -70,6 +70,12 @@ class UltralyticsDetector(YoloDetector):
         names = getattr(model, "names", None)
         self._set_labels([names[i] for i in sorted(names)] if isinstance(names, dict) else names)
         self.stride = max(int(model.stride.max()), 32)
+        # the head left by loading (see ultralytics_loading.default_head): a one-to-one head gives final rows, its
+        # top-k and class-aware selection set as ultralytics predict sets them (max_det 300, agnostic_nms off)
+        self.end_to_end = bool(getattr(model, "end2end", False))
+        if self.end_to_end:
+            head = model.model[-1]
+            head.max_det, head.agnostic_nms = END_TO_END_CANDIDATES, False
         model = model.to(device).to(memory_format=torch.channels_last)
         self.model = model.half() if self.fp16 else model.float()
         enable_cudnn_autotune(device, fixed_shapes=self.spec.letterbox == "square")
@@ -87,7 +93,8 @@ class UltralyticsDetector(YoloDetector):
             if self.cuda_graphs:
                 mark_graph_step()
             out = model(batch)
-            out = out[0] if isinstance(out, (list, tuple)) else out  # detect: a tensor; segment: (raw, protos)
+            # detect: a tensor (raw, or end-to-end rows); segment: (that, protos)
+            out = out[0] if isinstance(out, (list, tuple)) else out
             return copy_out(out) if self.cuda_graphs else out  # before the next replay overwrites it
 
 

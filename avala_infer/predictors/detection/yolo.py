@@ -4,8 +4,12 @@ Pre-processing is :func:`avala_infer.predictors.imaging.letterbox`, which mirror
 (same rounding, same 114 grey, same INTER_LINEAR resize) so that our boxes equal the reference's.
 Post-processing is ultralytics' class-aware NMS, image by image on the model's device (an image's boxes never
 depend on its batch); the batch's rows then come to the host in one copy and go back to original pixels with
-ultralytics' ``scale_boxes`` rule, in numpy. An input size that is not a multiple of the model's stride is rounded
-up, with a warning, as ultralytics' ``check_imgsz`` does (the network's feature maps would not line up otherwise).
+ultralytics' ``scale_boxes`` rule, in numpy. An end-to-end head (YOLO26's one-to-one head, or an export with NMS in
+its graph) already gives each image's best rows, ``(B, k, 6 + extra)`` xyxy, score, class: it gets no NMS, only the
+score floor and ``max_det``, as ultralytics' ``non_max_suppression(end2end=True)`` (see :func:`end_to_end_rows`).
+Which head a model has is read from its weights by each backend (``YoloDetector.end_to_end``), never from the spec.
+An input size that is not a multiple of the model's stride is rounded up, with a warning, as ultralytics'
+``check_imgsz`` does (the network's feature maps would not line up otherwise).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ log = logging.getLogger(__name__)
 
 MAX_NMS_CANDIDATES = 30000  # per image, as ultralytics
 MAX_WH = 7680  # ultralytics' per-class box offset in class-aware NMS (its non_max_suppression max_wh)
+# rows an end-to-end head gives per image: ultralytics predict sets its head's top-k to max(max_det, 300), 300 at its
+# default max_det (an ONNX export bakes its own k, from the export's max_det)
+END_TO_END_CANDIDATES = 300
 # the model type of each ``task`` an ultralytics checkpoint or export names
 TASKS = {"detect": "object_detection", "segment": "instance_segmentation"}
 
@@ -53,7 +60,24 @@ def unletterbox_params(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -
     return new_w / orig_shape[1], new_h / orig_shape[0], pad_x, pad_y
 
 
-def batched_nms(raw: Any, score_floor: float, iou: float, nc: int, max_det: int | None = None) -> tuple[Any, list[int]]:
+def class_floors(label_filter: Any, nc: int) -> np.ndarray | None:
+    """Per model class, the lowest score the run's label filter keeps (``inf``: a class it drops), for the boxes
+    to be cut before ``max_det`` counts them, as ultralytics' ``classes=`` is: an image's best ``max_det`` boxes
+    are then its best among the labels asked for, not among all. None when the filter keeps every class at the
+    score floor (nothing to cut early), or there is no filter.
+
+    Cutting before NMS changes nothing else: NMS is per class, and a box below its class's threshold only ever
+    suppresses lower-scoring boxes of its class, which the filter drops as well."""
+    if label_filter is None or len(label_filter.class_to_output) != nc:
+        return None
+    out = np.asarray(label_filter.class_to_output)
+    floors = np.where(out >= 0, np.asarray(label_filter.thresholds, np.float32)[np.maximum(out, 0)], np.inf)
+    return None if (floors <= label_filter.score_floor).all() else floors.astype(np.float32)
+
+
+def batched_nms(
+    raw: Any, score_floor: float, iou: float, nc: int, max_det: int | None = None, floors: np.ndarray | None = None
+) -> tuple[Any, list[int]]:
     """Class-aware NMS of a batch of raw YOLO outputs ``(B, 4 + nc + extra, anchors)``, image by image.
 
     Each image goes through its own ``torchvision.ops.nms`` with ultralytics' per-class offset (``class * MAX_WH``
@@ -71,7 +95,10 @@ def batched_nms(raw: Any, score_floor: float, iou: float, nc: int, max_det: int 
 
     raw = raw.float()
     best, cls = raw[:, 4 : 4 + nc, :].max(1)  # (B, anchors)
-    img_idx, anchor_idx = torch.nonzero(best > score_floor, as_tuple=True)  # image by image, anchors in order
+    candidates = best > score_floor
+    if floors is not None:  # the run's labels and per-label thresholds (class_floors), before max_det counts
+        candidates &= best >= torch.as_tensor(floors, device=best.device)[cls]
+    img_idx, anchor_idx = torch.nonzero(candidates, as_tuple=True)  # image by image, anchors in order
     counts = torch.bincount(img_idx, minlength=raw.shape[0]).tolist()
     scores = best[img_idx, anchor_idx]
     classes = cls[img_idx, anchor_idx].float()
@@ -96,6 +123,26 @@ def batched_nms(raw: Any, score_floor: float, iou: float, nc: int, max_det: int 
     extra = raw[img_idx[keep], 4 + nc :, anchor_idx[keep]]
     rows = torch.cat((boxes[keep], scores[keep, None], classes[keep, None], extra), 1)
     return rows, kept
+
+
+def end_to_end_rows(
+    raw: Any, score_floor: float, max_det: int | None = None, floors: np.ndarray | None = None
+) -> tuple[Any, list[int]]:
+    """The rows of a batch of end-to-end outputs ``(B, k, 6 + extra)`` (x1, y1, x2, y2, score, class, then mask
+    coefficients; each image's rows by descending score) that score above ``score_floor``, at most ``max_det`` an
+    image: ultralytics' ``non_max_suppression`` for an end-to-end model (no NMS: the head's one-to-one assignment
+    already gives one row per object). Returns ``(rows, counts)`` as :func:`batched_nms`."""
+    import torch
+
+    raw = raw.float()  # fp16 outputs: the float32 rows the NMS path returns too, as ultralytics
+    keep = raw[..., 4] > score_floor
+    if floors is not None:  # as batched_nms
+        classes = raw[..., 5].long().clamp_(0, len(floors) - 1)
+        keep &= raw[..., 4] >= torch.as_tensor(floors, device=raw.device)[classes]
+    if max_det is not None:  # the first max_det rows kept, in the head's order
+        keep &= torch.cumsum(keep, 1) <= max_det
+    counts = keep.sum(1).tolist()  # the batch's one host read before the rows' copy
+    return raw[keep], counts
 
 
 def scale_boxes(
@@ -142,6 +189,8 @@ class YoloDetector(Predictor):
     model_type = ModelType.OBJECT_DETECTION
     default_input_size = 640
     default_stride = 32
+    # the weights' head gives final rows (no NMS, see :func:`end_to_end_rows`); backends set it from the weights
+    end_to_end = False
 
     def __init__(self, spec, weights, device: str, threads: int | None = None) -> None:
         super().__init__(spec, weights, device, threads)
@@ -196,13 +245,18 @@ class YoloDetector(Predictor):
         score_floor: float = 0.25,
         iou: float = 0.7,
         max_det: int = 300,
+        label_filter: Any = None,
         **_: Any,
     ) -> list[Detections]:
         """The batch's detections, read from the device once: its NMS rows in one copy (then split per image with
         numpy), and for segmentation its masks in as few copies as ``masks_on_host`` makes. A host read per image
         would wait on the device once per image; every read after the first here finds the work already done."""
         preds, protos = raw if isinstance(raw, tuple) else (raw, None)
-        rows, counts = batched_nms(preds, score_floor, iou, len(self.labels), max_det)
+        floors = class_floors(label_filter, len(self.labels))
+        if self.end_to_end:
+            rows, counts = end_to_end_rows(preds, score_floor, max_det, floors)
+        else:
+            rows, counts = batched_nms(preds, score_floor, iou, len(self.labels), max_det, floors)
         in_shape = prepared[0].image.shape[:2]
         orig_shapes = [item.orig_shape for item in prepared]
         masks = None if protos is None else self.masks_on_host(protos, rows, counts, in_shape, orig_shapes)
