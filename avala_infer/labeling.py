@@ -22,7 +22,7 @@ from typing import Any
 
 from avala_infer.annotations import Prediction
 from avala_infer.engine import Engine
-from avala_infer.engine.pipeline import ImageCallback, PredictOptions
+from avala_infer.engine.pipeline import ImageCallback, PredictOptions, is_prompted
 from avala_infer.engine.sources import (
     Item,
     Source,
@@ -126,8 +126,13 @@ def label(
     relative to ``ls_root``, or ``ls_url_prefix/<relative path>``; see ``exporters/labelstudio.py``).
     A file reached twice (named twice, a folder plus a glob) is labeled once; empty folders and globs that match
     nothing are refused before the model loads.
+    For a prompted model (an open-vocabulary detector: :func:`is_prompted`) ``labels`` is the vocabulary, the
+    texts it looks for (``labels=["forklift", "pallet"]``, each prompted as the spec's ``params.prompts`` says);
+    for any other it keeps only those of the model's labels. A loaded engine keeps the vocabulary it was made
+    with (``Engine(vocabulary=)``): ``labels`` filters it.
     """
-    model_type = model.model_type if isinstance(model, Engine) else find_spec(model).model_type
+    spec = None if isinstance(model, Engine) else find_spec(model)
+    model_type = model.model_type if spec is None else spec.model_type
     run = _RunSettings(
         formats=tuple(dict.fromkeys(formats)), mask_format=mask_format, dry_run=dry_run, preview_count=preview_count,
         confidence_threshold=confidence_threshold, iou_threshold=iou_threshold, labels=labels,
@@ -143,13 +148,14 @@ def label(
         if isinstance(model, Engine):
             return _label(model, sources, out_dir, run, progress)
         engine = Engine(
-            model,
+            spec,
             device=device,
             batch_size=batch_size,
             input_size=input_size,
             letterbox=letterbox,
             trust_weights=trust_weights,
             decode=decode,
+            vocabulary=labels if labels and is_prompted(spec) else None,
         )
         with engine:  # ours: its model is released when the run ends, however it ends
             return _label(engine, sources, out_dir, run, progress)

@@ -102,3 +102,5 @@ register(
     "avala_infer.predictors.text.transformers:TransformersTokenClassifier",
 )
 register(ModelType.NAMED_ENTITY_RECOGNITION, "onnxruntime", "avala_infer.predictors.text.onnx:OnnxTokenClassifier")
+register(ModelType.INSTANCE_SEGMENTATION, "transformers", "avala_infer.engine.chains:DetectorSamChain")
+register(ModelType.OBJECT_DETECTION, "transformers", "avala_infer.predictors.detection.open_vocab:OpenVocabDetector")

@@ -5,13 +5,22 @@ from __future__ import annotations
 import pytest
 
 from avala_infer.registry import registered
-from tests import coverage_classification, coverage_detection, coverage_semantic, coverage_text
+from tests import (
+    coverage_box_prompted,
+    coverage_classification,
+    coverage_detection,
+    coverage_open_vocab,
+    coverage_semantic,
+    coverage_text,
+)
 
 COVERAGE = {
     **coverage_detection.COVERAGE,
     **coverage_semantic.COVERAGE,
     **coverage_classification.COVERAGE,
     **coverage_text.COVERAGE,
+    **coverage_open_vocab.COVERAGE,
+    **coverage_box_prompted.COVERAGE,
 }
 
 

@@ -25,6 +25,11 @@ class Detections:
     derives it from the box and the upsampling), not necessarily tight. Work on a mask (its extent, runs,
     outlines: ``exporters/codecs/instance_masks.py``) then looks at the bounds' pixels only, not the whole image:
     an instance covers a small part of it.
+
+    Two optional per-instance columns, ``None`` where a model gives none: ``mask_score``, float32 ``(n,)``, the
+    segmenter's own score of each mask (a box-prompted SAM's predicted IoU; ``confidence`` stays the detector's
+    score, which the thresholds read), and ``prompt``, an object array of str ``(n,)``, the text prompt that scored
+    each box (open-vocabulary detectors, where one label may have several prompts).
     """
 
     xyxy: np.ndarray
@@ -33,6 +38,8 @@ class Detections:
     class_name: np.ndarray
     mask: np.ndarray | None = None
     mask_bounds: np.ndarray | None = None
+    mask_score: np.ndarray | None = None
+    prompt: np.ndarray | None = None
     # encodings of the masks the writers of one run share (see ``memo``); never compared, copied or pickled
     _memo: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -60,6 +67,18 @@ class Detections:
             if len(bounds) != n:
                 raise ValueError(f"mask_bounds must have shape ({n}, 4) to match xyxy, got {bounds.shape}")
             object.__setattr__(self, "mask_bounds", bounds)
+        if self.mask_score is not None:
+            if self.mask is None:
+                raise ValueError("mask_score without masks")
+            self._set_column("mask_score", np.float32, n)
+        if self.prompt is not None:
+            self._set_column("prompt", object, n)
+
+    def _set_column(self, field: str, dtype: type, n: int) -> None:
+        column = np.asarray(getattr(self, field), dtype=dtype).reshape(-1)
+        if len(column) != n:
+            raise ValueError(f"{field} must have shape ({n},) to match xyxy, got {column.shape}")
+        object.__setattr__(self, field, column)
 
     @classmethod
     def empty(cls) -> Detections:
@@ -83,6 +102,8 @@ class Detections:
             class_name=self.class_name[index],
             mask=None if self.mask is None else self.mask[index],
             mask_bounds=None if self.mask_bounds is None else self.mask_bounds[index],
+            mask_score=None if self.mask_score is None else self.mask_score[index],
+            prompt=None if self.prompt is None else self.prompt[index],
         )
 
     # pickles and copies leave the memo behind: it is a cache of this object's own masks, remade on demand

@@ -30,7 +30,12 @@ from avala_infer.errors import AvalaInferError
 @click.option("-m", "--model", required=True, help="Model name (see `models list`), spec .yaml, or .pt/.onnx path.")
 @click.option("--confidence", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Minimum score.")
 @click.option("--iou", default=0.7, show_default=True, type=click.FloatRange(0, 1), help="NMS IoU threshold.")
-@click.option("--labels", default=None, help="Keep only these labels, comma-separated (e.g. car,truck).")
+@click.option(
+    "--labels",
+    default=None,
+    help="Keep only these labels, comma-separated (e.g. car,truck). For a prompted model (open-vocabulary "
+    "detection) they are what to look for: --labels forklift,pallet.",
+)
 @click.option(
     "--label-threshold",
     "label_thresholds",
@@ -167,7 +172,7 @@ def label_command(
             preview_count=preview_count,
             confidence_threshold=confidence,
             iou_threshold=iou,
-            labels=[x for x in labels.split(",")] if labels else None,
+            labels=[x.strip() for x in labels.split(",")] if labels else None,
             label_thresholds=pairs(label_thresholds, "--label-threshold", float),
             label_map=pairs(label_map, "--map"),
             max_det=max_det,

@@ -82,11 +82,14 @@ def _check_models(store, models: Mapping[str, Any] | None, data_type: str) -> No
 def _static_labels(store, model: str) -> list[str] | None:
     """``model``'s labels without loading it: its spec's list, else those a job saw when it last loaded the
     model in this store; None when neither says (labels read from the weights, never loaded here)."""
+    from avala_infer.engine.pipeline import is_prompted
     from avala_infer.errors import AvalaInferError
     from avala_infer.specs import find_spec
 
     try:
         spec = find_spec(model)
+        if is_prompted(spec):  # a job's labels are what it looks for (its vocabulary): any text will do
+            return None
     except AvalaInferError:
         return None
     if not spec.labels_from_weights and not isinstance(spec.labels, str):

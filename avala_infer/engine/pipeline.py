@@ -170,7 +170,38 @@ class PredictOptions:
             "iou": self.iou_threshold,
             "max_det": self.max_det,
             "aggregation": self.aggregation,
+            # a chain (detector -> segmenter) prompts its second model with the boxes this filter will keep
+            "label_filter": self.label_filter,
         }
+
+
+def is_prompted(spec: ModelSpec) -> bool:
+    """Whether ``spec``'s model is prompted (its labels are texts it looks for, chosen per run: open-vocabulary
+    detectors, zero-shot classifiers), as the class that will run its weights says; loads nothing. Weights that
+    are not on this machine (a Ray cluster's) leave the answer to the registered class."""
+    predictor_class = get_predictor_class(spec.model_type, spec.backend)
+    try:
+        predictor_class = predictor_class.for_weights(spec, resolve_weights(spec))
+    except AvalaInferError:
+        pass
+    return bool(predictor_class.prompted)
+
+
+def prompted_vocabulary(predictor_class: type, spec: ModelSpec, vocabulary: Sequence[str]) -> tuple[str, ...]:
+    """``vocabulary`` checked for a prompted model: names, at least one, none twice."""
+    if not getattr(predictor_class, "prompted", False):
+        raise ConfigError(
+            f"model {spec.name!r} ({spec.model_type.value}, {spec.backend}) has a fixed vocabulary: a vocabulary is "
+            "for prompted models (open-vocabulary detectors, zero-shot classifiers); filter this model's labels "
+            "with labels= instead"
+        )
+    names = tuple(str(name).strip() for name in vocabulary)
+    if not names or not all(names):
+        raise ConfigError(f"model {spec.name!r} needs a vocabulary of one or more non-empty labels, got {vocabulary!r}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"vocabulary of model {spec.name!r} lists {twice} more than once")
+    return names
 
 
 class Engine:
@@ -188,9 +219,11 @@ class Engine:
     loader threads that read and decode ahead of the model. ``streams`` is how many batches run in the model
     at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (ONNX Runtime
     sessions get that count; torch's process-wide intra-op count is set to it once, by the first CPU stream in
-    the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1. The thread that iterates
-    the predictions only reads items, batches and dispatches: the batches run on threads of the engine's (with
-    one stream on a GPU, ``stage_threads``: collate, forward and postprocess each on its own, overlapping).
+    the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1. ``threads`` replaces
+    ``cores // streams`` on a CPU: a process given a share of the host's cores (a Ray actor) sizes its model to it.
+    The thread that iterates the predictions only reads items, batches and dispatches: the batches run on threads of
+    the engine's (with one stream on a GPU, ``stage_threads``: collate, forward and postprocess each on its own,
+    overlapping).
     ``close()`` (or a ``with`` block) releases the model and stops those threads; a closed engine refuses to
     predict.
 
@@ -223,6 +256,9 @@ class Engine:
     ``decode`` is where JPEGs are decoded: ``cpu`` (the loader threads; the default until measured on a GPU),
     ``gpu`` (the model's CUDA device, in the collate stage; YOLO ``.pt`` models: see
     :mod:`avala_infer.engine.device_decode`) or ``auto`` (``gpu`` where it can run, else ``cpu``).
+    ``vocabulary`` is a prompted model's labels for this engine (open-vocabulary detectors, zero-shot
+    classifiers: each label is a text prompt, or names the spec's ``params.prompts`` for it); it replaces the
+    spec's ``labels``. A model with a fixed vocabulary refuses it (filter its labels with ``predict(labels=)``).
     """
 
     def __init__(
@@ -236,8 +272,10 @@ class Engine:
         letterbox: str | None = None,
         workers: int | None = None,
         streams: int | None = None,
+        threads: int | None = None,
         trust_weights: bool = False,
         decode: str = "cpu",
+        vocabulary: Sequence[str] | None = None,
     ) -> None:
         spec = model if isinstance(model, ModelSpec) else find_spec(model)
         self.spec = spec.with_overrides(
@@ -245,7 +283,12 @@ class Engine:
         )
         weights = resolve_weights(self.spec)
         check_weights(self.spec, weights, trust=trust_weights)  # before anything reads (or unpickles) them
-        self._predictor_class = get_predictor_class(self.spec.model_type, self.spec.backend)
+        predictor_class = get_predictor_class(self.spec.model_type, self.spec.backend)
+        self._predictor_class = predictor_class.for_weights(self.spec, weights)
+        if vocabulary is not None:
+            self.spec = self.spec.with_overrides(
+                labels=prompted_vocabulary(self._predictor_class, self.spec, vocabulary)
+            )
         self._weights = weights
         self.devices = resolve_devices(device)
         self.device = ",".join(self.devices)
@@ -256,7 +299,9 @@ class Engine:
         self.streams = streams if streams is not None else (min(4, cores) if on_cpu else 1)
         if self.streams < 1:
             raise ConfigError(f"streams must be at least 1, got {self.streams}")
-        self.cpu_threads = max(1, cores // self.streams) if on_cpu else None
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {threads}")
+        self.cpu_threads = (threads or max(1, cores // self.streams)) if on_cpu else None
         # one stream's collate, forward and postprocess on threads of their own (see _Lane.chain): on a GPU the host
         # work then overlaps the device's; on a CPU the stages would only take cores from the forward pass
         self.stage_threads = not on_cpu

@@ -67,6 +67,12 @@ def _boxes(d: Detections, runs: list[np.ndarray] | None) -> list[dict]:
     if d.mask is not None:
         for annotation, mask, counts in zip(annotations, d.mask, instance_masks.runs(d)):
             annotation["segmentation"] = _segmentation(mask, runs, counts)
+    if d.mask_score is not None:  # a box-prompted segmenter's own score of each mask
+        for annotation, score in zip(annotations, d.mask_score.tolist()):
+            annotation["mask_score"] = round(score, 5)
+    if d.prompt is not None:  # the text prompt that scored each box (open-vocabulary detectors)
+        for annotation, prompt in zip(annotations, d.prompt):
+            annotation["prompt"] = str(prompt)
     return annotations
 
 
@@ -222,7 +228,16 @@ def _detections(annotations: list[dict], ids: _Ids, masks: bool, height: int, wi
         class_id=[ids(a["label"]) for a in annotations],
         class_name=np.asarray([a["label"] for a in annotations], dtype=object),
         mask=mask,
+        # optional columns come back when every annotation has them (a record is one model's run)
+        mask_score=[a["mask_score"] for a in annotations]
+        if mask is not None and _all_have(annotations, "mask_score")
+        else None,
+        prompt=[a["prompt"] for a in annotations] if _all_have(annotations, "prompt") else None,
     )
+
+
+def _all_have(annotations: list[dict], key: str) -> bool:
+    return all(key in a for a in annotations)
 
 
 def _semantic(annotations: list[dict], ids: _Ids, height: int, width: int) -> SemanticMask:

@@ -11,6 +11,11 @@ what a run at each 0.05 step would keep, per label; ``annotations_at_threshold``
 above the score the run predicted at (below it, predictions were never made: a count there would be a lie).
 Semantic masks are filtered per pixel, so a class's count at another threshold is not known from its mean
 score: their sweep is ``null`` and ``annotations_at_threshold`` empty.
+
+Boxes of a prompted model (open-vocabulary detection) say which prompt scored each of them (a ``prompt`` array
+beside ``class_name``); ``per_prompt`` then counts them per label and prompt, for a user to tune prompts and
+thresholds: ``annotations`` (kept at the requested thresholds), ``predicted`` (at the floor), their mean and best
+score, and ``sweep`` (what a run at each of the sweep's thresholds would keep). Without prompts it is absent.
 """
 
 from __future__ import annotations
@@ -63,6 +68,29 @@ def at_requested(prediction: Prediction, label_filter) -> Prediction:
     return prediction if keep.all() else dataclasses.replace(prediction, result=result[keep])
 
 
+@dataclasses.dataclass
+class PromptCounts:
+    """Running counts of the boxes one prompt scored for one label."""
+
+    predicted: int = 0
+    kept: int = 0
+    score_sum: float = 0.0
+    score_max: float = 0.0
+    fine: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(len(FINE), dtype=np.int64))
+
+
+def _by_prompt(detections):
+    """``(label, prompt, scores)`` for each label and prompt among ``detections`` (float32 scores)."""
+    if not len(detections):
+        return
+    pairs = np.array([f"{label}\0{prompt}" for label, prompt in zip(detections.class_name, detections.prompt)])
+    keys, groups = np.unique(pairs, return_inverse=True)
+    scores = np.asarray(detections.confidence, dtype=np.float32)
+    for i, key in enumerate(keys):
+        label, prompt = str(key).split("\0", 1)
+        yield label, prompt, scores[groups == i]
+
+
 class SummaryCollector:
     """Running counters of a run.
 
@@ -100,6 +128,7 @@ class SummaryCollector:
         self.stage_ms: collections.Counter[str] = collections.Counter()
         self.pixels = 0
         self.pixels_per_label: collections.Counter[str] = collections.Counter()
+        self.prompts: dict[tuple[str, str], PromptCounts] = {}  # (label, prompt) -> its counts (prompted models)
         self.started = time.perf_counter()
         self.finished = self.started
 
@@ -121,6 +150,8 @@ class SummaryCollector:
             if len(self.labels) and ids.max() < len(self.labels):
                 self._predicted.append((ids, np.asarray(d.confidence, dtype=np.float32)))
             d = at_requested(prediction, self.requested).result
+            if getattr(prediction.result, "prompt", None) is not None:
+                self._count_prompts(prediction.result, d)
         self.boxes += len(d)
         self.items_with_boxes += bool(len(d))
         self.per_label.update(map(str, d.class_name))
@@ -132,6 +163,31 @@ class SummaryCollector:
         self._waiting += len(prediction.result)
         if self._waiting >= COUNT_EVERY:
             self._count()
+
+    def _count_prompts(self, predicted, kept) -> None:
+        """Count each (label, prompt) of a prompted model's boxes: all ``predicted`` and the ``kept`` ones."""
+        for label, prompt, scores in _by_prompt(predicted):
+            counts = self.prompts.setdefault((label, prompt), PromptCounts())
+            counts.predicted += len(scores)
+            counts.score_sum += float(scores.sum(dtype=np.float64))
+            counts.score_max = max(counts.score_max, float(scores.max()))
+            counts.fine += (scores[:, None] >= FINE[None, :]).sum(0)
+        for label, prompt, scores in _by_prompt(kept):
+            self.prompts.setdefault((label, prompt), PromptCounts()).kept += len(scores)
+
+    def per_prompt(self) -> dict:
+        """``{label: {prompt: counts}}`` of a prompted model's boxes (see the module's docstring)."""
+        steps = [i for i in range(0, len(FINE), SWEEP_EVERY) if self.thresholds_known()[i]]
+        out: dict[str, dict] = {}
+        for (label, prompt), counts in sorted(self.prompts.items()):
+            out.setdefault(label, {})[prompt] = {
+                "annotations": counts.kept,
+                "predicted": counts.predicted,
+                "mean_score": round(counts.score_sum / counts.predicted, 4) if counts.predicted else None,
+                "max_score": round(counts.score_max, 4) if counts.predicted else None,
+                "sweep": [int(counts.fine[i]) for i in steps],
+            }
+        return out
 
     def _count(self) -> None:
         """Count the scores waiting since the last call into the fine steps and the histograms."""
@@ -224,6 +280,7 @@ class SummaryCollector:
                 str(t): int(c) for t, c, ok in zip(THRESHOLDS, self.at_threshold, known) if ok
             },
             "sweep": self.sweep(),
+            **({"per_prompt": self.per_prompt()} if self.prompts else {}),
             "throughput_items_per_s": round(self.items / wall, 2),
             "wall_s": round(wall, 3),
             "mean_stage_ms": {k: round(v / max(self.succeeded, 1), 3) for k, v in sorted(self.stage_ms.items())},

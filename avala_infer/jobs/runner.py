@@ -8,6 +8,8 @@ map for the model (``models={"object_detection": {"model": ..., "label_map": {..
 model classes first, as ``label --map``. The label filter is then the job's ``labels`` when given, else the
 ontology of the job's model type when it has one, else every (mapped) model label (and that type's ontology
 becomes those labels). ``labels`` outside the ontology are added to it, so exports keep stable class ids.
+A prompted model's job (an open-vocabulary detector: labels are text) looks for the job's ``labels``: they are
+its engine's vocabulary (``Engine(vocabulary=)``), one engine kept per model and vocabulary.
 A dry run writes previews into ``<home>/jobs/<job uid>/preview/`` and no results; its counters still advance.
 An NER job's ``aggregation`` (None: the engine's default, ``first``) is how its tokens become entities.
 """
@@ -23,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from avala_infer.annotations import Prediction
+from avala_infer.engine.pipeline import is_prompted
 from avala_infer.engine.sources import Item
 from avala_infer.errors import AvalaInferError, ConfigError
 from avala_infer.exporters.base import aborting_on_error, close_sinks
 from avala_infer.jobs.executors.local import LocalExecutor
+from avala_infer.specs import find_spec
 from avala_infer.store import LeaseLost, Store, register_worker, unregister_worker
 from avala_infer.store.projects import type_ontology
 
@@ -60,6 +64,19 @@ def _outcome(task_uid: str, prediction: Prediction, keep_results: bool) -> dict[
     return outcome
 
 
+def _vocabulary(job: dict[str, Any]) -> tuple[str, ...] | None:
+    """The job's ``labels`` when its model is prompted (they are what it looks for), else None."""
+    if not job["labels"]:
+        return None
+    try:
+        prompted = is_prompted(find_spec(job["model"]))
+    except AvalaInferError:  # a model (or backend) only the executor's machines have (a Ray cluster): its labels
+        return None  # filter, as before
+    if not prompted:
+        return None
+    return tuple(str(name).strip() for name in job["labels"])
+
+
 class JobRunner:
     """Runs jobs for one worker; keeps the ``max_engines`` models it used last loaded between jobs (loading a model
     is the slow part), closing the least recently used one when it needs room for another.
@@ -90,16 +107,18 @@ class JobRunner:
         self.engines: collections.OrderedDict[str, Any] = collections.OrderedDict()  # least recently used first
         register_worker(worker)
 
-    def engine(self, model: str):
-        """The engine of ``model``, loaded now unless it is among the ones kept (then it becomes the newest)."""
-        if model in self.engines:
-            self.engines.move_to_end(model)
-            return self.engines[model]
+    def engine(self, model: str, vocabulary: tuple[str, ...] | None = None):
+        """The engine of ``model`` (with ``vocabulary``: a prompted model's labels), loaded now unless it is among
+        the ones kept (then it becomes the newest)."""
+        key = model if vocabulary is None else (model, vocabulary)
+        if key in self.engines:
+            self.engines.move_to_end(key)
+            return self.engines[key]
         while len(self.engines) >= self.max_engines:  # free the device before the next model loads
             _, evicted = self.engines.popitem(last=False)
             _close_engine(evicted)
-        self.engines[model] = self.executor.load(model, self.device)
-        return self.engines[model]
+        self.engines[key] = self.executor.load(model, self.device, vocabulary=vocabulary)
+        return self.engines[key]
 
     def close(self) -> None:
         """Close the engines kept and stop counting this worker as live (its running jobs can be taken over)."""
@@ -175,12 +194,14 @@ class JobRunner:
 
     def _run(self, job: dict[str, Any], should_stop: Callable[[], bool]) -> dict[str, Any] | None:
         started = time.perf_counter()
-        engine = self.engine(job["model"])
+        vocabulary = _vocabulary(job)
+        engine = self.engine(job["model"], vocabulary)
         if engine.model_type.value != job["model_type"]:
             raise ConfigError(
                 f"the project's {job['model_type']} model {job['model']!r} is a {engine.model_type.value} model"
             )
-        self.store.projects.record_model_labels(job["model"], engine.labels)  # for label checks when jobs are created
+        if vocabulary is None:  # a prompted model's labels are this job's, not the model's
+            self.store.projects.record_model_labels(job["model"], engine.labels)  # for label checks at job creation
         extra = {"aggregation": job["aggregation"]} if job.get("aggregation") else {}
         options = engine.predict_options(
             confidence_threshold=job["confidence_threshold"],

@@ -72,6 +72,17 @@ class Predictor(abc.ABC):
     backend: ClassVar[str]
     # input_size when the spec gives none; None: the predictor works it out (from the weights, a processor...)
     default_input_size: ClassVar[int | None] = None
+    # a prompted model (open-vocabulary detection, zero-shot classes): its vocabulary is text, chosen per run
+    # (a job's or a call's labels: ``Engine(vocabulary=)``), not fixed by the weights
+    prompted: ClassVar[bool] = False
+
+    @classmethod
+    def for_weights(cls, spec: ModelSpec, weights: Path) -> type[Predictor]:
+        """The class that runs these weights. The registry maps a (model type, backend) pair to one class; a
+        backend whose checkpoints come in families that run differently (a CLIP folder is a zero-shot image
+        classifier, a ViT folder a fixed-class one) overrides this to pick the family's class from the weights
+        or spec, without loading the model. Default: this class."""
+        return cls
 
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         if spec.input_size is None and self.default_input_size is not None:
@@ -119,7 +130,9 @@ class Predictor(abc.ABC):
         """Turn the raw batch output into one result per item, in original image pixels / text characters.
 
         ``options`` (see ``PredictOptions.postprocess_options``): ``score_floor`` (anything below may be
-        dropped early), ``iou`` and ``max_det`` (boxes), ``aggregation`` (entities); ignore the rest. Return
+        dropped early), ``iou`` and ``max_det`` (boxes), ``aggregation`` (entities), ``label_filter`` (the run's
+        compiled :class:`~avala_infer.filters.LabelFilter`: a chain prompts its second model with the boxes it
+        keeps); ignore the rest. Return
         every class a classifier scores and unfiltered labels: the engine's filter maps and keeps them.
         """
 

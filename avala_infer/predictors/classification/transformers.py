@@ -45,6 +45,14 @@ class TransformersImageClassifier(Predictor):
     model_type = ModelType.IMAGE_CLASSIFICATION
     backend = "transformers"
 
+    @classmethod
+    def for_weights(cls, spec: ModelSpec, weights: Path) -> type[Predictor]:
+        """A CLIP-family folder (its config.json's model_type) is a zero-shot classifier whose labels are text
+        prompts (:mod:`.zero_shot`); any other folder is a fixed-class one, run by this class."""
+        from avala_infer.predictors.classification.zero_shot import ZeroShotImageClassifier, zero_shot_family
+
+        return ZeroShotImageClassifier if zero_shot_family(weights) else cls
+
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         super().__init__(spec, weights, device, threads)
         import torch

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from avala_infer.errors import ModelLoadError
+from avala_infer.predictors.base import Predictor
 from avala_infer.predictors.text.batching import TextBatch, load_fast_tokenizer
 from avala_infer.predictors.text.tasks import SequenceClassifierBase, TokenClassifierBase, labels_from_config
 from avala_infer.predictors.transformers_loading import quiet_loading
@@ -103,7 +104,17 @@ class _TransformersText:
 class TransformersTextClassifier(_TransformersText, SequenceClassifierBase):
     """``AutoModelForSequenceClassification`` from a folder: every class's score per text."""
 
-    known_params = SequenceClassifierBase.known_params | {"attn_implementation"}
+    # zero_shot: false names this class (true picks the zero-shot one: for_weights)
+    known_params = SequenceClassifierBase.known_params | {"attn_implementation", "zero_shot"}
+
+    @classmethod
+    def for_weights(cls, spec: ModelSpec, weights: Path) -> type[Predictor]:
+        """``params.zero_shot: true`` runs an NLI model as a zero-shot classifier into the spec's labels
+        (:mod:`.zero_shot`); otherwise the folder is the fixed-class classifier its config describes (an NLI
+        model too: its classes are then entailment, neutral and contradiction)."""
+        from avala_infer.predictors.text.zero_shot import ZeroShotTextClassifier, wants_zero_shot
+
+        return ZeroShotTextClassifier if wants_zero_shot(spec) else cls
 
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         super().__init__(spec, weights, device, threads)

@@ -1,0 +1,335 @@
+"""Box-prompted instance segmentation: a detector's boxes prompt a SAM model, whose masks the boxes keep.
+
+A chain spec names the segmenter's weights and the detector::
+
+    name: yolo11n-sam
+    model_type: instance_segmentation
+    backend: transformers
+    weights: sam-vit-base            # a folder saved with save_pretrained: SamModel + SamProcessor
+    params:
+      detector: yolo11n              # any object_detection model: a model name or a spec .yaml path
+      multimask_output: false        # true: SAM's three masks per box, the one it scores best kept
+      mask_threshold: 0.0            # mask logits above it are the instance (SamProcessor.post_process_masks)
+
+The chain's labels are the detector's (a ``labels:`` list on the chain spec replaces the detector's as it would
+on the detector's own spec); each instance keeps the detector's box, class and score, and SAM's predicted IoU
+of its mask is its mask score. ``input_size``, ``letterbox`` and ``precision`` of the chain apply to the
+detector too (the segmenter's input size is its processor's).
+
+The run's filters (confidence, labels, per-label thresholds, label mapping) choose the boxes that prompt SAM:
+the engine passes its compiled filter to ``postprocess`` (``label_filter``), which keeps the boxes the filter
+will keep and segments only those. The result stays in the detector's class ids: the engine's filter then maps
+it as for any detector (applying the mapping here as well would map twice).
+
+Batched: ``forward`` runs the detector and SAM's image encoder on the whole batch; ``postprocess`` runs the
+detector's NMS, then SAM's prompt encoder and mask decoder once over every box of every image of the batch
+(each box beside its image's embedding, a chunk of boxes at a time), then each image's masks go up to its
+original size exactly as ``SamProcessor.post_process_masks`` does (bilinear to the padded input, the padding cut,
+bilinear to the original, above ``mask_threshold``). The mask decoder runs in ``postprocess``, not ``forward``:
+which boxes it decodes depends on the run's filter, which only ``postprocess`` receives. An instance whose mask
+comes out empty is dropped, as YOLO-seg drops one (no writer can outline an empty mask).
+
+Families: ``SamModel`` with ``SamProcessor`` (``model_type: sam`` in the folder's config.json).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from avala_infer.annotations import Detections
+from avala_infer.errors import ConfigError, ModelLoadError, ModelSpecError
+from avala_infer.predictors.base import Predictor
+from avala_infer.predictors.transformers_loading import quiet_loading
+from avala_infer.specs import ModelSpec, find_spec
+from avala_infer.types import ModelType
+
+log = logging.getLogger(__name__)
+
+PARAMS = frozenset({"detector", "multimask_output", "mask_threshold"})
+SAM_FAMILIES = ("sam",)  # config.json model_type values this module runs
+# boxes the mask decoder takes at once: each carries a copy of its image's embedding (256 x 64 x 64 floats, 4 MB,
+# for SAM ViT-B) and the decoder's activations
+DECODE_CHUNK = 64
+# bytes: the float intermediates of one chunk of masks going up to the original size (the padded input size and
+# the original size, 4 bytes a pixel each), on top of the bool masks returned
+MASK_MEMORY_BUDGET = 256 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompted:
+    """One image prepared for both models: the detector's input and SAM's padded ``pixel_values`` (3, S, S), with
+    the original (height, width) and the (height, width) it was resized to before padding."""
+
+    detector_input: Any
+    pixel_values: Any
+    orig_shape: tuple[int, int]
+    resized_shape: tuple[int, int]
+
+
+def load_sam_folder(folder: Path) -> tuple[Any, Any]:
+    """(SamProcessor, SamModel in eval mode on the CPU, fp32) from a ``save_pretrained`` folder."""
+    from transformers import AutoConfig, SamModel, SamProcessor
+
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"{folder} is not a folder: a box-prompted segmenter's weights are a folder saved with save_pretrained "
+            "(config.json, the weights and the processor's config)"
+        )
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # OSError, ValueError, KeyError...: transformers raises many types
+        raise ModelLoadError(f"cannot read a model config from {folder}: {exc}") from exc
+    if config.model_type not in SAM_FAMILIES:
+        raise ModelLoadError(
+            f"{folder} holds a {config.model_type!r} model; box-prompted segmentation runs {', '.join(SAM_FAMILIES)} "
+            "models (SamModel with SamProcessor)"
+        )
+    try:
+        processor = SamProcessor.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load a SamProcessor from {folder} ({exc}); save one there with processor.save_pretrained(folder)"
+        ) from exc
+    try:
+        with quiet_loading():
+            model = SamModel.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load a SAM model from {folder}: {exc}") from exc
+    return processor, model.float().eval()
+
+
+def sam_box_prompts(boxes: np.ndarray, orig_shape: tuple[int, int], resized_shape: tuple[int, int]) -> np.ndarray:
+    """xyxy boxes in original pixels -> float64 boxes in SAM's resized input, with the processor's arithmetic
+    (``SamProcessor._normalize_coordinates``: float64, x by the width's scale, y by the height's); the prompt
+    encoder reads them as given, so the same float64 values give the same embeddings."""
+    (old_h, old_w), (new_h, new_w) = orig_shape, resized_shape
+    coords = boxes.astype(np.float64).reshape(-1, 2, 2)
+    coords[..., 0] = coords[..., 0] * (new_w / old_w)
+    coords[..., 1] = coords[..., 1] * (new_h / old_h)
+    return coords.reshape(-1, 4)
+
+
+def decode_boxes(
+    model: Any, embeddings: Any, image_index: np.ndarray, prompts: np.ndarray, multimask: bool
+) -> tuple[Any, Any]:
+    """SAM's prompt encoder and mask decoder over every box of a batch: (low-resolution mask logits (k, 1, h, w),
+    mask scores (k,)), box by box in the order given. ``embeddings`` are the batch's image embeddings, box ``i``
+    belongs to image ``image_index[i]`` and is prompted by ``prompts[i]`` (SAM input pixels, float64).
+
+    Each box goes to the decoder as an image of its own (its image's embedding beside it): the decoder treats the
+    boxes of one image as independent anyway, and so no padding box is decoded. With ``multimask`` the decoder
+    makes three masks per box and the one with the highest predicted IoU is kept."""
+    import torch
+
+    device = embeddings.device
+    masks, scores = [], []
+    for start in range(0, len(prompts), DECODE_CHUNK):
+        chunk = slice(start, start + DECODE_CHUNK)
+        index = torch.as_tensor(image_index[chunk], device=device)
+        boxes = torch.as_tensor(prompts[chunk], device=device)[:, None, :]  # (k, 1, 4): one box per "image"
+        out = model(image_embeddings=embeddings[index], input_boxes=boxes, multimask_output=multimask)
+        low, iou = out.pred_masks[:, 0], out.iou_scores[:, 0]  # (k, m, h, w), (k, m)
+        best = iou.argmax(1)
+        picked = torch.arange(len(best), device=device)
+        masks.append(low[picked, best][:, None])
+        scores.append(iou[picked, best])
+    return torch.cat(masks), torch.cat(scores)
+
+
+def masks_at_original(
+    low_res: Any,
+    padded_size: tuple[int, int],
+    resized_shape: tuple[int, int],
+    orig_shape: tuple[int, int],
+    threshold: float,
+) -> Any:
+    """One image's low-resolution mask logits (n, 1, h, w) -> bool masks (n, H, W) at the original size, as
+    ``SamProcessor.post_process_masks``: bilinear up to the padded input, the padding cut away, bilinear to the
+    original size, above ``threshold``. A chunk of masks at a time, within ``MASK_MEMORY_BUDGET`` bytes of floats
+    (each mask is upsampled on its own either way: the same values bit for bit)."""
+    import torch
+    import torch.nn.functional as F
+
+    n = len(low_res)
+    height, width = orig_shape
+    out = torch.empty((n, height, width), dtype=torch.bool, device=low_res.device)
+    per_mask = 4 * (padded_size[0] * padded_size[1] + height * width)
+    step = max(1, MASK_MEMORY_BUDGET // per_mask)
+    for start in range(0, n, step):
+        chunk = low_res[start : start + step].float()
+        padded = F.interpolate(chunk, padded_size, mode="bilinear", align_corners=False)
+        resized = padded[..., : resized_shape[0], : resized_shape[1]]
+        full = F.interpolate(resized, orig_shape, mode="bilinear", align_corners=False)
+        torch.gt(full[:, 0], threshold, out=out[start : start + step])
+    return out
+
+
+def tight_bounds(masks: Any) -> Any:
+    """int64 (n, 4) ``x1, y1, x2, y2`` (half-open) of each bool mask's set pixels, on the masks' device; an empty
+    mask gets (0, 0, 0, 0). Two reductions of the masks: far less than the upsampling that made them."""
+    import torch
+
+    n, height, width = masks.shape
+    bounds = torch.zeros((n, 4), dtype=torch.int64, device=masks.device)
+    if n == 0:
+        return bounds
+    cols, rows = masks.any(1), masks.any(2)  # (n, W), (n, H)
+    nonempty = cols.any(1)
+    xs = torch.arange(width, device=masks.device)
+    ys = torch.arange(height, device=masks.device)
+    x1 = torch.where(cols, xs, width).amin(1)
+    x2 = torch.where(cols, xs, -1).amax(1) + 1
+    y1 = torch.where(rows, ys, height).amin(1)
+    y2 = torch.where(rows, ys, -1).amax(1) + 1
+    bounds[nonempty] = torch.stack((x1, y1, x2, y2), 1)[nonempty]
+    return bounds
+
+
+def kept_by_filter(detections: Detections, label_filter: Any) -> np.ndarray:
+    """Which boxes the run's compiled filter (:class:`avala_infer.filters.LabelFilter`) keeps: its class is kept
+    after mapping and its score reaches that class's threshold (``LabelFilter.apply``'s rule, without the
+    renaming, which the engine does once on the chain's output). ``None``: every box."""
+    if label_filter is None or not len(detections):
+        return np.ones(len(detections), dtype=bool)
+    out_ids = label_filter.class_to_output[detections.class_id]
+    keep = out_ids >= 0
+    keep &= detections.confidence >= label_filter.thresholds[np.where(keep, out_ids, 0)]
+    return keep
+
+
+def with_mask_scores(detections: Detections, scores: np.ndarray) -> Detections:
+    """``detections`` carrying SAM's mask scores (its predicted IoU per mask) in ``Detections.mask_score``."""
+    return dataclasses.replace(detections, mask_score=scores)
+
+
+def without_instances(detections: Detections, orig_shape: tuple[int, int]) -> Detections:
+    """An image without boxes, as YOLO-seg gives one: an empty (0, H, W) mask array and (0, 4) bounds."""
+    empty = np.zeros((0, *orig_shape), dtype=bool)
+    return dataclasses.replace(detections, mask=empty, mask_bounds=np.zeros((0, 4), dtype=np.int64))
+
+
+class BoxPromptedSegmenter(Predictor):
+    """A detector, then SAM on its boxes. Loading the detector by its spec's (model type, backend) is a registry
+    look-up, which lies above the predictors: the registered subclass (:mod:`avala_infer.engine.chains`) does it
+    in :meth:`load_detector`."""
+
+    model_type = ModelType.INSTANCE_SEGMENTATION
+    backend = "transformers"
+
+    def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
+        super().__init__(spec, weights, device, threads)
+        spec.check_params(PARAMS)
+        self.multimask = bool(spec.param("multimask_output", False, choices=(True, False)))
+        threshold = spec.param("mask_threshold", 0.0)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise ModelSpecError(f"params.mask_threshold of model {spec.name!r} must be a number, got {threshold!r}")
+        self.mask_threshold = float(threshold)
+        detector = self.detector_spec(spec)
+        if detector.model_type is not ModelType.OBJECT_DETECTION:
+            raise ConfigError(
+                f"params.detector of model {spec.name!r} is {detector.name!r}, a {detector.model_type.value} "
+                "model; the boxes that prompt the segmenter come from an object_detection model"
+            )
+        self.detector = self.load_detector(detector, device, threads)
+        self.labels = self.detector.labels
+        self.processor, model = load_sam_folder(weights)
+        image_processor = self.processor.image_processor
+        self.padded_size = (int(image_processor.pad_size["height"]), int(image_processor.pad_size["width"]))
+        model = model.to(device)
+        self.model = model.half() if self.fp16 else model
+
+    @staticmethod
+    def detector_spec(spec: ModelSpec) -> ModelSpec:
+        """The detector's spec: ``params.detector`` (a model name, or a spec path, relative to the chain spec's
+        folder when it is not found as given), with the chain's labels, input size, letterbox and precision."""
+        name = spec.params.get("detector")
+        if not name or not isinstance(name, str):
+            raise ModelSpecError(
+                f"model {spec.name!r} needs params.detector: the object_detection model whose boxes prompt the "
+                "segmenter (a model name such as yolo11n, or a spec .yaml path)"
+            )
+        found = None
+        if spec.source and not Path(name).is_absolute() and name.endswith((".yaml", ".yml")):
+            beside = Path(spec.source).parent / name
+            found = find_spec(beside) if beside.is_file() else None
+        detector = found or find_spec(name)
+        return detector.with_overrides(
+            labels=None if spec.labels_from_weights else spec.labels,
+            input_size=spec.input_size,
+            letterbox=spec.letterbox,
+            precision=spec.precision,
+            batch_size=spec.batch_size,
+        )
+
+    @abc.abstractmethod
+    def load_detector(self, spec: ModelSpec, device: str, threads: int | None) -> Predictor:
+        """The detector's predictor for ``spec``, loaded on ``device``."""
+
+    def close(self) -> None:
+        release = getattr(self.detector, "close", None)
+        if callable(release):
+            release()
+
+    def prepare(self, image: np.ndarray) -> Prompted:
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        inputs = self.processor.image_processor(images=rgb, return_tensors="pt", input_data_format="channels_last")
+        resized = tuple(int(x) for x in inputs["reshaped_input_sizes"][0])
+        return Prompted(self.detector.prepare(image), inputs["pixel_values"][0], image.shape[:2], resized)
+
+    def batch_key(self, prepared: Prompted) -> Hashable:
+        return (self.detector.batch_key(prepared.detector_input), tuple(prepared.pixel_values.shape))
+
+    def collate(self, prepared: Sequence[Prompted]) -> tuple[Any, Any]:
+        import torch
+
+        pixels = torch.stack([p.pixel_values for p in prepared])
+        if self.device != "cpu":
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        pixels = pixels.half() if self.fp16 else pixels.float()
+        return self.detector.collate([p.detector_input for p in prepared]), pixels
+
+    def forward(self, batch: tuple[Any, Any]) -> tuple[Any, Any]:
+        detector_batch, pixels = batch
+        return self.detector.forward(detector_batch), self.model.get_image_embeddings(pixels)
+
+    def postprocess(
+        self, raw: tuple[Any, Any], prepared: Sequence[Prompted], *, label_filter: Any = None, **options: Any
+    ) -> list[Detections]:
+        """The detector's boxes the run's filter keeps, each with its SAM mask (see the module docstring)."""
+        detector_raw, embeddings = raw
+        found = self.detector.postprocess(detector_raw, [p.detector_input for p in prepared], **options)
+        boxes = [d[kept_by_filter(d, label_filter)] for d in found]
+        counts = [len(d) for d in boxes]
+        if not sum(counts):
+            return [without_instances(d, p.orig_shape) for d, p in zip(boxes, prepared)]
+        image_index = np.repeat(np.arange(len(boxes)), counts)
+        prompts = np.concatenate(
+            [sam_box_prompts(d.xyxy, p.orig_shape, p.resized_shape) for d, p in zip(boxes, prepared)]
+        )
+        low_res, scores = decode_boxes(self.model, embeddings, image_index, prompts, self.multimask)
+        scores = scores.float().cpu().numpy()
+        results, start = [], 0
+        for detections, item, n in zip(boxes, prepared, counts):
+            mine = slice(start, start + n)
+            start += n
+            if not n:
+                results.append(without_instances(detections, item.orig_shape))
+                continue
+            masks = masks_at_original(
+                low_res[mine], self.padded_size, item.resized_shape, item.orig_shape, self.mask_threshold
+            )
+            bounds = tight_bounds(masks).cpu().numpy()
+            host = masks.cpu().numpy()
+            segmented = dataclasses.replace(detections, mask=host, mask_bounds=bounds)
+            segmented = with_mask_scores(segmented, scores[mine])
+            nonempty = bounds[:, 2] > bounds[:, 0]
+            results.append(segmented if nonempty.all() else segmented[nonempty])
+        return results

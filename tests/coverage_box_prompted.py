@@ -1,0 +1,81 @@
+"""Box-prompted segmentation (a detector's boxes prompt SAM): a tiny random SAM and a chain spec over yolo11n.
+
+No SAM weights exist here: :func:`tiny_sam_folder` builds one from SAM's config (hidden 32, two layers, a
+128-pixel input, so its mask logits are 32 x 32) and saves it with its processor, as a user's folder would be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from avala_infer.annotations import Detections
+from avala_infer.specs import ModelSpec
+from avala_infer.types import ModelType
+from tests.conftest import ASSETS, need
+from tests.coverage_base import Case, Coverage
+
+SAM_SIZE = 128
+
+
+def tiny_sam_folder(folder: Path, image_size: int = SAM_SIZE) -> Path:
+    """A random-weight ``SamModel`` and its ``SamProcessor`` saved in ``folder``."""
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import (
+        SamMaskDecoderConfig,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    vision = SamVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=16,
+        output_channels=32, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=16,
+    )  # fmt: skip
+    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, iou_head_hidden_dim=32
+    )
+    model = SamModel(SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    mask = image_size // 4
+    processor = SamProcessor(
+        SamImageProcessor(
+            size={"longest_edge": image_size},
+            pad_size={"height": image_size, "width": image_size},
+            mask_size={"longest_edge": mask},
+            mask_pad_size={"height": mask, "width": mask},
+        )
+    )
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def chain_spec(sam: Path, detector: str = "yolo11n", **params) -> ModelSpec:
+    return ModelSpec(
+        name="yolo11n-tiny-sam",
+        model_type=ModelType.INSTANCE_SEGMENTATION,
+        backend="transformers",
+        weights=str(sam),
+        params={"detector": detector, **params},
+    )
+
+
+def check_instances(p) -> None:
+    """Instances with masks at the original size, one per box, none empty, each inside its bounds."""
+    d = p.result
+    assert p.error is None and isinstance(d, Detections) and len(d) > 0
+    assert d.mask is not None and d.mask.shape == (len(d), p.height, p.width)
+    assert d.mask.reshape(len(d), -1).any(1).all()
+    for mask, (x1, y1, x2, y2) in zip(d.mask, d.mask_bounds):
+        assert x1 < x2 and y1 < y2 and mask.sum() == mask[y1:y2, x1:x2].sum()
+
+
+def _case(tmp_dir: Path) -> Case:
+    need(ASSETS / "models" / "yolo11n.pt")
+    spec = chain_spec(tiny_sam_folder(tmp_dir / "tiny-sam"))
+    image = need(ASSETS / "data" / "coco128" / "images" / "val2017" / "000000000139.jpg")  # 13 boxes at 0.25
+    return Case(spec, [image, image], check_instances)
+
+
+COVERAGE: Coverage = {(ModelType.INSTANCE_SEGMENTATION, "transformers"): _case}

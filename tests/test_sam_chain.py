@@ -1,0 +1,217 @@
+"""Box-prompted segmentation: yolo11n's boxes prompt a tiny random SAM (instance_segmentation / transformers).
+
+Parity: each instance's mask equals, pixel for pixel, what ``SamModel`` + ``SamProcessor.post_process_masks`` give
+for the same image and the same boxes, one image at a time; the mask scores equal SAM's ``iou_scores``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from avala_infer.errors import ConfigError, ModelLoadError, ModelSpecError
+from tests.conftest import VAL_IMAGES, need
+from tests.coverage_box_prompted import chain_spec, check_instances, tiny_sam_folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory):
+    return tiny_sam_folder(tmp_path_factory.mktemp("tiny-sam"))
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Six coco128 val2017 photos of several sizes and box counts (13, 1, 5, 2, 5 and 3 boxes at 0.25)."""
+    names = ("000000000139", "000000000285", "000000000632", "000000000724", "000000000776", "000000000785")
+    return [need(VAL_IMAGES / f"{name}.jpg") for name in names]
+
+
+@pytest.fixture(scope="session")
+def chain(tiny_sam):
+    from avala_infer import Engine
+
+    with Engine(chain_spec(tiny_sam), device="cpu", batch_size=4) as engine:
+        yield engine
+
+
+def _reference(model, processor, path, boxes, multimask: bool):
+    """transformers one image at a time: (bool masks (n, H, W), scores (n,)) for ``boxes``; with ``multimask`` the
+    mask SAM scores best of its three, as the chain keeps."""
+    import torch
+
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # the engine's decode: the same pixels
+    inputs = processor(images=rgb, input_boxes=[boxes.tolist()], return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**inputs, multimask_output=multimask)
+    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])[0]
+    scores = out.iou_scores[0]
+    best = scores.argmax(1)
+    rows = torch.arange(len(best))
+    return masks[rows, best].numpy(), scores[rows, best].numpy()
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_masks_equal_post_process_masks(tiny_sam, photos, multimask):
+    """Batches of 4 images with different box counts (the decoder takes every box of a batch at once)."""
+    from transformers import SamModel, SamProcessor
+
+    from avala_infer import Engine
+
+    model = SamModel.from_pretrained(str(tiny_sam)).eval()
+    processor = SamProcessor.from_pretrained(str(tiny_sam))
+    images = photos if not multimask else photos[:4]
+    with Engine(chain_spec(tiny_sam, multimask_output=multimask), device="cpu", batch_size=4) as engine:
+        predictions = list(engine.predict(images))
+    compared = 0
+    for path, p in zip(images, predictions):
+        check_instances(p)
+        d = p.detections
+        masks, _ = _reference(model, processor, path, d.xyxy, multimask)
+        assert np.array_equal(d.mask, masks), f"{path.name}: {(d.mask != masks).sum()} pixels differ"
+        compared += len(d)
+    assert compared >= (29 if not multimask else 21)
+
+
+def test_mask_scores_equal_iou_scores(chain, tiny_sam, photos):
+    """The scores the chain keeps per mask (``Detections.mask_score``) are SAM's predicted IoU for the same boxes,
+    decoded over a whole batch at once; ``confidence`` stays the detector's."""
+    import torch
+    from transformers import SamModel, SamProcessor
+
+    from avala_infer.predictors.segmentation.box_prompted import decode_boxes, sam_box_prompts
+
+    model = SamModel.from_pretrained(str(tiny_sam)).eval()
+    processor = SamProcessor.from_pretrained(str(tiny_sam))
+    predictor = chain.predictor
+    prepared = [predictor.prepare(cv2.imread(str(path))) for path in photos[:3]]
+    predictions = list(chain.predict(photos[:3]))
+    boxes = [p.detections.xyxy for p in predictions]
+    with torch.inference_mode():
+        embeddings = predictor.model.get_image_embeddings(torch.stack([p.pixel_values for p in prepared]))
+        prompts = np.concatenate([sam_box_prompts(b, p.orig_shape, p.resized_shape) for b, p in zip(boxes, prepared)])
+        index = np.repeat(np.arange(len(boxes)), [len(b) for b in boxes])
+        _, scores = decode_boxes(predictor.model, embeddings, index, prompts, multimask=False)
+    expected = np.concatenate([_reference(model, processor, path, b, False)[1] for path, b in zip(photos, boxes)])
+    assert len(expected) == sum(map(len, boxes)) > 0
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=0, atol=1e-6)
+    kept = np.concatenate([p.detections.mask_score for p in predictions])
+    np.testing.assert_allclose(kept, expected, rtol=0, atol=1e-6)
+    assert not np.allclose(kept, np.concatenate([p.detections.confidence for p in predictions]))
+
+
+def test_the_run_filters_choose_the_prompts(chain, photos):
+    """The boxes that prompt SAM are the detector's after the run's filters, in the detector's vocabulary (the
+    engine maps them once); the output is exactly the filtered detector's boxes, mapped."""
+    import torch
+
+    from avala_infer import Engine
+
+    options = dict(
+        confidence_threshold=0.3,
+        labels=["human", "toy"],
+        label_map={"person": "human", "teddy bear": "toy"},
+        label_thresholds={"toy": 0.5},
+    )
+    with Engine("yolo11n", device="cpu", batch_size=4) as detector:
+        expected = list(detector.predict(photos, **options))
+    got = list(chain.predict(photos, **options))
+    assert sum(len(p.detections) for p in got) >= 4  # 4 people and teddy bears pass these filters
+    for want, p in zip(expected, got):
+        d = p.detections
+        assert set(d.class_name) <= {"human", "toy"} and d.mask is not None
+        np.testing.assert_array_equal(d.xyxy, want.detections.xyxy)
+        np.testing.assert_array_equal(d.confidence, want.detections.confidence)
+    # what postprocess hands the engine: only the kept boxes were segmented, still named as the detector names them
+    predictor = chain.predictor
+    prepared = [predictor.prepare(cv2.imread(str(path))) for path in photos[:4]]
+    prepared = [p for p in prepared if predictor.batch_key(p) == predictor.batch_key(prepared[0])]
+    opts = chain.predict_options(**options)
+    with torch.inference_mode():
+        raw = predictor.forward(predictor.collate(prepared))
+        results = predictor.postprocess(raw, prepared, **opts.postprocess_options())
+        unfiltered = predictor.postprocess(raw, prepared, score_floor=0.3)
+    assert sum(len(r) for r in results) < sum(len(r) for r in unfiltered)
+    for r, whole in zip(results, unfiltered):
+        floor = np.where(r.class_name == "teddy bear", 0.5, 0.3)
+        assert set(r.class_name) <= {"person", "teddy bear"} and (r.confidence >= floor).all()
+        same = np.isin(whole.confidence, r.confidence) & np.isin(whole.class_name, ["person", "teddy bear"])
+        assert same.sum() == len(r)
+        assert np.array_equal(r.mask, whole.mask[same])  # a box's mask never depends on the other boxes
+
+
+def test_label_cli_writes_coco_masks(chain, tiny_sam, photos, tmp_path):
+    """``avala-infer label DIR --model CHAIN.yaml --format coco``: RLE masks, the detector's categories."""
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(
+        f"name: yolo11n-tiny-sam\nmodel_type: instance_segmentation\nbackend: transformers\nweights: {tiny_sam}\n"
+        "params:\n  detector: yolo11n\n"
+    )
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in photos[:3]:
+        (folder / path.name).symlink_to(path)
+    command = ["label", folder, "--model", spec, "--device", "cpu", "--format", "coco", "--out", tmp_path / "coco"]
+    done = subprocess.run(
+        [sys.executable, "-m", "avala_infer.cli", *map(str, command)],
+        capture_output=True, text=True, env={**os.environ}, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    coco = json.loads((tmp_path / "coco" / "annotations.coco.json").read_text())
+    in_process = [p.detections for p in chain.predict(photos[:3])]  # the same weights, threshold 0.25
+    assert len(coco["images"]) == 3 and len(coco["annotations"]) == sum(map(len, in_process)) > 0
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert {"person", "tv", "bear"} <= {names[a["category_id"]] for a in coco["annotations"]}
+    assert all(a["segmentation"]["counts"] and a["area"] > 0 for a in coco["annotations"])
+
+
+def test_dry_run_previews_the_chain(chain, photos, tmp_path):
+    from avala_infer.labeling import label
+
+    run = label(photos[:3], chain, out=tmp_path, formats=["coco"], dry_run=True, preview_count=3)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    kept = sum(len(p.detections) for p in chain.predict(photos[:3]))  # at the default threshold, 0.25
+    assert run.dry_run and summary["settings"]["dry_run"] is True and summary["annotations"] == kept > 0
+    assert summary["per_label"]["person"] >= 1
+    assert not list(tmp_path.glob("annotations*"))
+    previews = [p for p in tmp_path.rglob("*") if p.suffix in (".jpg", ".png", ".webp")]
+    assert len(previews) >= 3
+
+
+def test_spec_errors(tiny_sam, tmp_path):
+    from avala_infer import Engine
+
+    with pytest.raises(ModelSpecError, match="params.detector"):
+        Engine(chain_spec(tiny_sam, detector=""), device="cpu")
+    with pytest.raises(ModelSpecError, match="unknown params"):
+        Engine(chain_spec(tiny_sam, prompts={"a": ["b"]}), device="cpu")
+    with pytest.raises(ConfigError, match="object_detection model"):
+        Engine(chain_spec(tiny_sam, detector="yolo11n-seg"), device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(ModelLoadError, match="SamModel"):
+        Engine(chain_spec(tmp_path), device="cpu")
+
+
+def test_a_prompted_detector_makes_a_prompted_chain(tiny_sam, tmp_path):
+    """An open-vocabulary detector's chain takes a run's vocabulary (``Engine(vocabulary=)``) and hands it to the
+    detector: the instances are named by it, and each has its mask."""
+    from avala_infer import Engine
+    from tests.coverage_open_vocab import owl_folder  # the tiny OWLv2 of the open-vocabulary tests
+
+    detector = tmp_path / "owl.yaml"
+    detector.write_text(
+        f"name: tiny-owl\nmodel_type: object_detection\nbackend: transformers\n"
+        f"weights: {owl_folder(tmp_path, 'owlv2')}\nlabels: [person, car]\n"
+    )
+    with Engine(chain_spec(tiny_sam, detector=str(detector)), device="cpu", vocabulary=["person", "bus"]) as engine:
+        assert engine.predictor.prompted and engine.labels == ("person", "bus")
+        (p,) = engine.predict([need(VAL_IMAGES / "000000000139.jpg")], confidence_threshold=0.01, max_det=5)
+    check_instances(p)
+    assert len(p.detections) == 5 and set(p.detections.class_name) <= {"person", "bus"}
+    with pytest.raises(ConfigError, match="fixed vocabulary"):
+        Engine(chain_spec(tiny_sam), device="cpu", vocabulary=["person"])
