@@ -12,7 +12,14 @@ child process with ``OMP_NUM_THREADS=1`` as Ray sets it for a 1-CPU actor), in m
 without Ray, i.e. what moving rows in and pickled predictions out of an actor costs per item. The default runs: one
 actor on 1 CPU, two actors on 1 CPU each, one actor on 2 CPUs (``--actors 1x1,2x1,1x2``). Nothing is asserted.
 
+``--memory 2000,20000`` measures instead the driver's memory as a job grows: real jobs of that many short texts
+(the MiniLM SST-2 classifier), each run by a job runner with the Ray executor over a real store, and the
+driver's peak RSS during each job above its RSS before it (a warm-up job runs first, so imports count in none).
+The driver holds a window of rows, not the job's task list (``jobs/executors/ray_feed.py``): the figures should
+not grow with the job.
+
     python benchmarks/bench_ray.py --repeat 1                       # coco128 train2017 once (128 images)
+    python benchmarks/bench_ray.py --memory 2000,20000              # the driver's RSS over 2k and 20k tasks
     python benchmarks/bench_ray.py --actors 1x1,2x1 --repeat 4 --json /tmp/ray.json
     python benchmarks/bench_ray.py --address auto --actors 8x1 --device auto --repeat 100   # 8 GPU actors
 
@@ -98,6 +105,75 @@ def run_ray(executor: Any, model: str, device: str, items: list[Any], actors: in
     return {"actors": actors, "cpus_per_actor": cpus, "actor_device": engine.device, **timing}
 
 
+TEXT_MODEL = "sentiment-minilm-sst2"
+
+
+def run_memory(sizes: list[int]) -> dict[str, Any]:
+    """The driver's peak RSS above its start during real Ray jobs of ``sizes`` text tasks (one local cluster)."""
+    import tempfile
+    import threading
+
+    import psutil
+    import ray
+
+    from avala_infer.jobs import JobRunner
+    from avala_infer.jobs.executors.ray import RayExecutor
+    from avala_infer.projects.imports import import_sources
+    from avala_infer.store import Store, worker_id
+    from avala_infer.types import Text
+
+    process = psutil.Process()
+
+    def job(size: int) -> dict[str, Any]:
+        home = Path(tempfile.mkdtemp(prefix="bench-ray-memory-"))
+        with Store(home) as store:
+            project = store.projects.create("texts", data_type="text", models={"text_classification": TEXT_MODEL})
+            texts = [Text(f"the film number {n} was {('dull', 'fine', 'superb')[n % 3]}") for n in range(size)]
+            import_sources(store, project["uid"], texts)
+            uid = store.jobs.create(project["uid"], model_type="text_classification", confidence_threshold=0.0)["uid"]
+        before = process.memory_info().rss
+        peak, done = [before], threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], process.memory_info().rss)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        t0 = time.perf_counter()
+        with Store(home) as store, JobRunner(store, worker_id(), device="cpu", executor=RayExecutor()) as runner:
+            finished = runner.run(store.jobs.claim(runner.worker, runner.lease_s, only=uid))
+        wall = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        assert finished["status"] == "completed" and finished["successful_items"] == size, finished
+        return {
+            "tasks": size,
+            "rss_before_mib": round(before / 2**20, 1),
+            "peak_rss_above_mib": round((peak[0] - before) / 2**20, 1),
+            "wall_s": round(wall, 1),
+        }
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=128 * 2**20, log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    try:
+        progress("warm-up job: 50 tasks")
+        job(50)
+        runs = []
+        for size in sizes:
+            progress(f"a job of {size} text tasks on 2 one-CPU actors")
+            runs.append(job(size))
+    finally:
+        ray.shutdown()
+    print(f"driver memory of Ray jobs of {TEXT_MODEL} over short texts (peak RSS above the RSS before the job)")
+    for run in runs:
+        print(f"{run['tasks']:>8} tasks: {run['peak_rss_above_mib']:>7} MiB above {run['rss_before_mib']} MiB, "
+              f"{run['wall_s']} s")  # fmt: skip
+    return {"machine": machine_info("ray"), "model": TEXT_MODEL, "memory": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="yolo11n", help="model name or spec (default: yolo11n, ultralytics)")
@@ -113,10 +189,16 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local cluster (without --address)")
     parser.add_argument("--device", default="cpu", help="the actors' and the local engine's device")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--memory", default=None, help="job sizes (tasks), comma-separated: the driver's RSS instead")
     parser.add_argument("--as-actor", action="store_true", help=argparse.SUPPRESS)  # run_local_as_actor's child
     args = parser.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("AVALA_INFER_MODELS", str(assets_dir() / "models"))
+    if args.memory:
+        report = run_memory([int(size) for size in args.memory.split(",")])
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        return
     folder = args.images or assets_dir() / "data" / "coco128" / "images" / "train2017"
     items = items_of(folder, args.repeat)
     if args.as_actor:

@@ -1,11 +1,10 @@
 """Issue 14, point 4: where a Ray job's items live. The actor class runs here without a cluster (it is a plain
 class Ray instantiates in its worker processes): a local path is read as it is, a ``file://`` URI is fetched
-through pyarrow.fs and predicts exactly as its path does, and a URI no installed reader opens fails its item
-alone with a reason that says what to install."""
+through pyarrow.fs and predicts exactly as its path does, ``s3://`` URIs are fetched from a real S3 API (moto's
+server on 127.0.0.1, the objects uploaded with boto3) and predict as their files do, and a URI no installed
+reader opens, or an object that is not there, fails its item alone with the reason."""
 
 from __future__ import annotations
-
-import pickle
 
 import numpy as np
 import pytest
@@ -30,28 +29,76 @@ def test_a_uri_without_a_reader_says_what_to_install():
         read_uri("nosuch://bucket/image.jpg")
 
 
-def test_an_actor_reads_paths_and_uris_alike(tmp_path):
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory):
+    """An actor of the YOLO11n ONNX export on one CPU, as a Ray job builds it."""
     need(ASSETS / "models" / "yolo11n.onnx")
-    images = sorted(need(VAL_IMAGES).glob("*.jpg"))[:2]
-    spec = write_spec(tmp_path / "specs", name="uri-yolo")
+    spec = write_spec(tmp_path_factory.mktemp("specs"), name="uri-yolo")
     with Engine(spec, device="cpu") as engine:
         options = engine.predict_options(confidence_threshold=0.25)
     actor = EngineActor(str(spec), "cpu", options, {"num_cpus": 1})
+    yield actor
+    actor.engine.close()
+
+
+def predict(actor: EngineActor, sources: list[str]) -> list:
+    """``sources`` through the actor as one page; its predictions in order."""
+    predictions = actor.predict([(n, source, f"k{n}", None) for n, source in enumerate(sources)])
+    assert sorted(p.index for p in predictions) == list(range(len(sources)))
+    assert not list(actor.scratch.path.iterdir()), "fetched copies are deleted after each page"
+    return sorted(predictions, key=lambda p: p.index)
+
+
+def assert_same_detections(ours, theirs) -> None:
+    assert ours.ok and theirs.ok and len(theirs.detections) > 0
+    np.testing.assert_allclose(ours.detections.xyxy, theirs.detections.xyxy, atol=1e-4)
+    np.testing.assert_array_equal(ours.detections.class_id, theirs.detections.class_id)
+
+
+def test_an_actor_reads_paths_and_uris_alike(detector):
+    images = sorted(need(VAL_IMAGES).glob("*.jpg"))[:2]
     sources = [str(images[0]), images[1].as_uri(), "nosuch://bucket/x.jpg", images[0].as_uri()]
-    batch = {
-        "seq": np.arange(len(sources), dtype=np.int64),
-        "source": np.asarray(sources, dtype=object),
-        "key": np.asarray([f"k{n}" for n in range(len(sources))], dtype=object),
-        "text": np.asarray([None] * len(sources), dtype=object),
-    }
-    out = actor(batch)
-    predictions = {int(seq): pickle.loads(blob) for seq, blob in zip(out["seq"], out["prediction"])}
-    assert sorted(predictions) == [0, 1, 2, 3]
-    local, fetched, missing, same = (predictions[n] for n in range(4))
-    assert local.ok and fetched.ok and same.ok
-    assert len(local.detections) > 0
+    local, fetched, missing, same = predict(detector, sources)
+    assert local.ok and fetched.ok
     assert fetched.source == sources[1] and same.source == sources[3]  # the URI, not the scratch copy
-    np.testing.assert_allclose(same.detections.xyxy, local.detections.xyxy, atol=1e-4)
-    np.testing.assert_array_equal(same.detections.class_id, local.detections.class_id)
+    assert_same_detections(same, local)
     assert not missing.ok and "no reader for nosuch://" in missing.error
-    assert not list(actor.scratch.path.iterdir()), "fetched copies are deleted after each call"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on 127.0.0.1 (a real S3 API over HTTP), and the environment that points the readers'
+    S3 clients at it (pyarrow.fs reads AWS_ENDPOINT_URL, as boto3 does)."""
+    server_module = pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    boto3 = pytest.importorskip("boto3")
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        try:
+            yield boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
+        finally:
+            server.stop()
+
+
+def test_an_actor_reads_s3_uris_from_an_s3_api(detector, s3):
+    images = sorted(need(VAL_IMAGES).glob("*.jpg"))[:2]
+    s3.create_bucket(Bucket="items")
+    for path in images:
+        s3.upload_file(str(path), "items", f"coco/{path.name}")
+    sources = [f"s3://items/coco/{images[0].name}", f"s3://items/coco/{images[1].name}", "s3://items/coco/none.jpg"]
+    first, second, absent = predict(detector, sources)
+    local_first, local_second = predict(detector, [str(path) for path in images])
+    assert first.source == sources[0] and second.source == sources[1]
+    assert_same_detections(first, local_first)
+    assert_same_detections(second, local_second)
+    assert not absent.ok and absent.error.startswith(f"cannot read {sources[2]}: ")
+    assert "none.jpg" in absent.error  # the object's own reason (not found), not a missing reader
