@@ -58,3 +58,15 @@ def copy_out(outputs: Any) -> Any:
     if isinstance(outputs, (tuple, list)):
         return type(outputs)(copy_out(o) for o in outputs)
     return outputs.clone() if hasattr(outputs, "clone") else outputs
+
+
+def stacked_on_device(tensors: Any, device: str, fp16: bool) -> Any:
+    """One batch tensor of equally shaped CPU tensors, on ``device`` in the model's precision: on a GPU stacked
+    into pinned memory and queued to the device on the current stream (a collate stage's side stream), so the
+    copy overlaps the forward pass of the batch before."""
+    import torch
+
+    batch = torch.stack(list(tensors))
+    if device != "cpu":
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    return batch.half() if fp16 else batch.float()

@@ -25,6 +25,7 @@ from avala_infer.annotations import Classifications
 from avala_infer.errors import ConfigError, ModelLoadError
 from avala_infer.predictors.base import Predictor
 from avala_infer.predictors.scoring import scores_from_logits
+from avala_infer.predictors.torch_runtime import stacked_on_device
 from avala_infer.predictors.transformers_loading import quiet_loading
 from avala_infer.specs import ModelSpec, resolve_path
 from avala_infer.types import ModelType
@@ -41,7 +42,27 @@ def pipeline_uses_sigmoid(config: Any) -> bool:
     return config.problem_type == "multi_label_classification" or config.num_labels == 1
 
 
-class TransformersImageClassifier(Predictor):
+class ProcessorImageBatches:
+    """``prepare``, ``batch_key`` and ``collate`` of a model fed by a transformers image processor
+    (``self.processor``): per image in the loader threads, BGR to RGB and the processor's ``pixel_values``; per
+    batch, stacked (pinned and sent ahead on a GPU) in the model's precision."""
+
+    processor: Any
+    device: str
+    fp16: bool
+
+    def prepare(self, image: np.ndarray):
+        rgb = np.ascontiguousarray(image[..., ::-1])
+        return self.processor(images=rgb, return_tensors="pt")["pixel_values"][0]
+
+    def batch_key(self, prepared) -> Hashable:
+        return tuple(prepared.shape)
+
+    def collate(self, prepared: Sequence[Any]):
+        return stacked_on_device(prepared, self.device, self.fp16)
+
+
+class TransformersImageClassifier(ProcessorImageBatches, Predictor):
     model_type = ModelType.IMAGE_CLASSIFICATION
     backend = "transformers"
 
@@ -84,21 +105,6 @@ class TransformersImageClassifier(Predictor):
         self.multi_label = pipeline_uses_sigmoid(config) if multi_label is None else bool(multi_label)
         model = model.to(device).eval()
         self.model = model.half() if self.fp16 else model
-
-    def prepare(self, image: np.ndarray):
-        rgb = np.ascontiguousarray(image[..., ::-1])
-        return self.processor(images=rgb, return_tensors="pt")["pixel_values"][0]
-
-    def batch_key(self, prepared) -> Hashable:
-        return tuple(prepared.shape)
-
-    def collate(self, prepared: Sequence[Any]):
-        import torch
-
-        batch = torch.stack(list(prepared))
-        if self.device != "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.half() if self.fp16 else batch.float()
 
     def forward(self, batch):
         return self.model(pixel_values=batch).logits

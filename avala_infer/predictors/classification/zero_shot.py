@@ -34,15 +34,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from avala_infer.annotations import Classifications
 from avala_infer.errors import ModelLoadError, ModelSpecError
 from avala_infer.predictors.base import Predictor
+from avala_infer.predictors.classification.transformers import ProcessorImageBatches
 from avala_infer.predictors.prompts import label_prompts
 from avala_infer.predictors.transformers_loading import quiet_loading
 from avala_infer.specs import ModelSpec, resolve_path
@@ -74,7 +73,7 @@ def zero_shot_family(weights: Path) -> str | None:
     return model_type if model_type in SUPPORTED or model_type in OTHER_ZERO_SHOT else None
 
 
-class ZeroShotImageClassifier(Predictor):
+class ZeroShotImageClassifier(ProcessorImageBatches, Predictor):
     """A CLIP-family model scoring each image against the labels' prompts."""
 
     model_type = ModelType.IMAGE_CLASSIFICATION
@@ -137,21 +136,6 @@ class ZeroShotImageClassifier(Predictor):
         accepted = ("input_ids", "attention_mask", "position_ids")
         inputs = {name: tensor.to(self.device) for name, tensor in tokens.items() if name in accepted}
         return _normalised(_pooled(self.model.get_text_features(**inputs)))
-
-    def prepare(self, image: np.ndarray):
-        rgb = np.ascontiguousarray(image[..., ::-1])
-        return self.processor(images=rgb, return_tensors="pt")["pixel_values"][0]
-
-    def batch_key(self, prepared) -> Hashable:
-        return tuple(prepared.shape)
-
-    def collate(self, prepared: Sequence[Any]):
-        import torch
-
-        batch = torch.stack(list(prepared))
-        if self.device != "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.half() if self.fp16 else batch.float()
 
     def forward(self, batch):
         """Logits per label ``(images, labels)``: each label's best prompt."""

@@ -43,7 +43,8 @@ from avala_infer.annotations import Detections
 from avala_infer.errors import ModelLoadError
 from avala_infer.predictors.base import Predictor
 from avala_infer.predictors.prompts import label_prompts
-from avala_infer.predictors.transformers_loading import quiet_loading
+from avala_infer.predictors.torch_runtime import stacked_on_device
+from avala_infer.predictors.transformers_loading import load_folder
 from avala_infer.specs import ModelSpec
 from avala_infer.types import ModelType
 
@@ -84,19 +85,7 @@ def load_zero_shot_folder(folder: Path) -> tuple[Any, Any]:
     """(processor, model in eval mode on the CPU, fp32) from a ``save_pretrained`` folder."""
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    try:
-        processor = AutoProcessor.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # OSError, ValueError, KeyError...: transformers raises many types
-        raise ModelLoadError(
-            f"cannot load a processor (image processor + tokenizer) from {folder} ({exc}); save one there with "
-            "processor.save_pretrained(folder)"
-        ) from exc
-    try:
-        with quiet_loading():
-            model = AutoModelForZeroShotObjectDetection.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load a zero-shot object detection model from {folder}: {exc}") from exc
-    return processor, model.float().eval()
+    return load_folder(folder, AutoProcessor, AutoModelForZeroShotObjectDetection, "a zero-shot object detection model")
 
 
 class OpenVocabDetector(Predictor):
@@ -162,12 +151,7 @@ class OpenVocabDetector(Predictor):
         return tuple(prepared.pixel_values.shape)
 
     def collate(self, prepared: Sequence[Processed]):
-        import torch
-
-        batch = torch.stack([p.pixel_values for p in prepared])
-        if self.device != "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.half() if self.fp16 else batch.float()
+        return stacked_on_device([p.pixel_values for p in prepared], self.device, self.fp16)
 
     def postprocess(
         self,

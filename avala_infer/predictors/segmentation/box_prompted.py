@@ -47,7 +47,7 @@ import numpy as np
 from avala_infer.annotations import Detections
 from avala_infer.errors import ConfigError, ModelLoadError, ModelSpecError
 from avala_infer.predictors.base import Predictor
-from avala_infer.predictors.transformers_loading import quiet_loading
+from avala_infer.predictors.transformers_loading import load_folder
 from avala_infer.specs import ModelSpec, find_spec
 from avala_infer.types import ModelType
 
@@ -92,18 +92,7 @@ def load_sam_folder(folder: Path) -> tuple[Any, Any]:
             f"{folder} holds a {config.model_type!r} model; box-prompted segmentation runs {', '.join(SAM_FAMILIES)} "
             "models (SamModel with SamProcessor)"
         )
-    try:
-        processor = SamProcessor.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"cannot load a SamProcessor from {folder} ({exc}); save one there with processor.save_pretrained(folder)"
-        ) from exc
-    try:
-        with quiet_loading():
-            model = SamModel.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load a SAM model from {folder}: {exc}") from exc
-    return processor, model.float().eval()
+    return load_folder(folder, SamProcessor, SamModel, "a SAM model")
 
 
 def sam_box_prompts(boxes: np.ndarray, orig_shape: tuple[int, int], resized_shape: tuple[int, int]) -> np.ndarray:

@@ -20,9 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from avala_infer.errors import ModelLoadError
 from avala_infer.predictors.segmentation.semantic import SemanticSegmenter
-from avala_infer.predictors.transformers_loading import quiet_loading
+from avala_infer.predictors.torch_runtime import stacked_on_device
+from avala_infer.predictors.transformers_loading import load_folder
 from avala_infer.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -48,24 +48,7 @@ def load_segmentation_folder(folder: Path) -> tuple[Any, Any]:
     """(image processor, model in eval mode on the CPU, fp32) from a ``save_pretrained`` folder."""
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-    if not folder.is_dir():
-        raise ModelLoadError(
-            f"{folder} is not a folder: transformers weights are a folder saved with save_pretrained "
-            "(config.json, the weights and preprocessor_config.json)"
-        )
-    try:
-        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:  # OSError, ValueError, KeyError...: transformers raises many types
-        raise ModelLoadError(
-            f"cannot load an image processor from {folder} ({exc}); save one there with "
-            "processor.save_pretrained(folder)"
-        ) from exc
-    try:
-        with quiet_loading():
-            model = AutoModelForSemanticSegmentation.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"cannot load a semantic segmentation model from {folder}: {exc}") from exc
-    return processor, model.float().eval()
+    return load_folder(folder, AutoImageProcessor, AutoModelForSemanticSegmentation, "a semantic segmentation model")
 
 
 class TransformersSemanticSegmenter(SemanticSegmenter):
@@ -88,12 +71,7 @@ class TransformersSemanticSegmenter(SemanticSegmenter):
         return tuple(prepared.pixel_values.shape)
 
     def collate(self, prepared: Sequence[Processed]):
-        import torch
-
-        batch = torch.stack([p.pixel_values for p in prepared])
-        if self.device != "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.half() if self.fp16 else batch.float()
+        return stacked_on_device([p.pixel_values for p in prepared], self.device, self.fp16)
 
     def forward(self, batch):
         return self.model(pixel_values=batch).logits
