@@ -7,7 +7,10 @@ annotations itself over the plain images: boxes and instance masks (polygons) in
 spans as tags and highlights, each with its label and full score. A threshold slider (starting at the run's
 threshold, or at ``#conf=0.6`` from the address) and a label filter hide and show them live and update the
 per-label counts: those of the previewed items, and the whole run's (from the summary's counts at every
-0.01 step). The chosen settings are shown as the ``avala-infer auto-label create ...`` command and the
+0.01 step). A prompted model (open-vocabulary detection: each box has the ``prompt`` that scored it) adds a
+table of its prompts under the labels': per label and prompt, the whole run's count at the slider (from the
+summary's counts at every 0.01 step), the previewed items' count, and what was predicted at the floor with its
+mean and best score. The chosen settings are shown as the ``avala-infer auto-label create ...`` command and the
 ``client.auto_label_jobs.create(...)`` call to copy. Semantic masks keep the run's overlay drawn into the
 picture (their thresholds apply per pixel): the slider does not apply to them.
 
@@ -40,7 +43,7 @@ from avala_infer.exporters.summary import FINE, SCORE_BINS, SummaryCollector
 
 DEFAULT_PREVIEW_COUNT = 50
 TEXT_SHOWN = 2000
-TABLE_ROWS = 15  # the per-label table shows this many rows; the rest on demand
+TABLE_ROWS = 15  # the per-label and per-prompt tables show this many rows; the rest on demand
 MAX_SIDE = 1024  # previewed pictures are at most this wide or high
 
 e = html.escape
@@ -68,17 +71,25 @@ def _score(value) -> str:
     return repr(float(np.float32(value)))
 
 
-def _data(name: str, score) -> str:
-    return f"data-label='{e(str(name))}' data-score='{_score(score)}'"
+def _data(name: str, score, prompt=None) -> str:
+    """An annotation's attributes for the page's script: its label, full score and (a prompted model's box) the
+    prompt that scored it."""
+    prompted = "" if prompt is None else f" data-prompt='{e(str(prompt))}'"
+    return f"data-label='{e(str(name))}' data-score='{_score(score)}'{prompted}"
 
 
-def _tag(name: str, class_id: int, score, counted: bool) -> str:
+def _tag(name: str, class_id: int, score, counted: bool, prompt=None) -> str:
     color = color_for(class_id)
     cls = "tag a" if counted else "tag"
+    said = "" if prompt is None or str(prompt) == str(name) else f" title='prompt: {e(str(prompt))}'"
     return (
-        f"<span class='{cls}' {_data(name, score)} style='background:{_hex(color)};color:{_ink(color)}'>"
-        f"{e(str(name))} {float(score):.2f}</span>"
+        f"<span class='{cls}' {_data(name, score, prompt)}{said} "
+        f"style='background:{_hex(color)};color:{_ink(color)}'>{e(str(name))} {float(score):.2f}</span>"
     )
+
+
+def _prompt_of(det: Detections, i: int):
+    return None if det.prompt is None else det.prompt[i]
 
 
 def _highlighted(text: str, entities: Entities | None) -> str:
@@ -108,6 +119,11 @@ def _highlighted(text: str, entities: Entities | None) -> str:
     parts.append(e(shown[at:]))
     more = f"<span class='muted'> [+{len(text) - TEXT_SHOWN} characters]</span>" if len(text) > TEXT_SHOWN else ""
     return "".join(parts) + more
+
+
+def _four(value) -> str:
+    """A score of summary.json (rounded to 4 places there) as it is written there; none as a dash."""
+    return "&ndash;" if value is None else f"{value:.4f}"
 
 
 def _safe_name(index: int, key: str) -> str:
@@ -170,7 +186,7 @@ def _detections_svg(det: Detections, width: int, height: int, scale: float) -> s
         x1, y1, x2, y2 = (float(v) for v in det.xyxy[i])
         caption = f"{name} {float(score):.2f}"
         top = y1 - font * 1.25 if y1 - font * 1.25 >= 0 else y1
-        parts.append(f"<g class='a' {_data(name, score)}>")
+        parts.append(f"<g class='a' {_data(name, score, _prompt_of(det, i))}>")
         if det.mask is not None:
             d = _mask_path(det.mask[i], det.xyxy[i], scale)
             if d:
@@ -199,7 +215,10 @@ def _image_tags(result) -> list[str]:
     if isinstance(result, Classifications):
         return [_tag(n, c, s, True) for n, c, s in zip(result.class_name, result.class_id, result.confidence)]
     order = np.argsort(-result.confidence, kind="stable")
-    return [_tag(result.class_name[i], result.class_id[i], result.confidence[i], False) for i in order]
+    return [
+        _tag(result.class_name[i], result.class_id[i], result.confidence[i], False, _prompt_of(result, i))
+        for i in order
+    ]
 
 
 class PreviewWriter:
@@ -311,15 +330,21 @@ class PreviewWriter:
             remove_quietly(self.part)
         return [path]
 
+    def _present(self, summary: dict) -> list[int]:
+        """The labels the run predicted (their indexes), by count at the run's threshold, then at the floor."""
+        s = self.summary
+        labels = s.labels
+        present = [j for j, name in enumerate(labels) if s.fine[j].any() or summary["per_label"].get(name)]
+        present.sort(key=lambda j: (-summary["per_label"].get(labels[j], 0), -int(s.fine[j, 0]), j))
+        return present
+
     def _rows(self, summary: dict) -> list[str]:
-        """One table row per label the run predicted, by count at the run's threshold, then at the floor."""
+        """One table row per label the run predicted, in :meth:`_present`'s order."""
         s = self.summary
         labels = list(s.labels)
         semantic = summary.get("sweep") is None
-        present = [j for j, name in enumerate(labels) if s.fine[j].any() or summary["per_label"].get(name)]
-        present.sort(key=lambda j: (-summary["per_label"].get(labels[j], 0), -int(s.fine[j, 0]), j))
         rows = []
-        for j in present:
+        for j in self._present(summary):
             name, color = labels[j], color_for(j)
             if semantic:  # known at the run's threshold only
                 fine = ["0"] * len(FINE)
@@ -341,6 +366,38 @@ class PreviewWriter:
                 f"<td class='n n-run'></td><td class='n n-preview'></td>"
                 f"<td><svg class='hist' viewBox='0 0 100 22' preserveAspectRatio='none'>{bars}"
                 f"<line x1='0' x2='0' y1='0' y2='22'/></svg></td></tr>"
+            )
+        return rows
+
+    def _prompt_rows(self, summary: dict) -> list[str]:
+        """One row per label and prompt of a prompted model's boxes: labels in the label table's order, each one's
+        prompts by count at the run's threshold, then at the floor. The whole run's count follows the slider from
+        the prompt's counts at every 0.01 step (which agree with ``per_prompt``'s ``sweep`` at its steps); the
+        rest is ``per_prompt`` as summary.json has it."""
+        per_prompt = summary.get("per_prompt") or {}
+        if not per_prompt:
+            return []
+        labels = list(self.summary.labels)
+        order = {labels[j]: rank for rank, j in enumerate(self._present(summary))}
+        entries = sorted(
+            ((label, prompt, counts) for label, texts in per_prompt.items() for prompt, counts in texts.items()),
+            key=lambda x: (order.get(x[0], len(order)), x[0], -x[2]["annotations"], -x[2]["predicted"], x[1]),
+        )
+        rows = []
+        for label, prompt, counts in entries:
+            fine = " ".join(str(int(v)) for v in self.summary.prompts[(label, prompt)].fine)
+            swatch = (
+                f"<span class='swatch' style='background:{_hex(color_for(labels.index(label)))}'></span>"
+                if label in labels
+                else ""
+            )
+            rows.append(
+                f"<tr class='prompt-row' data-label='{e(label)}' data-prompt='{e(prompt)}' data-fine='{fine}'>"
+                f"<td>{swatch}{e(label)}</td><td>{e(prompt)}</td>"
+                f"<td class='n n-run'>{counts['annotations']}</td><td class='n n-preview'></td>"
+                f"<td class='n n-predicted'>{counts['predicted']}</td>"
+                f"<td class='n n-mean'>{_four(counts['mean_score'])}</td>"
+                f"<td class='n n-max'>{_four(counts['max_score'])}</td></tr>"
             )
         return rows
 
@@ -404,10 +461,36 @@ class PreviewWriter:
         if more:
             show = f"show all {len(rows)} labels"
             parts.append(f"<button id='more-labels' data-show='{show}'>{show}</button> ")
-        parts.append("<button id='all-labels'>all labels</button> <button id='no-labels'>no label</button></div>")
+        parts.append("<button id='all-labels'>all labels</button> <button id='no-labels'>no label</button>")
+        parts += self._prompts_table(summary)
+        parts.append("</div>")
         parts.append(self._at_thresholds(summary))
         parts.append("</div>")
         return "\n".join(parts)
+
+    def _prompts_table(self, summary: dict) -> list[str]:
+        """The Prompts table (a prompted model only), its rows past TABLE_ROWS on demand, as the labels'."""
+        rows = self._prompt_rows(summary)
+        if not rows:
+            return []
+        parts = [
+            "<h2>Prompts</h2><table id='prompts'><thead><tr><th>label</th><th>prompt</th><th>whole run</th>"
+            f"<th>previewed</th><th>predicted (&ge; {self.summary.floor:g})</th><th>mean score</th>"
+            "<th>max score</th></tr></thead><tbody>",
+            *rows[:TABLE_ROWS],
+            "</tbody>",
+        ]
+        if len(rows) > TABLE_ROWS:
+            show = f"show all {len(rows)} prompts"
+            parts += [
+                "<tbody id='more-prompt-rows' hidden>",
+                *rows[TABLE_ROWS:],
+                "</tbody></table>",
+                f"<button id='more-prompts' data-show='{show}'>{show}</button>",
+            ]
+        else:
+            parts.append("</table>")
+        return parts
 
     @staticmethod
     def _at_thresholds(summary: dict) -> str:

@@ -1,17 +1,22 @@
 """The dry-run gallery's style and script, inlined into ``preview/index.html`` (nothing loads from elsewhere).
 
 The page holds every annotation as an element with ``data-label`` and ``data-score`` (the float32 score in
-full, so that ``score >= Math.fround(t)`` is the label filter's own comparison). The script:
+full, so that ``score >= Math.fround(t)`` is the label filter's own comparison), and a prompted model's boxes
+``data-prompt`` (the prompt that scored them). The script:
 
 - sets the threshold slider from ``#conf=0.6`` in the address (else the run's threshold) and hides every
   annotation below it, or of a label unticked in the table, and updates the per-label counts (the previewed
-  items' live counts, and the whole run's from the 0.01-step counts the summary kept);
+  items' live counts, and the whole run's from the 0.01-step counts the summary kept), and so the per-prompt
+  counts of the Prompts table (a prompted model's: each row's own 0.01-step counts);
 - writes what is visible into ``#state``'s ``data-conf``, ``data-visible`` and ``data-visible-labels`` (JSON),
-  ``data-run`` and ``data-run-labels``: what a browser test reads;
+  ``data-run`` and ``data-run-labels``, and per label and prompt ``data-visible-prompts`` and
+  ``data-run-prompts`` (JSON ``{label: {prompt: count}}``, counts above zero of the labels ticked; the run's
+  empty where unknown): what a browser test reads;
 - keeps the ``avala-infer auto-label create ...`` and ``client.auto_label_jobs.create(...)`` lines in step;
-- enlarges a picture when clicked (Escape or a click closes it); shows the table's rows past 15 on demand.
+- enlarges a picture when clicked (Escape or a click closes it); shows the tables' rows past 15 on demand.
 
-It never turns data into markup: names are read from attributes and written with ``textContent``.
+It never turns data into markup: names are read from attributes and written with ``textContent``. Counts by
+name live in objects without a prototype, so that a label called ``constructor`` counts like any other.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import hashlib
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
-h1{font-size:20px;margin:0 0 8px}table{border-collapse:collapse;margin:8px 0 16px}
+h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:16px 0 0}table{border-collapse:collapse;margin:8px 0 16px}
 td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left;vertical-align:middle}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(320px,1fr));gap:14px}
@@ -52,14 +57,16 @@ SCRIPT = r"""
   'use strict';
   var doc = document, state = doc.getElementById('state');
   var slider = doc.getElementById('conf'), shown = doc.getElementById('conf-value');
-  var anns = Array.prototype.slice.call(doc.querySelectorAll('[data-score]'));  // .a: an annotation; else its tag
+  function list(selector) { return Array.prototype.slice.call(doc.querySelectorAll(selector)); }
+  function dict() { return Object.create(null); }  // keyed by names: no inherited keys
+  function steps(r) { return r.getAttribute('data-fine').split(' ').map(Number); }
+  var anns = list('[data-score]');  // .a: an annotation; else its tag
   var scores = anns.map(function (a) { return parseFloat(a.getAttribute('data-score')); });
-  var rows = Array.prototype.slice.call(doc.querySelectorAll('tr.label-row'));
+  var rows = list('tr.label-row'), promptRows = list('tr.prompt-row');
   var knownFrom = parseInt(state.getAttribute('data-known-from'), 10);
-  var fine = {};
-  rows.forEach(function (r) {
-    fine[r.getAttribute('data-label')] = r.getAttribute('data-fine').split(' ').map(Number);
-  });
+  var fine = dict();
+  rows.forEach(function (r) { fine[r.getAttribute('data-label')] = steps(r); });
+  var promptFine = promptRows.map(steps);
   var all = rows.map(function (r) { return r.getAttribute('data-label'); });
   var runLabels = JSON.parse(state.getAttribute('data-run-labels-setting') || 'null');
   function fromHash() {
@@ -70,7 +77,7 @@ SCRIPT = r"""
     return /^[A-Za-z0-9_.,:\/=@%+-]+$/.test(s) ? s : "'" + s.replace(/'/g, "'\\''") + "'";
   }
   function chosen() {
-    var on = {};
+    var on = dict();
     rows.forEach(function (r) { on[r.getAttribute('data-label')] = r.querySelector('input').checked; });
     return on;
   }
@@ -92,17 +99,25 @@ SCRIPT = r"""
     doc.getElementById('cmd-cli').textContent = cli;
     doc.getElementById('cmd-py').textContent = py + ')';
   }
+  function add(nested, label, prompt, n) {  // nested[label][prompt] += n
+    var inner = nested[label] || (nested[label] = dict());
+    inner[prompt] = (inner[prompt] || 0) + n;
+  }
   function update() {
     var t = Number(slider.value), tf = Math.fround(t), step = Math.round(t * 100), on = chosen();
     var text = String(Number(t.toFixed(2)));
     shown.textContent = '\u2265 ' + text;
-    var counts = {}, total = 0;
+    var counts = dict(), prompts = dict(), total = 0;
     anns.forEach(function (a, i) {
       var label = a.getAttribute('data-label'), visible = scores[i] >= tf && on[label] !== false;
       a.classList.toggle('off', !visible);
-      if (visible && a.classList.contains('a')) { counts[label] = (counts[label] || 0) + 1; total += 1; }
+      if (visible && a.classList.contains('a')) {
+        counts[label] = (counts[label] || 0) + 1;
+        total += 1;
+        if (a.hasAttribute('data-prompt')) add(prompts, label, a.getAttribute('data-prompt'), 1);
+      }
     });
-    var run = {}, runTotal = 0, known = step >= knownFrom;
+    var run = dict(), runTotal = 0, known = step >= knownFrom;
     rows.forEach(function (r) {
       var label = r.getAttribute('data-label'), n = known ? fine[label][step] : null;
       r.querySelector('.n-run').textContent = n === null ? '?' : n;
@@ -112,6 +127,15 @@ SCRIPT = r"""
       r.classList.toggle('muted', !on[label]);
       if (n && on[label]) { run[label] = n; runTotal += n; }
     });
+    var runPrompts = dict();
+    promptRows.forEach(function (r, k) {
+      var label = r.getAttribute('data-label'), prompt = r.getAttribute('data-prompt');
+      var n = known ? promptFine[k][step] : null, ticked = on[label] !== false;
+      r.querySelector('.n-run').textContent = n === null ? '?' : n;
+      r.querySelector('.n-preview').textContent = (prompts[label] && prompts[label][prompt]) || 0;
+      r.classList.toggle('muted', !ticked);
+      if (n && ticked) add(runPrompts, label, prompt, n);
+    });
     var picked = all.filter(function (l) { return on[l]; });
     var labels = picked.length === all.length ? runLabels : picked;
     commands(text, labels);
@@ -120,6 +144,8 @@ SCRIPT = r"""
     state.setAttribute('data-visible-labels', JSON.stringify(counts));
     state.setAttribute('data-run', known ? runTotal : '');
     state.setAttribute('data-run-labels', known ? JSON.stringify(run) : '');
+    state.setAttribute('data-visible-prompts', JSON.stringify(prompts));
+    state.setAttribute('data-run-prompts', known ? JSON.stringify(runPrompts) : '');
     doc.getElementById('n-visible').textContent = total;
     doc.getElementById('n-run').textContent = known ? runTotal : '?';
     try { history.replaceState(null, '', '#conf=' + text); } catch (e) { /* a file: page in a frame */ }
@@ -133,12 +159,16 @@ SCRIPT = r"""
   }
   doc.getElementById('all-labels').addEventListener('click', tick(true));
   doc.getElementById('no-labels').addEventListener('click', tick(false));
-  var more = doc.getElementById('more-labels');
-  if (more) more.addEventListener('click', function () {
-    var body = doc.getElementById('more-rows');
-    body.hidden = !body.hidden;
-    more.textContent = body.hidden ? more.getAttribute('data-show') : 'show fewer';
-  });
+  function unfolds(buttonId, bodyId) {  // a table's rows past 15, on demand
+    var more = doc.getElementById(buttonId);
+    if (more) more.addEventListener('click', function () {
+      var body = doc.getElementById(bodyId);
+      body.hidden = !body.hidden;
+      more.textContent = body.hidden ? more.getAttribute('data-show') : 'show fewer';
+    });
+  }
+  unfolds('more-labels', 'more-rows');
+  unfolds('more-prompts', 'more-prompt-rows');
   var zoom = doc.getElementById('zoom');
   doc.querySelectorAll('.card figure').forEach(function (f) {
     f.addEventListener('click', function () {
