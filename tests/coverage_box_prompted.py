@@ -1,7 +1,8 @@
 """Box-prompted segmentation (a detector's boxes prompt SAM): a tiny random SAM and a chain spec over yolo11n.
 
 No SAM weights exist here: :func:`tiny_sam_folder` builds one from SAM's config (hidden 32, two layers, a
-128-pixel input, so its mask logits are 32 x 32) and saves it with its processor, as a user's folder would be.
+128-pixel input, so its mask logits are 32 x 32) and saves it with its processor, as a user's folder would be;
+:func:`tiny_sam2_folder` does the same for SAM2 (a five-block Hiera backbone, the same input and mask sizes).
 """
 
 from __future__ import annotations
@@ -45,6 +46,42 @@ def tiny_sam_folder(folder: Path, image_size: int = SAM_SIZE) -> Path:
             mask_size={"longest_edge": mask},
             mask_pad_size={"height": mask, "width": mask},
         )
+    )
+    model.eval().save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def tiny_sam2_folder(folder: Path, image_size: int = SAM_SIZE) -> Path:
+    """A random-weight ``Sam2Model`` and its ``Sam2Processor`` saved in ``folder``: a Hiera backbone of four stages
+    (one block each, two in the third, whose second attends globally: a stage's first block pools, so it cannot),
+    three feature levels of 32 channels at 1/4, 1/8 and 1/16 of the input."""
+    import torch
+    from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
+    from transformers.models.sam2.configuration_sam2 import (
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
+
+    torch.manual_seed(0)
+    hiera = Sam2HieraDetConfig(
+        hidden_size=16, image_size=[image_size, image_size], blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 2, 2],
+        window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[3],
+        window_positional_embedding_background_size=[4, 4],
+    )  # fmt: skip
+    vision = Sam2VisionConfig(
+        backbone_config=hiera, backbone_channel_list=[128, 64, 32, 16], fpn_hidden_size=32,
+        backbone_feature_sizes=[[image_size // s] * 2 for s in (4, 8, 16)],
+    )  # fmt: skip
+    prompt = Sam2PromptEncoderConfig(hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=4)
+    decoder = Sam2MaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    model = Sam2Model(Sam2Config(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder))
+    mask = image_size // 4
+    processor = Sam2Processor(
+        Sam2ImageProcessor(size={"height": image_size, "width": image_size}, mask_size={"height": mask, "width": mask})
     )
     model.eval().save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -1,7 +1,8 @@
 """Box-prompted segmentation: yolo11n's boxes prompt a tiny random SAM (instance_segmentation / transformers).
 
 Parity: each instance's mask equals, pixel for pixel, what ``SamModel`` + ``SamProcessor.post_process_masks`` give
-for the same image and the same boxes, one image at a time; the mask scores equal SAM's ``iou_scores``.
+for the same image and the same boxes, one image at a time; the mask scores equal SAM's ``iou_scores``. The same
+for SAM2 (``Sam2Model`` + ``Sam2Processor.post_process_masks``), picked from the folder's config.json.
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ import pytest
 
 from avala_infer.errors import ConfigError, ModelLoadError, ModelSpecError
 from tests.conftest import VAL_IMAGES, need
-from tests.coverage_box_prompted import chain_spec, check_instances, tiny_sam_folder
+from tests.coverage_box_prompted import chain_spec, check_instances, tiny_sam2_folder, tiny_sam_folder
 
 
 @pytest.fixture(scope="session")
 def tiny_sam(tmp_path_factory):
     return tiny_sam_folder(tmp_path_factory.mktemp("tiny-sam"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2(tmp_path_factory):
+    return tiny_sam2_folder(tmp_path_factory.mktemp("tiny-sam2"))
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +82,72 @@ def test_masks_equal_post_process_masks(tiny_sam, photos, multimask):
         assert np.array_equal(d.mask, masks), f"{path.name}: {(d.mask != masks).sum()} pixels differ"
         compared += len(d)
     assert compared >= (29 if not multimask else 21)
+
+
+def _sam2_reference(model, processor, path, boxes, multimask: bool):
+    """As :func:`_reference`, with ``Sam2Processor``: its square resize, float32 boxes, one upsampling."""
+    import torch
+
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    inputs = processor(images=rgb, input_boxes=[boxes.tolist()], return_tensors="pt")
+    with torch.inference_mode():
+        out = model(**inputs, multimask_output=multimask)
+    masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"])[0]
+    scores = out.iou_scores[0]
+    best = scores.argmax(1)
+    rows = torch.arange(len(best))
+    return masks[rows, best].numpy(), scores[rows, best].numpy()
+
+
+@pytest.mark.parametrize("multimask", [False, True])
+def test_sam2_masks_equal_post_process_masks(tiny_sam2, photos, multimask):
+    """A SAM2 folder runs in the same chain, masks and scores as transformers gives them one image at a time. The
+    first and last photos share a batch (the same detector input shape; 13 and 3 boxes): the image encoder runs
+    once for both and the decoder takes all 16 boxes, every feature level gathered per box (decoding the last
+    photo's boxes with the first photo's high-resolution levels changes ~29,000 of its pixels)."""
+    from transformers import Sam2Model, Sam2Processor
+
+    from avala_infer import Engine
+
+    model = Sam2Model.from_pretrained(str(tiny_sam2)).eval()
+    processor = Sam2Processor.from_pretrained(str(tiny_sam2))
+    with Engine(chain_spec(tiny_sam2, multimask_output=multimask), device="cpu", batch_size=4) as engine:
+        assert engine.predictor.family == "sam2"
+        predictions = list(engine.predict(photos))
+    compared = 0
+    for path, p in zip(photos, predictions):
+        check_instances(p)
+        d = p.detections
+        masks, scores = _sam2_reference(model, processor, path, d.xyxy, multimask)
+        assert np.array_equal(d.mask, masks), f"{path.name}: {(d.mask != masks).sum()} pixels differ"
+        np.testing.assert_allclose(d.mask_score, scores, rtol=0, atol=1e-6)
+        compared += len(d)
+    assert compared >= 29
+
+
+def test_sam2_chain_writes_coco_masks(tiny_sam2, photos, tmp_path):
+    """The whole path from a spec file naming a SAM2 folder: ``label`` writes one RLE mask per instance, each
+    decoding to the instance's mask, under the detector's categories."""
+    from pycocotools import mask as mask_utils
+
+    from avala_infer import Engine
+    from avala_infer.labeling import label
+
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(
+        f"name: yolo11n-tiny-sam2\nmodel_type: instance_segmentation\nbackend: transformers\nweights: {tiny_sam2}\n"
+        "params:\n  detector: yolo11n\n"
+    )
+    with Engine(str(spec), device="cpu") as engine:
+        predictions = list(engine.predict(photos[:3]))
+        label(photos[:3], engine, out=tmp_path / "out", formats=["coco"])
+    coco = json.loads((tmp_path / "out" / "annotations.coco.json").read_text())
+    expected = [m for p in predictions for m in p.detections.mask]
+    assert len(coco["annotations"]) == len(expected) > 0
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    assert {"person", "tv"} <= {names[a["category_id"]] for a in coco["annotations"]}
+    decoded = sorted(int(mask_utils.decode(a["segmentation"]).sum()) for a in coco["annotations"])
+    assert decoded == sorted(int(m.sum()) for m in expected)
 
 
 def test_mask_scores_equal_iou_scores(chain, tiny_sam, photos):

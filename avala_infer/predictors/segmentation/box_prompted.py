@@ -5,7 +5,7 @@ A chain spec names the segmenter's weights and the detector::
     name: yolo11n-sam
     model_type: instance_segmentation
     backend: transformers
-    weights: sam-vit-base            # a folder saved with save_pretrained: SamModel + SamProcessor
+    weights: sam-vit-base            # a save_pretrained folder: SamModel + SamProcessor, or Sam2Model + Sam2Processor
     params:
       detector: yolo11n              # any object_detection model: a model name or a spec .yaml path
       multimask_output: false        # true: SAM's three masks per box, the one it scores best kept
@@ -24,12 +24,16 @@ it as for any detector (applying the mapping here as well would map twice).
 Batched: ``forward`` runs the detector and SAM's image encoder on the whole batch; ``postprocess`` runs the
 detector's NMS, then SAM's prompt encoder and mask decoder once over every box of every image of the batch
 (each box beside its image's embedding, a chunk of boxes at a time), then each image's masks go up to its
-original size exactly as ``SamProcessor.post_process_masks`` does (bilinear to the padded input, the padding cut,
-bilinear to the original, above ``mask_threshold``). The mask decoder runs in ``postprocess``, not ``forward``:
-which boxes it decodes depends on the run's filter, which only ``postprocess`` receives. An instance whose mask
-comes out empty is dropped, as YOLO-seg drops one (no writer can outline an empty mask).
+original size exactly as the family's processor's ``post_process_masks`` does (SAM: bilinear to the padded
+input, the padding cut, bilinear to the original; SAM2: bilinear to the original; above ``mask_threshold``).
+The mask decoder runs in ``postprocess``, not ``forward``: which boxes it decodes depends on the run's filter,
+which only ``postprocess`` receives. An instance whose mask comes out empty is dropped, as YOLO-seg drops one (no
+writer can outline an empty mask).
 
-Families: ``SamModel`` with ``SamProcessor`` (``model_type: sam`` in the folder's config.json).
+Families, picked by ``model_type`` in the folder's config.json: ``sam`` (``SamModel`` with ``SamProcessor``: the
+longest side resized to 1024, padded square) and ``sam2`` (``Sam2Model`` with ``Sam2Processor``: resized square,
+unpadded; its image embeddings are a list of feature levels, the decoder reading the finest two as well). For
+SAM2, ``multimask_output: false`` lets the decoder pick its mask by stability, as ``Sam2Model`` does.
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ from avala_infer.types import ModelType
 log = logging.getLogger(__name__)
 
 PARAMS = frozenset({"detector", "multimask_output", "mask_threshold"})
-SAM_FAMILIES = ("sam",)  # config.json model_type values this module runs
+# config.json model_type -> the processor and model classes (transformers names) of each family this module runs
+SAM_FAMILIES = {"sam": ("SamProcessor", "SamModel"), "sam2": ("Sam2Processor", "Sam2Model")}
 # boxes the mask decoder takes at once: each carries a copy of its image's embedding (256 x 64 x 64 floats, 4 MB,
 # for SAM ViT-B) and the decoder's activations
 DECODE_CHUNK = 64
@@ -65,8 +70,9 @@ MASK_MEMORY_BUDGET = 256 * 1024 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class Prompted:
-    """One image prepared for both models: the detector's input and SAM's padded ``pixel_values`` (3, S, S), with
-    the original (height, width) and the (height, width) it was resized to before padding."""
+    """One image prepared for both models: the detector's input and SAM's ``pixel_values`` (3, S, S), with the
+    original (height, width) and the (height, width) of the input its boxes are scaled to (SAM: the size it was
+    resized to before padding; SAM2: the processor's square ``target_size``)."""
 
     detector_input: Any
     pixel_values: Any
@@ -74,9 +80,11 @@ class Prompted:
     resized_shape: tuple[int, int]
 
 
-def load_sam_folder(folder: Path) -> tuple[Any, Any]:
-    """(SamProcessor, SamModel in eval mode on the CPU, fp32) from a ``save_pretrained`` folder."""
-    from transformers import AutoConfig, SamModel, SamProcessor
+def load_sam_folder(folder: Path) -> tuple[str, Any, Any]:
+    """(family, processor, model in eval mode on the CPU, fp32) from a ``save_pretrained`` folder: the family is
+    config.json's ``model_type``, one of :data:`SAM_FAMILIES`."""
+    import transformers
+    from transformers import AutoConfig
 
     if not folder.is_dir():
         raise ModelLoadError(
@@ -90,9 +98,12 @@ def load_sam_folder(folder: Path) -> tuple[Any, Any]:
     if config.model_type not in SAM_FAMILIES:
         raise ModelLoadError(
             f"{folder} holds a {config.model_type!r} model; box-prompted segmentation runs {', '.join(SAM_FAMILIES)} "
-            "models (SamModel with SamProcessor)"
+            "models (SamModel with SamProcessor, Sam2Model with Sam2Processor)"
         )
-    return load_folder(folder, SamProcessor, SamModel, "a SAM model")
+    processor_name, model_name = SAM_FAMILIES[config.model_type]
+    processor_class, model_class = getattr(transformers, processor_name), getattr(transformers, model_name)
+    what = "a SAM model" if config.model_type == "sam" else "a SAM2 model"
+    return (config.model_type, *load_folder(folder, processor_class, model_class, what))
 
 
 def sam_box_prompts(boxes: np.ndarray, orig_shape: tuple[int, int], resized_shape: tuple[int, int]) -> np.ndarray:
@@ -106,25 +117,41 @@ def sam_box_prompts(boxes: np.ndarray, orig_shape: tuple[int, int], resized_shap
     return coords.reshape(-1, 4)
 
 
+def sam2_box_prompts(boxes: np.ndarray, orig_shape: tuple[int, int], target_size: int) -> np.ndarray:
+    """xyxy boxes in original pixels -> float32 boxes in SAM2's square input, with ``Sam2Processor``'s arithmetic
+    (``_normalize_coordinates``: a float32 tensor, x by ``target_size / width``, y by ``target_size / height``):
+    the same torch operations, so the same float32 values reach the prompt encoder."""
+    import torch
+
+    old_h, old_w = orig_shape
+    coords = torch.tensor(boxes.tolist(), dtype=torch.float32).reshape(-1, 2, 2)
+    coords[..., 0] = coords[..., 0] * (target_size / old_w)
+    coords[..., 1] = coords[..., 1] * (target_size / old_h)
+    return coords.reshape(-1, 4).numpy()
+
+
 def decode_boxes(
     model: Any, embeddings: Any, image_index: np.ndarray, prompts: np.ndarray, multimask: bool
 ) -> tuple[Any, Any]:
     """SAM's prompt encoder and mask decoder over every box of a batch: (low-resolution mask logits (k, 1, h, w),
-    mask scores (k,)), box by box in the order given. ``embeddings`` are the batch's image embeddings, box ``i``
-    belongs to image ``image_index[i]`` and is prompted by ``prompts[i]`` (SAM input pixels, float64).
+    mask scores (k,)), box by box in the order given. ``embeddings`` are the batch's image embeddings (SAM2: a list
+    of feature levels, each gathered the same way), box ``i`` belongs to image ``image_index[i]`` and is prompted by
+    ``prompts[i]`` (SAM input pixels: float64 for SAM, float32 for SAM2, as each processor makes them).
 
     Each box goes to the decoder as an image of its own (its image's embedding beside it): the decoder treats the
     boxes of one image as independent anyway, and so no padding box is decoded. With ``multimask`` the decoder
     makes three masks per box and the one with the highest predicted IoU is kept."""
     import torch
 
-    device = embeddings.device
+    levels = isinstance(embeddings, (list, tuple))
+    device = embeddings[-1].device if levels else embeddings.device
     masks, scores = [], []
     for start in range(0, len(prompts), DECODE_CHUNK):
         chunk = slice(start, start + DECODE_CHUNK)
         index = torch.as_tensor(image_index[chunk], device=device)
         boxes = torch.as_tensor(prompts[chunk], device=device)[:, None, :]  # (k, 1, 4): one box per "image"
-        out = model(image_embeddings=embeddings[index], input_boxes=boxes, multimask_output=multimask)
+        mine = [level[index] for level in embeddings] if levels else embeddings[index]
+        out = model(image_embeddings=mine, input_boxes=boxes, multimask_output=multimask)
         low, iou = out.pred_masks[:, 0], out.iou_scores[:, 0]  # (k, m, h, w), (k, m)
         best = iou.argmax(1)
         picked = torch.arange(len(best), device=device)
@@ -135,28 +162,31 @@ def decode_boxes(
 
 def masks_at_original(
     low_res: Any,
-    padded_size: tuple[int, int],
+    padded_size: tuple[int, int] | None,
     resized_shape: tuple[int, int],
     orig_shape: tuple[int, int],
     threshold: float,
 ) -> Any:
     """One image's low-resolution mask logits (n, 1, h, w) -> bool masks (n, H, W) at the original size, as
     ``SamProcessor.post_process_masks``: bilinear up to the padded input, the padding cut away, bilinear to the
-    original size, above ``threshold``. A chunk of masks at a time, within ``MASK_MEMORY_BUDGET`` bytes of floats
-    (each mask is upsampled on its own either way: the same values bit for bit)."""
+    original size, above ``threshold``; with no ``padded_size`` (SAM2, whose input is not padded), as
+    ``Sam2Processor.post_process_masks``: bilinear straight to the original size, above ``threshold``. A chunk of
+    masks at a time, within ``MASK_MEMORY_BUDGET`` bytes of floats (each mask is upsampled on its own either way:
+    the same values bit for bit)."""
     import torch
     import torch.nn.functional as F
 
     n = len(low_res)
     height, width = orig_shape
     out = torch.empty((n, height, width), dtype=torch.bool, device=low_res.device)
-    per_mask = 4 * (padded_size[0] * padded_size[1] + height * width)
+    per_mask = 4 * ((padded_size[0] * padded_size[1] if padded_size else 0) + height * width)
     step = max(1, MASK_MEMORY_BUDGET // per_mask)
     for start in range(0, n, step):
         chunk = low_res[start : start + step].float()
-        padded = F.interpolate(chunk, padded_size, mode="bilinear", align_corners=False)
-        resized = padded[..., : resized_shape[0], : resized_shape[1]]
-        full = F.interpolate(resized, orig_shape, mode="bilinear", align_corners=False)
+        if padded_size is not None:
+            padded = F.interpolate(chunk, padded_size, mode="bilinear", align_corners=False)
+            chunk = padded[..., : resized_shape[0], : resized_shape[1]]
+        full = F.interpolate(chunk, orig_shape, mode="bilinear", align_corners=False)
         torch.gt(full[:, 0], threshold, out=out[start : start + step])
     return out
 
@@ -229,9 +259,14 @@ class BoxPromptedSegmenter(Predictor):
             )
         self.detector = self.load_detector(detector, device, threads)
         self.labels = self.detector.labels
-        self.processor, model = load_sam_folder(weights)
+        self.family, self.processor, model = load_sam_folder(weights)
         image_processor = self.processor.image_processor
-        self.padded_size = (int(image_processor.pad_size["height"]), int(image_processor.pad_size["width"]))
+        # SAM pads its input square (masks go up to it, then the padding is cut); SAM2 resizes square, no padding
+        self.padded_size = (
+            (int(image_processor.pad_size["height"]), int(image_processor.pad_size["width"]))
+            if self.family == "sam"
+            else None
+        )
         model = model.to(device)
         self.model = model.half() if self.fp16 else model
 
@@ -270,7 +305,10 @@ class BoxPromptedSegmenter(Predictor):
     def prepare(self, image: np.ndarray) -> Prompted:
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         inputs = self.processor.image_processor(images=rgb, return_tensors="pt", input_data_format="channels_last")
-        resized = tuple(int(x) for x in inputs["reshaped_input_sizes"][0])
+        if self.family == "sam":
+            resized = tuple(int(x) for x in inputs["reshaped_input_sizes"][0])
+        else:  # Sam2Processor scales boxes to a target_size square, whatever the image's aspect
+            resized = (int(self.processor.target_size),) * 2
         return Prompted(self.detector.prepare(image), inputs["pixel_values"][0], image.shape[:2], resized)
 
     def batch_key(self, prepared: Prompted) -> Hashable:
@@ -289,6 +327,12 @@ class BoxPromptedSegmenter(Predictor):
         detector_batch, pixels = batch
         return self.detector.forward(detector_batch), self.model.get_image_embeddings(pixels)
 
+    def box_prompts(self, boxes: np.ndarray, prepared: Prompted) -> np.ndarray:
+        """``boxes`` (xyxy, original pixels) scaled to SAM's input as the family's processor scales them."""
+        if self.family == "sam":
+            return sam_box_prompts(boxes, prepared.orig_shape, prepared.resized_shape)
+        return sam2_box_prompts(boxes, prepared.orig_shape, prepared.resized_shape[0])
+
     def postprocess(
         self, raw: tuple[Any, Any], prepared: Sequence[Prompted], *, label_filter: Any = None, **options: Any
     ) -> list[Detections]:
@@ -300,9 +344,7 @@ class BoxPromptedSegmenter(Predictor):
         if not sum(counts):
             return [without_instances(d, p.orig_shape) for d, p in zip(boxes, prepared)]
         image_index = np.repeat(np.arange(len(boxes)), counts)
-        prompts = np.concatenate(
-            [sam_box_prompts(d.xyxy, p.orig_shape, p.resized_shape) for d, p in zip(boxes, prepared)]
-        )
+        prompts = np.concatenate([self.box_prompts(d.xyxy, p) for d, p in zip(boxes, prepared)])
         low_res, scores = decode_boxes(self.model, embeddings, image_index, prompts, self.multimask)
         scores = scores.float().cpu().numpy()
         results, start = [], 0
