@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 
 import click
 
@@ -42,6 +43,11 @@ def worker_command(home, device, until_idle, lease_s, poll_s, dispatch, executor
 
     if executor == "local" and (address is not None or concurrency is not None):
         raise click.UsageError("--address and --concurrency apply to --executor ray only")
+    # a SIGINT/SIGTERM while the worker starts (its imports, the store) stops it as cleanly as one later: without
+    # these handlers yet, Python's default would end the process at once, with no exit line and code -15
+    early_stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: early_stop.set())
     try:
         worker = Worker(
             home_folder(home),
@@ -58,6 +64,8 @@ def worker_command(home, device, until_idle, lease_s, poll_s, dispatch, executor
         sys.exit(EXIT_ERROR)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stopping.set())
+    if early_stop.is_set():
+        worker.stopping.set()
     try:
         ran = worker.run(until_idle=until_idle)
     except AvalaInferError as exc:
