@@ -85,15 +85,17 @@ def chain_spec(sam: Path, detector: str) -> Any:
     )
 
 
-def run_reference(yolo: Any, model: Any, processor: Any, paths: Sequence[Path], conf: float, iou: float) -> tuple:
-    """The loop one image at a time; (seconds, instances)."""
+def run_reference(
+    yolo: Any, model: Any, processor: Any, paths: Sequence[Path], conf: float, iou: float, classes: list[int] | None
+) -> tuple:
+    """The loop one image at a time, SAM on the images with boxes only; (seconds, instances)."""
     import cv2
     import torch
 
     instances = 0
     t0 = time.perf_counter()
     for path in paths:
-        result = yolo.predict(str(path), conf=conf, iou=iou, verbose=False)[0]
+        result = yolo.predict(str(path), conf=conf, iou=iou, classes=classes, verbose=False)[0]
         boxes = result.boxes.xyxy.tolist()
         if not boxes:
             continue
@@ -106,11 +108,11 @@ def run_reference(yolo: Any, model: Any, processor: Any, paths: Sequence[Path], 
     return time.perf_counter() - t0, instances
 
 
-def run_ours(engine: Any, folder: Path, conf: float, iou: float) -> tuple:
+def run_ours(engine: Any, folder: Path, conf: float, iou: float, labels: list[str] | None) -> tuple:
     """(seconds, instances, errors)."""
     instances = errors = 0
     t0 = time.perf_counter()
-    for prediction in engine.predict(folder, confidence_threshold=conf, iou_threshold=iou):
+    for prediction in engine.predict(folder, confidence_threshold=conf, iou_threshold=iou, labels=labels):
         errors += prediction.error is not None
         instances += len(prediction.result)
     return time.perf_counter() - t0, instances, errors
@@ -128,6 +130,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="our batch size (default 8)")
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--iou", type=float, default=0.7)
+    parser.add_argument(
+        "--labels", default=None, help="comma-separated detector labels to keep (ultralytics' classes=), e.g. dog"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
@@ -152,19 +157,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         yolo = YOLO(args.detector)
         model = SamModel.from_pretrained(str(sam)).eval()
         processor = SamProcessor.from_pretrained(str(sam))
+        labels = args.labels.split(",") if args.labels else None
+        classes = [list(yolo.names.values()).index(name) for name in labels] if labels else None
         progress(f"{len(paths)} images; warm-up")
-        run_reference(yolo, model, processor, paths, args.conf, args.iou)
+        run_reference(yolo, model, processor, paths, args.conf, args.iou, classes)
         ref_threads = torch.get_num_threads()  # what ultralytics chose for itself
         torch.set_num_threads(ours_threads)
-        run_ours(engine, folder, args.conf, args.iou)
+        run_ours(engine, folder, args.conf, args.iou, labels)
         rates: dict[str, list[float]] = {"reference": [], "ours": []}
         counts: dict[str, int] = {}
         for round_number in range(args.rounds):
             torch.set_num_threads(ref_threads)
-            seconds, counts["reference"] = run_reference(yolo, model, processor, paths, args.conf, args.iou)
+            seconds, counts["reference"] = run_reference(yolo, model, processor, paths, args.conf, args.iou, classes)
             rates["reference"].append(len(paths) / seconds)
             torch.set_num_threads(ours_threads)
-            seconds, counts["ours"], errors = run_ours(engine, folder, args.conf, args.iou)
+            seconds, counts["ours"], errors = run_ours(engine, folder, args.conf, args.iou, labels)
             if errors:
                 raise SystemExit(f"{errors} of our predictions failed")
             rates["ours"].append(len(paths) / seconds)
@@ -178,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine_info("transformers", "ultralytics"),
         "images": len(paths),
         "sam": str(args.sam) if args.sam else f"tiny random SAM, input {args.sam_size}",
+        "labels": labels,
         "reference_threads": ref_threads,
         "ours_threads": ours_threads,
         "rates": rates,
@@ -185,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "instances": counts,
         "ratio": medians["ours"] / medians["reference"],
     }
-    print(f"images: {len(paths)}, SAM: {result['sam']}, detector: {args.detector}")
+    print(f"images: {len(paths)}, SAM: {result['sam']}, detector: {args.detector}, labels: {labels or 'all'}")
     for tool in ("reference", "ours"):
         series = rates[tool]
         print(

@@ -217,6 +217,27 @@ def test_the_run_filters_choose_the_prompts(chain, photos):
         assert np.array_equal(r.mask, whole.mask[same])  # a box's mask never depends on the other boxes
 
 
+def test_only_images_that_keep_a_box_are_encoded(chain, photos, monkeypatch):
+    """SAM's image encoder, the costly model, sees the images that kept a box after the run's filters, and no
+    other: with a narrow vocabulary most images of a dataset have none."""
+    predictor = chain.predictor
+    encoded: list[int] = []
+    encode = predictor.model.get_image_embeddings
+
+    def counted(pixels):
+        encoded.append(len(pixels))
+        return encode(pixels)
+
+    monkeypatch.setattr(predictor.model, "get_image_embeddings", counted)
+    people = list(chain.predict(photos, labels=["person"]))
+    with_people = sum(len(p.detections) > 0 for p in people)
+    assert 0 < with_people < len(photos) and sum(encoded) == with_people
+    assert all(p.error is None and p.detections.mask is not None for p in people)
+    encoded.clear()
+    nothing = list(chain.predict(photos, labels=["toaster"]))  # in COCO's names, in none of these photos
+    assert encoded == [] and all(len(p.detections) == 0 and p.detections.mask is not None for p in nothing)
+
+
 def test_label_cli_writes_coco_masks(chain, tiny_sam, photos, tmp_path):
     """``avala-infer label DIR --model CHAIN.yaml --format coco``: RLE masks, the detector's categories."""
     spec = tmp_path / "chain.yaml"

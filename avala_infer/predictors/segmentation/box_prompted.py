@@ -21,14 +21,16 @@ the engine passes its compiled filter to ``postprocess`` (``label_filter``), whi
 will keep and segments only those. The result stays in the detector's class ids: the engine's filter then maps
 it as for any detector (applying the mapping here as well would map twice).
 
-Batched: ``forward`` runs the detector and SAM's image encoder on the whole batch; ``postprocess`` runs the
-detector's NMS, then SAM's prompt encoder and mask decoder once over every box of every image of the batch
-(each box beside its image's embedding, a chunk of boxes at a time), then each image's masks go up to its
-original size exactly as the family's processor's ``post_process_masks`` does (SAM: bilinear to the padded
+Batched: ``forward`` runs the detector on the whole batch; ``postprocess`` runs the detector's NMS and the run's
+filter, then SAM's image encoder over the batch's images that kept a box (an image with none is never encoded: with
+a narrow vocabulary, most are not), then SAM's prompt encoder and mask decoder once over every box of every image
+of the batch (each box beside its image's embedding, a chunk of boxes at a time), then each image's masks go up to
+its original size exactly as the family's processor's ``post_process_masks`` does (SAM: bilinear to the padded
 input, the padding cut, bilinear to the original; SAM2: bilinear to the original; above ``mask_threshold``).
-The mask decoder runs in ``postprocess``, not ``forward``: which boxes it decodes depends on the run's filter,
-which only ``postprocess`` receives. An instance whose mask comes out empty is dropped, as YOLO-seg drops one (no
-writer can outline an empty mask).
+SAM's models run in ``postprocess``, not ``forward``: which images and boxes they see depends on the run's filter,
+which only ``postprocess`` receives (on a GPU the postprocess stage has a thread and a CUDA stream of its own, so
+SAM on one batch overlaps the detector on the next). An instance whose mask comes out empty is dropped, as YOLO-seg
+drops one (no writer can outline an empty mask).
 
 Families, picked by ``model_type`` in the folder's config.json: ``sam`` (``SamModel`` with ``SamProcessor``: the
 longest side resized to 1024, padded square) and ``sam2`` (``Sam2Model`` with ``Sam2Processor``: resized square,
@@ -314,18 +316,23 @@ class BoxPromptedSegmenter(Predictor):
     def batch_key(self, prepared: Prompted) -> Hashable:
         return (self.detector.batch_key(prepared.detector_input), tuple(prepared.pixel_values.shape))
 
-    def collate(self, prepared: Sequence[Prompted]) -> tuple[Any, Any]:
+    def collate(self, prepared: Sequence[Prompted]) -> Any:
+        """The detector's batch only: SAM's pixels go to the device in :meth:`postprocess`, for the images that
+        have boxes to segment."""
+        return self.detector.collate([p.detector_input for p in prepared])
+
+    def forward(self, batch: Any) -> Any:
+        return self.detector.forward(batch)
+
+    def image_embeddings(self, prepared: Sequence[Prompted]) -> Any:
+        """SAM's image encoder over these images at once (SAM2: its feature levels)."""
         import torch
 
         pixels = torch.stack([p.pixel_values for p in prepared])
         if self.device != "cpu":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         pixels = pixels.half() if self.fp16 else pixels.float()
-        return self.detector.collate([p.detector_input for p in prepared]), pixels
-
-    def forward(self, batch: tuple[Any, Any]) -> tuple[Any, Any]:
-        detector_batch, pixels = batch
-        return self.detector.forward(detector_batch), self.model.get_image_embeddings(pixels)
+        return self.model.get_image_embeddings(pixels)
 
     def box_prompts(self, boxes: np.ndarray, prepared: Prompted) -> np.ndarray:
         """``boxes`` (xyxy, original pixels) scaled to SAM's input as the family's processor scales them."""
@@ -337,14 +344,16 @@ class BoxPromptedSegmenter(Predictor):
         self, raw: tuple[Any, Any], prepared: Sequence[Prompted], *, label_filter: Any = None, **options: Any
     ) -> list[Detections]:
         """The detector's boxes the run's filter keeps, each with its SAM mask (see the module docstring)."""
-        detector_raw, embeddings = raw
-        found = self.detector.postprocess(detector_raw, [p.detector_input for p in prepared], **options)
+        found = self.detector.postprocess(raw, [p.detector_input for p in prepared], **options)
         boxes = [d[kept_by_filter(d, label_filter)] for d in found]
         counts = [len(d) for d in boxes]
         if not sum(counts):
             return [without_instances(d, p.orig_shape) for d, p in zip(boxes, prepared)]
-        image_index = np.repeat(np.arange(len(boxes)), counts)
-        prompts = np.concatenate([self.box_prompts(d.xyxy, p) for d, p in zip(boxes, prepared)])
+        # the encoder, the costliest model of the two, runs on the images with boxes to segment only
+        segmented = [i for i, n in enumerate(counts) if n]
+        embeddings = self.image_embeddings([prepared[i] for i in segmented])
+        image_index = np.repeat(np.arange(len(segmented)), [counts[i] for i in segmented])
+        prompts = np.concatenate([self.box_prompts(boxes[i].xyxy, prepared[i]) for i in segmented])
         low_res, scores = decode_boxes(self.model, embeddings, image_index, prompts, self.multimask)
         scores = scores.float().cpu().numpy()
         results, start = [], 0
