@@ -36,7 +36,11 @@ def clip_tokenizer(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>")
+    # model_max_length as real OWL / CLIP tokenizers have it (16 = the text models' positions here): the OWL processor
+    # pads every prompt to it, so prompts of any token length (a word spelled letter by letter) fit one batch
+    return CLIPTokenizer(
+        str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token="<|endoftext|>", model_max_length=16
+    )
 
 
 def scale_heads(model, factor: float) -> None:
