@@ -35,7 +35,9 @@ No GPU is needed: everything measured here is what the host does around the mode
    The dry-run preview gets its thumbnails through ``take_image`` beforehand, untimed (the loader threads do
    that in a run). The YOLO writer (a label file and an image link per item) is timed twice: in the scratch
    folder (the disk under the system's temporary folder) and as ``yolo@shm`` in ``/dev/shm`` (memory), which
-   tells its own cost from the file system's. Target: >= 5,000 items/s each.
+   tells its own cost from the file system's. The instance-mask writers are timed again with an item's masks
+   shared over a pool of threads (``jsonl@2thr`` ...: ``AVALA_INFER_MASK_THREADS``, min(4, cores), at least 2),
+   the default being each mask on the writer's thread. Target: >= 5,000 items/s each.
 
 3. **Loader pool decode rate.** ``prefetch`` + ``read_image`` on the engine's default worker count, in runs of
    ``LOAD_CHUNK`` items per task as the engine hands them out, against ``cv2.imread`` on one thread, over the
@@ -491,6 +493,12 @@ def time_writers(
     ]
     if "yolo" in formats and os.path.isdir(MEMORY_FOLDER):  # the file system's share: a label file and a link an item
         sinks.append(("yolo@shm", lambda out: make_writer("yolo", out, labels, model_type=model_type), None))
+    if task == "segment":  # the mask writers again with an item's masks shared over a pool (AVALA_INFER_MASK_THREADS)
+        pool = max(2, min(4, os.cpu_count() or 1))
+        sinks += [
+            (f"{fmt}@{pool}thr", lambda out, fmt=fmt: make_writer(fmt, out, labels, model_type=model_type), None)
+            for fmt in formats
+        ]
     sinks.append(("summary", summary, None))
     if picture_files:
         count = min(len(predictions), 50)  # the gallery's default size: later items cost no picture
@@ -501,9 +509,16 @@ def time_writers(
                 preview.take_image(position, image)
 
         sinks.append(("preview", lambda out: PreviewWriter(out, summary(out)), give_pictures))
+    from avala_infer.exporters.codecs import mask_pool
+
     runs = []
+    default_threads = mask_pool.threads_from_env()
     for name, make, before in sinks:
-        seconds = time_sink(make, predictions, MEMORY_FOLDER if name.endswith("@shm") else scratch, before)
+        mask_pool.THREADS = int(name.split("@")[1][: -len("thr")]) if name.endswith("thr") else default_threads
+        try:
+            seconds = time_sink(make, predictions, MEMORY_FOLDER if name.endswith("@shm") else scratch, before)
+        finally:
+            mask_pool.THREADS = default_threads
         run = WriterRun(name, task, len(predictions), seconds)
         progress(f"  writer {name} ({task}): {run.items_per_s:,.0f} items/s")
         runs.append(run)
@@ -631,11 +646,11 @@ def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None
             )
     if result["writers"]:
         write("")
-        write(f"{'writer':12} {'task':9} {'items':>6} {'items/s':>10}  target >= {WRITER_TARGET:,.0f}/s")
+        write(f"{'writer':16} {'task':9} {'items':>6} {'items/s':>10}  target >= {WRITER_TARGET:,.0f}/s")
         for run in result["writers"]:
             rate = run["items_per_s"]
             write(
-                f"{run['writer']:12} {run['task']:9} {run['items']:6d} {rate:10,.0f}  {verdict(rate >= WRITER_TARGET)}"
+                f"{run['writer']:16} {run['task']:9} {run['items']:6d} {rate:10,.0f}  {verdict(rate >= WRITER_TARGET)}"
             )
     decode = result.get("decode")
     if decode:

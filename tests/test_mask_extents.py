@@ -161,6 +161,34 @@ def test_writers_sharing_the_memo_write_what_each_writes_alone(seg_predictions, 
     assert set(d._memo) >= {"extents", "coco_runs", "outlines"}
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_masks_shared_over_threads_write_what_one_thread_writes(seg_predictions, tmp_path, monkeypatch, threads):
+    """``AVALA_INFER_MASK_THREADS`` (off by default) shares an item's masks over a pool: the files are the same,
+    masks in their order."""
+    from avala_infer.exporters.codecs import mask_pool
+
+    labels = tuple(sorted({str(n) for p in seg_predictions for n in p.detections.class_name}))
+    assert max(len(p.detections) for p in seg_predictions) > threads  # items with more masks than threads
+    for fmt in ("coco", "yolo", "labelstudio"):
+        monkeypatch.setattr(mask_pool, "THREADS", 1)
+        inline = _write(fmt, [pickle.loads(pickle.dumps(p)) for p in seg_predictions], tmp_path / f"1-{fmt}", labels)
+        monkeypatch.setattr(mask_pool, "THREADS", threads)
+        pooled = _write(fmt, [pickle.loads(pickle.dumps(p)) for p in seg_predictions], tmp_path / f"n-{fmt}", labels)
+        inline.pop("yolo/data.yaml", None), pooled.pop("yolo/data.yaml", None)  # names its own folder
+        assert pooled == inline, fmt
+
+
+def test_mask_threads_come_from_the_environment():
+    from avala_infer.errors import ConfigError
+    from avala_infer.exporters.codecs.mask_pool import THREADS_ENV, threads_from_env
+
+    assert threads_from_env({}) == 1 and threads_from_env({THREADS_ENV: " "}) == 1  # the default: no pool
+    assert threads_from_env({THREADS_ENV: "4"}) == 4
+    for bad in ("0", "-2", "two", "1.5"):
+        with pytest.raises(ConfigError, match=f"{THREADS_ENV} must be a whole number.*got '{bad}'"):
+            threads_from_env({THREADS_ENV: bad})
+
+
 def test_memo_is_read_only_and_never_travels(seg_predictions):
     d = next(p.detections for p in seg_predictions if len(p.detections) >= 2)
     d = pickle.loads(pickle.dumps(d))
