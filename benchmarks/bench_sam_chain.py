@@ -1,22 +1,28 @@
 """Side-by-side box-prompted segmentation benchmark: our detector -> SAM chain against the usual loop.
 
-The reference is what a user writes with the two libraries: for each image, ultralytics ``YOLO.predict`` for the
-boxes, then ``SamProcessor(image, input_boxes=boxes)``, ``SamModel(..., multimask_output=False)`` and
-``SamProcessor.post_process_masks``, one image at a time. Ours is ``Engine(chain spec).predict(FOLDER)``: the
-same detector weights and the same SAM folder, batched (the detector and SAM's image encoder over a batch, the
-mask decoder over every box of it). Both run at conf 0.25 and IoU 0.7 and give masks at the original size.
+The reference is what a user writes with the two libraries (``sam_loop.py``): for each image, ultralytics
+``YOLO.predict`` for the boxes, then, when there are any, ``SamProcessor(image, input_boxes=boxes)``,
+``SamModel(..., multimask_output=False)`` and ``SamProcessor.post_process_masks``, one image at a time. Ours is
+``Engine(chain spec).predict(FOLDER)``: the same detector weights and the same SAM folder, batched (the detector
+over a batch, SAM's image encoder over its images that kept a box, the mask decoder over every box of it). Both
+run at conf 0.25 and IoU 0.7 (``--labels`` keeps only those classes on both sides) and give masks at the original
+size.
 
-One untimed warm-up pass per side, then rounds alternating the reference and ours; the median images/s over the
-rounds is reported for each, and the last line is ``ratio ours/reference: X.XXx``. Instance totals are printed as
-a sanity check (equal but for boxes near the thresholds and masks that come out empty, which ours drops).
+In-process (the default): one untimed warm-up pass per side, then rounds alternating the reference and ours; the
+median images/s over the rounds is reported for each, and the last line is ``ratio ours/reference: X.XXx``.
+Instance totals are printed as a sanity check (equal but for boxes near the thresholds and masks that come out
+empty, which ours drops). ``--process``: whole processes as a user runs them from a shell, start-up included,
+``avala-infer label FOLDER --model CHAIN.yaml --format coco`` against ``python sam_loop.py`` (which writes its
+masks as COCO RLE with pycocotools), alternating, the median of the rounds, each also on a folder of one image to
+tell the start-up from the rest.
 
 No SAM weights exist here: by default the script builds a tiny random-weight SAM (hidden size 32, two layers) with
 the real model's geometry (1024-pixel input, 256-pixel mask logits), so the postprocessing costs what it costs
-with real weights while the encoder costs next to nothing; ``--sam FOLDER`` runs real weights
-(``save_pretrained`` of SamModel and SamProcessor).
+with real weights; ``--sam FOLDER`` runs real weights (``save_pretrained`` of SamModel and SamProcessor).
 
     python benchmarks/bench_sam_chain.py --rounds 1 --limit 8        # smoke check
     python benchmarks/bench_sam_chain.py                             # yolo11n + tiny SAM on coco128 val2017
+    python benchmarks/bench_sam_chain.py --process --limit 48        # whole processes from a shell
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import datetime
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from common import assets_dir, machine_info, progress  # noqa: E402  (benchmarks/ is on sys.path)
+from sam_loop import segment_image  # noqa: E402
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics must not reach for the network
 
@@ -88,23 +96,13 @@ def chain_spec(sam: Path, detector: str) -> Any:
 def run_reference(
     yolo: Any, model: Any, processor: Any, paths: Sequence[Path], conf: float, iou: float, classes: list[int] | None
 ) -> tuple:
-    """The loop one image at a time, SAM on the images with boxes only; (seconds, instances)."""
-    import cv2
-    import torch
-
+    """The loop one image at a time (``sam_loop.segment_image``), SAM on the images with boxes only; (seconds,
+    instances)."""
     instances = 0
     t0 = time.perf_counter()
     for path in paths:
-        result = yolo.predict(str(path), conf=conf, iou=iou, classes=classes, verbose=False)[0]
-        boxes = result.boxes.xyxy.tolist()
-        if not boxes:
-            continue
-        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-        inputs = processor(images=rgb, input_boxes=[boxes], return_tensors="pt")
-        with torch.inference_mode():
-            out = model(**inputs, multimask_output=False)
-        masks = processor.post_process_masks(out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"])
-        instances += len(masks[0])
+        _, masks = segment_image(yolo, model, processor, path, conf, iou, classes)
+        instances += 0 if masks is None else len(masks)
     return time.perf_counter() - t0, instances
 
 
@@ -116,6 +114,89 @@ def run_ours(engine: Any, folder: Path, conf: float, iou: float, labels: list[st
         errors += prediction.error is not None
         instances += len(prediction.result)
     return time.perf_counter() - t0, instances, errors
+
+
+def chain_spec_file(folder: Path, sam: Path, detector: str) -> Path:
+    """The chain as a spec file, for the CLI."""
+    spec = folder / "bench-sam-chain.yaml"
+    spec.write_text(
+        "name: bench-sam-chain\nmodel_type: instance_segmentation\nbackend: transformers\n"
+        f"weights: {json.dumps(str(sam))}\nparams:\n  detector: {json.dumps(detector)}\n",
+        encoding="utf-8",
+    )
+    return spec
+
+
+def timed_process(command: list[str], env: dict[str, str], cwd: Path) -> float:
+    """Wall seconds of one process from spawn to exit; a failure stops the benchmark with its output."""
+    t0 = time.perf_counter()
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    return elapsed
+
+
+def bench_processes(args: argparse.Namespace, paths: Sequence[Path], folder: Path, sam: Path, tmp: Path) -> dict:
+    """Whole processes from a shell, start-up included: ``avala-infer label FOLDER --model CHAIN.yaml --format coco``
+    (the CLI's defaults) against ``python sam_loop.py`` (the loop writing COCO RLE with pycocotools), alternating,
+    median of the rounds; start-up is the same command on a folder of one image."""
+    detector = str(Path(args.detector).resolve())
+    spec = chain_spec_file(tmp, sam, detector)
+    env = {**os.environ, "YOLO_OFFLINE": "1", "AVALA_INFER_MODELS": str(Path(detector).parent)}
+    labels = args.labels.split(",") if args.labels else None
+    one = tmp / "one"
+    one.mkdir()
+    (one / paths[0].name).symlink_to(paths[0].resolve())
+    cli = Path(sys.executable).with_name("avala-infer")
+    ours_cli = [str(cli)] if cli.exists() else [sys.executable, "-m", "avala_infer.cli"]
+
+    def ours(source: Path, out: Path) -> list[str]:
+        command = [*ours_cli, "label", str(source), "--model", str(spec), "--format", "coco", "--out", str(out)]
+        command += ["--confidence", str(args.conf), "--iou", str(args.iou), "--overwrite"]
+        return command + (["--labels", ",".join(labels)] if labels else [])
+
+    def reference(source: Path, out: Path) -> list[str]:
+        script = str(Path(__file__).with_name("sam_loop.py"))
+        command = [sys.executable, script, detector, str(sam), str(source), str(out / "masks.json")]
+        command += ["--conf", str(args.conf), "--iou", str(args.iou)]
+        if labels:
+            from ultralytics import YOLO
+
+            names = list(YOLO(detector).names.values())
+            command += ["--classes", ",".join(str(names.index(name)) for name in labels)]
+        return command
+
+    tools = {"reference": reference, "ours": ours}
+    walls: dict[str, list[float]] = {name: [] for name in tools}
+    startups: dict[str, list[float]] = {name: [] for name in tools}
+    instances: dict[str, int] = {}
+    for round_number in range(args.rounds):
+        for name, command in tools.items():
+            out = tmp / f"out-{name}"
+            out.mkdir(exist_ok=True)
+            startups[name].append(timed_process(command(one, out), env, tmp))
+            walls[name].append(timed_process(command(folder, out), env, tmp))
+            written = json.loads(next(out.glob("*.json")).read_text())
+            instances[name] = len(written["annotations"])
+            progress(
+                f"round {round_number + 1} {name}: {len(paths) / walls[name][-1]:.2f} img/s ({walls[name][-1]:.1f} s),"
+                f" start-up {startups[name][-1]:.1f} s, {instances[name]} instances"
+            )
+    result: dict[str, Any] = {"images": len(paths), "rounds": args.rounds, "instances": instances, "tools": {}}
+    for name in tools:
+        wall, startup = statistics.median(walls[name]), statistics.median(startups[name])
+        result["tools"][name] = {
+            "walls_s": walls[name],
+            "startups_s": startups[name],
+            "img_per_s": len(paths) / wall,
+            "img_per_s_after_startup": (len(paths) - 1) / (wall - startup) if wall > startup else None,
+        }
+    ours_rates, ref_rates = result["tools"]["ours"], result["tools"]["reference"]
+    result["ratio"] = ours_rates["img_per_s"] / ref_rates["img_per_s"]
+    if ours_rates["img_per_s_after_startup"] and ref_rates["img_per_s_after_startup"]:
+        result["ratio_after_startup"] = ours_rates["img_per_s_after_startup"] / ref_rates["img_per_s_after_startup"]
+    return result
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -133,8 +214,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--labels", default=None, help="comma-separated detector labels to keep (ultralytics' classes=), e.g. dog"
     )
+    parser.add_argument(
+        "--process", action="store_true", help="whole processes from a shell (start-up included) instead of in-process"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     return parser.parse_args(argv)
+
+
+def report_processes(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    result["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    result["machine"] = machine_info("transformers", "ultralytics")
+    result["sam"] = str(args.sam) if args.sam else f"tiny random SAM, input {args.sam_size}"
+    print(f"whole processes: images: {result['images']}, SAM: {result['sam']}, labels: {args.labels or 'all'}")
+    for name, rates in result["tools"].items():
+        after = rates["img_per_s_after_startup"]
+        print(
+            f"{name:>9}: {rates['img_per_s']:7.2f} img/s, start-up {statistics.median(rates['startups_s']):.1f} s, "
+            f"after it {after:.2f} img/s, {result['instances'][name]} instances"
+            if after
+            else f"{name:>9}: {rates['img_per_s']:7.2f} img/s, {result['instances'][name]} instances"
+        )
+    after = f" (after start-up: {result['ratio_after_startup']:.2f}x)" if "ratio_after_startup" in result else ""
+    print(f"ratio ours/reference, whole processes: {result['ratio']:.2f}x{after}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in paths:  # a folder of exactly these images, for our engine
             (folder / path.name).symlink_to(path.resolve())
         sam = args.sam or tiny_sam_folder(Path(tmp) / "tiny-sam", args.sam_size)
+        if args.process:
+            return report_processes(args, bench_processes(args, paths, folder, sam, Path(tmp)))
         ours_threads = torch.get_num_threads()
         engine = Engine(chain_spec(sam, args.detector), device="cpu", batch_size=args.batch, trust_weights=True)
         yolo = YOLO(args.detector)
