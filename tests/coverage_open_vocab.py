@@ -90,6 +90,17 @@ def owl_folder(root: Path, family: str) -> Path:
     return folder
 
 
+def owl_spec(path: Path, weights: Path, labels: list[str], *, name: str = "tiny-owl", params: str = "") -> Path:
+    """A spec file at ``path`` for an OWL folder (object_detection / transformers): ``labels`` and, as YAML text,
+    ``params`` (e.g. ``"prompts: {car: [car, sedan]}"``)."""
+    text = (
+        f"name: {name}\nmodel_type: object_detection\nbackend: transformers\nweights: {weights}\n"
+        f"labels: [{', '.join(labels)}]\n"
+    )
+    path.write_text(text + (f"params:\n  {params}\n" if params else ""), encoding="utf-8")
+    return path
+
+
 def grounding_dino_folder(root: Path) -> Path:
     import torch
     from transformers import (

@@ -21,7 +21,7 @@ from avala_infer.annotations import Detections, Prediction
 from avala_infer.exporters.preview import PreviewWriter
 from avala_infer.exporters.summary import SummaryCollector
 from tests.conftest import ASSETS, need
-from tests.coverage_open_vocab import owl_folder
+from tests.coverage_open_vocab import owl_folder, owl_spec
 from tests.test_preview_browser import chromium, read_probe  # noqa: F401  (a fixture)
 
 THRESHOLD = 0.45  # the dry run's own: the tiny model's scores spread around 0.5
@@ -92,12 +92,8 @@ def runs(tmp_path_factory):
     """A dry run of a tiny OWL-ViT at THRESHOLD (``car`` prompted by ``car`` and ``sedan``) and a real run at
     ABOVE, both over the ultralytics photos."""
     root = tmp_path_factory.mktemp("gallery_prompts")
-    spec = root / "owl.yaml"
-    spec.write_text(
-        f"name: tiny-owl\nmodel_type: object_detection\nbackend: transformers\n"
-        f"weights: {owl_folder(root, 'owlvit')}\nlabels: [person, car]\nparams:\n  prompts: {{car: [car, sedan]}}\n",
-        encoding="utf-8",
-    )
+    weights = owl_folder(root, "owlvit")
+    spec = owl_spec(root / "owl.yaml", weights, ["person", "car"], params="prompts: {car: [car, sedan]}")
     images = sorted(need(ASSETS / "images" / "ultralytics").glob("*.jpg"))
     dry = label(images, str(spec), out=root / "dry", dry_run=True, confidence_threshold=THRESHOLD, device="cpu")
     real = label(images, str(spec), out=root / "real", confidence_threshold=ABOVE, device="cpu")

@@ -19,7 +19,7 @@ import pytest
 from avala_infer.specs import ModelSpec
 from avala_infer.types import ModelType
 from tests.conftest import ASSETS, VAL_IMAGES, need
-from tests.coverage_open_vocab import grounding_dino_folder, owl_folder
+from tests.coverage_open_vocab import grounding_dino_folder, owl_folder, owl_spec
 
 TOLERANCE = 1e-4  # pixels and scores
 
@@ -200,12 +200,7 @@ def test_label_takes_labels_as_the_vocabulary_of_a_prompted_model(tiny_models, t
     summary counts boxes per prompt, its counts agreeing with the per-label ones."""
     from avala_infer import label
 
-    spec = tmp_path / "owl.yaml"
-    spec.write_text(
-        f"name: tiny-owl\nmodel_type: object_detection\nbackend: transformers\nweights: {tiny_models['owlvit']}\n"
-        "labels: [dog]\nparams:\n  prompts: {car: [car, sedan]}\n",
-        encoding="utf-8",
-    )
+    spec = owl_spec(tmp_path / "owl.yaml", tiny_models["owlvit"], ["dog"], params="prompts: {car: [car, sedan]}")
     images = _images()[:4]
     report = label(images, str(spec), out=tmp_path / "run", formats=["coco"], labels=["person", "car"],
                    confidence_threshold=0.45, device="cpu")  # fmt: skip
@@ -262,12 +257,7 @@ def test_an_auto_label_jobs_labels_are_the_vocabulary_of_its_prompted_model(tiny
     from avala_infer.projects.imports import import_sources
     from avala_infer.store import Store, worker_id
 
-    spec = tmp_path / "owl.yaml"
-    spec.write_text(
-        f"name: tiny-owl-job\nmodel_type: object_detection\nbackend: transformers\nweights: {tiny_models['owlvit']}\n"
-        "labels: [dog]\n",
-        encoding="utf-8",
-    )
+    spec = owl_spec(tmp_path / "owl.yaml", tiny_models["owlvit"], ["dog"], name="tiny-owl-job")
     images = _images()[:3]
     with Store(tmp_path / "home") as store:
         project = store.projects.create("forklifts", models={"object_detection": str(spec)})["uid"]

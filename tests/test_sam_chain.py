@@ -294,13 +294,9 @@ def test_a_prompted_detector_makes_a_prompted_chain(tiny_sam, tmp_path):
     """An open-vocabulary detector's chain takes a run's vocabulary (``Engine(vocabulary=)``) and hands it to the
     detector: the instances are named by it, and each has its mask."""
     from avala_infer import Engine
-    from tests.coverage_open_vocab import owl_folder  # the tiny OWLv2 of the open-vocabulary tests
+    from tests.coverage_open_vocab import owl_folder, owl_spec  # the tiny OWLv2 of the open-vocabulary tests
 
-    detector = tmp_path / "owl.yaml"
-    detector.write_text(
-        f"name: tiny-owl\nmodel_type: object_detection\nbackend: transformers\n"
-        f"weights: {owl_folder(tmp_path, 'owlv2')}\nlabels: [person, car]\n"
-    )
+    detector = owl_spec(tmp_path / "owl.yaml", owl_folder(tmp_path, "owlv2"), ["person", "car"])
     with Engine(chain_spec(tiny_sam, detector=str(detector)), device="cpu", vocabulary=["person", "bus"]) as engine:
         assert engine.predictor.prompted and engine.labels == ("person", "bus")
         (p,) = engine.predict([need(VAL_IMAGES / "000000000139.jpg")], confidence_threshold=0.01, max_det=5)

@@ -14,7 +14,7 @@ avala = pytest.importorskip("avala", reason="the official SDK is a test extra: p
 pytest.importorskip("transformers", reason="the transformers backend: pip install -e '.[transformers]'")
 
 from avala_infer.server.app import create_app  # noqa: E402
-from tests.coverage_open_vocab import owl_folder  # noqa: E402
+from tests.coverage_open_vocab import owl_folder, owl_spec  # noqa: E402
 from tests.jobs_helpers import Reader, make_project, val_images  # noqa: E402
 from tests.server_helpers import KEY, Served, ThreadServer  # noqa: E402
 from tests.test_server_jobs import raw, sdk_for, wait_done  # noqa: E402
@@ -30,12 +30,7 @@ THRESHOLD = 0.45  # on these 3 images: about 25 boxes of each label
 def prompted(tmp_path_factory):
     """A project whose object_detection model is a prompted OWL-ViT spec (labels: [dog]), served with a worker."""
     root = tmp_path_factory.mktemp("prompted")
-    spec = root / "tiny-owl-http.yaml"
-    spec.write_text(
-        f"name: tiny-owl-http\nmodel_type: object_detection\nbackend: transformers\n"
-        f"weights: {owl_folder(root, 'owlvit')}\nlabels: [dog]\n",
-        encoding="utf-8",
-    )
+    spec = owl_spec(root / "tiny-owl-http.yaml", owl_folder(root, "owlvit"), ["dog"], name="tiny-owl-http")
     images = val_images(N_IMAGES)
     home = root / "home"
     project = make_project(home, images, spec, name="forklifts")
