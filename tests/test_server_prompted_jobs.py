@@ -20,8 +20,8 @@ from tests.server_helpers import KEY, Served, ThreadServer  # noqa: E402
 from tests.test_server_jobs import raw, sdk_for, wait_done  # noqa: E402
 
 N_IMAGES = 3
-# "forklift" is in neither the spec's labels ([dog]) nor COCO's names (nor a word of the tiny tokenizer's vocabulary:
-# it is spelled from pieces, so its prompt is longer than "person"'s)
+# "forklift" is in neither the spec's labels ([dog]) nor COCO's names, nor the tiny tokenizer's words: its k and l
+# are unknown symbols there, and its prompt has more tokens than "person"'s (the processor pads them to one length)
 LABELS = ["forklift", "person"]
 THRESHOLD = 0.45  # on these 3 images: about 25 boxes of each label
 
