@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from common import assets_dir, machine_info, progress  # noqa: E402  (benchmarks/ is on sys.path)
-from sam_loop import segment_image  # noqa: E402
+from sam_loop import load, segment_image  # noqa: E402
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics must not reach for the network
 
@@ -94,14 +94,21 @@ def chain_spec(sam: Path, detector: str) -> Any:
 
 
 def run_reference(
-    yolo: Any, model: Any, processor: Any, paths: Sequence[Path], conf: float, iou: float, classes: list[int] | None
+    yolo: Any,
+    model: Any,
+    processor: Any,
+    paths: Sequence[Path],
+    conf: float,
+    iou: float,
+    classes: list[int] | None,
+    device: str,
 ) -> tuple:
     """The loop one image at a time (``sam_loop.segment_image``), SAM on the images with boxes only; (seconds,
     instances)."""
     instances = 0
     t0 = time.perf_counter()
     for path in paths:
-        _, masks = segment_image(yolo, model, processor, path, conf, iou, classes)
+        _, masks = segment_image(yolo, model, processor, path, conf, iou, classes, device)
         instances += 0 if masks is None else len(masks)
     return time.perf_counter() - t0, instances
 
@@ -153,13 +160,13 @@ def bench_processes(args: argparse.Namespace, paths: Sequence[Path], folder: Pat
 
     def ours(source: Path, out: Path) -> list[str]:
         command = [*ours_cli, "label", str(source), "--model", str(spec), "--format", "coco", "--out", str(out)]
-        command += ["--confidence", str(args.conf), "--iou", str(args.iou), "--overwrite"]
+        command += ["--confidence", str(args.conf), "--iou", str(args.iou), "--device", args.device, "--overwrite"]
         return command + (["--labels", ",".join(labels)] if labels else [])
 
     def reference(source: Path, out: Path) -> list[str]:
         script = str(Path(__file__).with_name("sam_loop.py"))
         command = [sys.executable, script, detector, str(sam), str(source), str(out / "masks.json")]
-        command += ["--conf", str(args.conf), "--iou", str(args.iou)]
+        command += ["--conf", str(args.conf), "--iou", str(args.iou), "--device", args.device]
         if labels:
             from ultralytics import YOLO
 
@@ -183,7 +190,13 @@ def bench_processes(args: argparse.Namespace, paths: Sequence[Path], folder: Pat
                 f"round {round_number + 1} {name}: {len(paths) / walls[name][-1]:.2f} img/s ({walls[name][-1]:.1f} s),"
                 f" start-up {startups[name][-1]:.1f} s, {instances[name]} instances"
             )
-    result: dict[str, Any] = {"images": len(paths), "rounds": args.rounds, "instances": instances, "tools": {}}
+    result: dict[str, Any] = {
+        "images": len(paths),
+        "device": args.device,
+        "rounds": args.rounds,
+        "instances": instances,
+        "tools": {},
+    }
     for name in tools:
         wall, startup = statistics.median(walls[name]), statistics.median(startups[name])
         result["tools"][name] = {
@@ -208,7 +221,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sam-size", type=int, default=1024, help="the tiny SAM's input size (default 1024)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--limit", type=int, default=None, help="only the first N images")
-    parser.add_argument("--batch", type=int, default=8, help="our batch size (default 8)")
+    parser.add_argument("--batch", type=int, default=None, help="our batch size (default: the engine's for the device)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N], for both sides")
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--iou", type=float, default=0.7)
     parser.add_argument(
@@ -244,8 +258,6 @@ def report_processes(args: argparse.Namespace, result: dict[str, Any]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
-    from transformers import SamModel, SamProcessor
-    from ultralytics import YOLO
 
     from avala_infer import Engine
 
@@ -259,14 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.process:
             return report_processes(args, bench_processes(args, paths, folder, sam, Path(tmp)))
         ours_threads = torch.get_num_threads()
-        engine = Engine(chain_spec(sam, args.detector), device="cpu", batch_size=args.batch, trust_weights=True)
-        yolo = YOLO(args.detector)
-        model = SamModel.from_pretrained(str(sam)).eval()
-        processor = SamProcessor.from_pretrained(str(sam))
+        engine = Engine(chain_spec(sam, args.detector), device=args.device, batch_size=args.batch, trust_weights=True)
+        yolo, model, processor = load(args.detector, str(sam), args.device)
         labels = args.labels.split(",") if args.labels else None
         classes = [list(yolo.names.values()).index(name) for name in labels] if labels else None
         progress(f"{len(paths)} images; warm-up")
-        run_reference(yolo, model, processor, paths, args.conf, args.iou, classes)
+        run_reference(yolo, model, processor, paths, args.conf, args.iou, classes, args.device)
         ref_threads = torch.get_num_threads()  # what ultralytics chose for itself
         torch.set_num_threads(ours_threads)
         run_ours(engine, folder, args.conf, args.iou, labels)
@@ -274,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts: dict[str, int] = {}
         for round_number in range(args.rounds):
             torch.set_num_threads(ref_threads)
-            seconds, counts["reference"] = run_reference(yolo, model, processor, paths, args.conf, args.iou, classes)
+            seconds, counts["reference"] = run_reference(
+                yolo, model, processor, paths, args.conf, args.iou, classes, args.device
+            )
             rates["reference"].append(len(paths) / seconds)
             torch.set_num_threads(ours_threads)
             seconds, counts["ours"], errors = run_ours(engine, folder, args.conf, args.iou, labels)
@@ -290,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info("transformers", "ultralytics"),
         "images": len(paths),
+        "device": args.device,
         "sam": str(args.sam) if args.sam else f"tiny random SAM, input {args.sam_size}",
         "labels": labels,
         "reference_threads": ref_threads,

@@ -195,6 +195,15 @@ else
     note "SKIPPED  bench_overhead: no benchmarks/bench_overhead.py"
 fi
 
+# issue 15: the detector -> SAM chain (tiny SAM at SAM's 1024 geometry) against the loop one image at a time, both
+# on the GPU, in-process, over one copy of the 128 images (the reference loop is slow)
+if "$PY" benchmarks/bench_sam_chain.py --help 2>/dev/null | grep -q -- --device; then
+    step bench_sam_chain 75 GPU "$PY" benchmarks/bench_sam_chain.py --device cuda --limit 128 --images "$IMAGES/000" \
+        --rounds "$ROUNDS" --json "$OUT/bench_sam_chain.json"
+else
+    note "SKIPPED  bench_sam_chain: benchmarks/bench_sam_chain.py has no --device option"
+fi
+
 # ------------------------------------------------------------------------------------------------ the figures
 # each detection JSON read back: ours against ultralytics' best batch, and against the ceiling min(decode, model)
 if ((!DRY)); then
