@@ -28,8 +28,12 @@ REPRO = "000000000164.jpg"
 # torch's CPU convolutions pick other kernels for other batch sizes, so the raw outputs differ in their last
 # float32 bits (measured: boxes by up to 1.2e-4 px, about 2e-7 relative; scores by 1.2e-6); counts and classes
 # must still be identical, and NMS must not turn that noise into other detections.
-EXACT = {"xyxy": 0.0, "confidence": 0.0}
-LAST_BITS = {"xyxy": 1e-3, "confidence": 1e-5}
+# A mask pixel whose logit lies within that noise of the threshold can flip too: seen on one pixel of one instance
+# of 000000000110.jpg (at every batch position, against alone), first on a fresh machine on 2026-12-03 (its CPU or
+# the packages pip resolved there: the same code passed before). So a few pixels may differ, each on an edge of the
+# mask (a 4-neighbour of another value): anything more, or a flip away from an edge, is a real difference.
+EXACT = {"xyxy": 0.0, "confidence": 0.0, "mask_pixels": 0}
+LAST_BITS = {"xyxy": 1e-3, "confidence": 1e-5, "mask_pixels": 4}
 
 
 def _images() -> list[Path]:
@@ -60,9 +64,23 @@ def _differences(alone: dict[str, np.ndarray], batched: dict[str, np.ndarray], t
         worst = float(np.abs(alone[name] - batched[name]).max(initial=0))
         if worst > tolerance[name]:
             problems.append(f"{name} differ by up to {worst:.3g}")
-    if "mask" in alone and not np.array_equal(alone["mask"], batched["mask"]):
-        problems.append(f"masks differ on {int((alone['mask'] != batched['mask']).sum())} pixels")
+    if "mask" in alone:
+        flipped = alone["mask"] != batched["mask"]
+        count, off_edges = int(flipped.sum()), int((flipped & ~_edges(alone["mask"])).sum())
+        if count > tolerance["mask_pixels"] or off_edges:
+            problems.append(f"masks differ on {count} pixels ({off_edges} off the masks' edges)")
     return problems
+
+
+def _edges(masks: np.ndarray) -> np.ndarray:
+    """The pixels of (n, H, W) bool masks that have a 4-neighbour of the other value."""
+    edges = np.zeros_like(masks)
+    vertical, horizontal = masks[:, 1:] != masks[:, :-1], masks[:, :, 1:] != masks[:, :, :-1]
+    edges[:, 1:] |= vertical
+    edges[:, :-1] |= vertical
+    edges[:, :, 1:] |= horizontal
+    edges[:, :, :-1] |= horizontal
+    return edges
 
 
 @pytest.mark.parametrize(
