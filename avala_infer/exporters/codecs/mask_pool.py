@@ -3,7 +3,7 @@
 Tracing outlines (``cv2.findContours``) and finding runs (numpy over the mask) are most of a mask writer's time, and
 OpenCV and numpy's larger loops release the GIL, so on a host with cores to spare an item with several instances
 could cost about its longest mask rather than their sum. Measured, it does not pay on the 2-core VM we build on:
-``bench_overhead.py``'s mask writers ran 1.6-2.6x slower with 2 threads than on the writer's own thread (a mask is
+``bench_overhead.py``'s mask writers ran 1.4-2.2x slower with 2 threads than on the writer's own thread (a mask is
 40-430 us of work, and each hand-over to another thread and back costs about 100 us there). So the default is 1
 (each mask on the writer's thread, no pool); ``AVALA_INFER_MASK_THREADS=N`` shares an item's masks over N threads
 (a GPU host with many idle cores: measure with ``bench_overhead.py``, which times the mask writers both ways).

@@ -341,7 +341,7 @@ class BoxPromptedSegmenter(Predictor):
         return sam2_box_prompts(boxes, prepared.orig_shape, prepared.resized_shape[0])
 
     def postprocess(
-        self, raw: tuple[Any, Any], prepared: Sequence[Prompted], *, label_filter: Any = None, **options: Any
+        self, raw: Any, prepared: Sequence[Prompted], *, label_filter: Any = None, **options: Any
     ) -> list[Detections]:
         """The detector's boxes the run's filter keeps, each with its SAM mask (see the module docstring)."""
         found = self.detector.postprocess(raw, [p.detector_input for p in prepared], **options)
