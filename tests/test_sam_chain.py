@@ -263,6 +263,42 @@ def test_label_cli_writes_coco_masks(chain, tiny_sam, photos, tmp_path):
     assert all(a["segmentation"]["counts"] and a["area"] > 0 for a in coco["annotations"])
 
 
+def test_an_auto_label_job_with_a_chain_spec_stores_what_label_writes(tiny_sam, photos, tmp_path):
+    """A project whose instance_segmentation model is a chain spec: a real JobRunner on a real store runs an
+    auto-label job over 4 photos, and each item's stored result is, record for record, the JSONL line ``label()``
+    writes for the same spec and threshold: boxes, classes, scores, SAM's mask score and the RLE of every mask."""
+    from avala_infer import label
+    from avala_infer.jobs.runner import JobRunner
+    from avala_infer.projects.imports import import_sources
+    from avala_infer.store import Store, worker_id
+    from tests.jobs_helpers import Reader
+
+    spec = tmp_path / "chain.yaml"
+    spec.write_text(
+        f"name: yolo11n-tiny-sam\nmodel_type: instance_segmentation\nbackend: transformers\nweights: {tiny_sam}\n"
+        "params:\n  detector: yolo11n\n"
+    )
+    images = photos[:4]
+    with Store(tmp_path / "home") as store:
+        project = store.projects.create("masks", models={"instance_segmentation": str(spec)})["uid"]
+        assert import_sources(store, project, [str(p) for p in images]).created == len(images)
+        job = store.jobs.create(project, model_type="instance_segmentation", confidence_threshold=0.3)
+        with JobRunner(store, worker_id(), device="cpu") as runner:
+            finished = runner.run(store.jobs.claim(runner.worker, runner.lease_s, only=job["uid"]))
+    assert finished["status"] == "completed", finished.get("error_message")
+    reader = Reader(tmp_path / "home")
+    try:
+        stored = {key: row["annotations"]["annotations"] for key, row in reader.results(project).items()}
+    finally:
+        reader.close()
+    label(images, str(spec), out=tmp_path / "same", formats=["jsonl"], confidence_threshold=0.3, device="cpu")
+    lines = [json.loads(line) for line in (tmp_path / "same" / "annotations.jsonl").read_text().splitlines()]
+    written = {line["key"]: line["annotations"] for line in lines}
+    assert set(stored) == set(written) and len(written) == len(images)
+    assert sum(map(len, written.values())) >= 10 and all("segmentation" in a for a in written["000000000139.jpg"])
+    assert stored == written
+
+
 def test_dry_run_previews_the_chain(chain, photos, tmp_path):
     from avala_infer.labeling import label
 
