@@ -213,6 +213,25 @@ def test_yolo26_max_det_keeps_the_head_order(yolo26, images):
     assert figures["most_in_an_image"] == 3, figures
 
 
+@pytest.mark.parametrize("task", ["detect", "segment"])
+def test_yolo26_max_det_above_300_as_ultralytics_predict(yolo26, images, task):
+    """A run's ``max_det`` above the head's default 300 rows: ultralytics predict raises the one-to-one head's
+    top-k to it, and so does the end-to-end ``.pt`` here (at a low threshold, most images fill 300 rows)."""
+    from avala_infer import Engine
+
+    weights, max_det, conf = yolo26[task, "end2end"], 450, 0.001
+    reference = ultralytics_predictions(weights, images, conf=conf, imgsz=IMAGE_SIZE, max_det=max_det)
+    engine = Engine(weights, device="cpu", input_size=IMAGE_SIZE, trust_weights=True)
+    most = 0
+    for pred in engine.predict(images, confidence_threshold=conf, max_det=max_det):
+        ref_boxes, ref_scores, ref_cls, _ = reference[str(Path(pred.source).resolve())]
+        d = pred.detections
+        most = max(most, len(d))
+        assert len(d) == len(ref_boxes), pred.source
+        assert len(match_pairs(ref_boxes, ref_scores, ref_cls, d.xyxy, d.confidence, d.class_id)) == len(d)
+    assert 300 < most <= max_det
+
+
 def test_end_to_end_postprocess_runs_no_nms(yolo26):
     """An end-to-end head's rows go through no NMS and read the device a fixed number of times per batch: the
     rows' count per image, then the rows (and, for segmentation, the masks in one copy)."""
@@ -235,7 +254,7 @@ def test_end_to_end_postprocess_runs_no_nms(yolo26):
         assert sum(counter.reads.values()) == reads, dict(counter.reads)
         assert len(results[0]) == len(results[1]) > 0
         if everything is not None:  # all the head's rows (far more than NMS would keep), in the head's order
-            rows = raw[0]
+            rows = predictor.top_rows(raw, 300)[0]  # the forward leaves the top-k to the run's max_det
             assert [len(r) for r in everything] == [int((rows[:, 4] > 0).sum())] * 2 == [300, 300]
             assert np.array_equal(everything[0].confidence, rows[:, 4].numpy())
 

@@ -30,6 +30,11 @@ from avala_infer.specs import ModelSpec
 log = logging.getLogger(__name__)
 
 
+def every_row(preds):
+    """A one-to-one head's ``postprocess`` replaced: every anchor's decoded row, the top-k left to ``top_rows``."""
+    return preds
+
+
 def stack_to_device(prepared: Sequence[Letterboxed], device: str, fp16: bool):
     """Stack letterboxed BGR uint8 images into a normalised RGB NCHW tensor (channels-last) on ``device``.
 
@@ -70,12 +75,19 @@ class UltralyticsDetector(YoloDetector):
         names = getattr(model, "names", None)
         self._set_labels([names[i] for i in sorted(names)] if isinstance(names, dict) else names)
         self.stride = max(int(model.stride.max()), 32)
-        # the head left by loading (see ultralytics_loading.default_head): a one-to-one head gives final rows, its
-        # top-k and class-aware selection set as ultralytics predict sets them (max_det 300, agnostic_nms off)
+        # the head left by loading (see ultralytics_loading.default_head): a one-to-one head gives final rows,
+        # class-aware (agnostic_nms off, as ultralytics predict sets it). Its top-k depends on the run's max_det
+        # (ultralytics predict sets it to max(max_det, 300)), which the forward pass does not see: the forward
+        # returns every anchor's decoded row and postprocess takes the top-k with the head's own code (top_rows).
+        # A head without that code (another ultralytics version) keeps a fixed top-k of 300
         self.end_to_end = bool(getattr(model, "end2end", False))
+        self.topk_head = None
         if self.end_to_end:
             head = model.model[-1]
             head.max_det, head.agnostic_nms = END_TO_END_CANDIDATES, False
+            if callable(getattr(head, "get_topk_index", None)) and callable(getattr(head, "_gather", None)):
+                head.postprocess = every_row  # on the instance: replicas copy it
+                self.topk_head = head
         model = model.to(device).to(memory_format=torch.channels_last)
         self.model = model.half() if self.fp16 else model.float()
         enable_cudnn_autotune(device, fixed_shapes=self.spec.letterbox == "square")
@@ -84,6 +96,19 @@ class UltralyticsDetector(YoloDetector):
         self.cuda_graphs = replays_cuda_graphs(self.spec.torch_compile, device)
         # the Detect head caches anchors per input shape on itself: one copy per concurrent stream
         self.replicas = ReplicaPool(self.model, spare_copies=threads is not None)
+
+    def top_rows(self, preds, max_det: int):
+        """The one-to-one head's final rows for a run's ``max_det``: what its ``postprocess`` gives with its top-k
+        at ``max(max_det, 300)``, as ultralytics predict sets it (the same calls, here with that k)."""
+        head = self.topk_head
+        if head is None:
+            return preds
+        k = max(max_det, END_TO_END_CANDIDATES)
+        boxes, scores, *extra = preds.split([s for s in (4, head.nc, preds.shape[-1] - 4 - head.nc) if s], dim=-1)
+        scores, classes, index = head.get_topk_index(scores, k)
+        import torch
+
+        return torch.cat([head._gather(boxes, index), scores, classes, *(head._gather(e, index) for e in extra)], -1)
 
     def collate(self, prepared: Sequence[Letterboxed]):
         return stack_to_device(prepared, self.device, self.fp16)

@@ -237,6 +237,11 @@ class YoloDetector(Predictor):
         detectors have none."""
         return None
 
+    def top_rows(self, preds: Any, max_det: int) -> Any:
+        """An end-to-end head's final rows ``(B, k, 6 + extra)`` for a run's ``max_det``: as the forward gave them
+        (an ONNX graph bakes its own k); a backend whose forward leaves the top-k to the run overrides this."""
+        return preds
+
     def postprocess(
         self,
         raw: Any,
@@ -254,7 +259,7 @@ class YoloDetector(Predictor):
         preds, protos = raw if isinstance(raw, tuple) else (raw, None)
         floors = class_floors(label_filter, len(self.labels))
         if self.end_to_end:
-            rows, counts = end_to_end_rows(preds, score_floor, max_det, floors)
+            rows, counts = end_to_end_rows(self.top_rows(preds, max_det), score_floor, max_det, floors)
         else:
             rows, counts = batched_nms(preds, score_floor, iou, len(self.labels), max_det, floors)
         in_shape = prepared[0].image.shape[:2]
