@@ -100,14 +100,14 @@ class UltralyticsDetector(YoloDetector):
     def top_rows(self, preds, max_det: int):
         """The one-to-one head's final rows for a run's ``max_det``: what its ``postprocess`` gives with its top-k
         at ``max(max_det, 300)``, as ultralytics predict sets it (the same calls, here with that k)."""
+        import torch
+
         head = self.topk_head
         if head is None:
             return preds
         k = max(max_det, END_TO_END_CANDIDATES)
         boxes, scores, *extra = preds.split([s for s in (4, head.nc, preds.shape[-1] - 4 - head.nc) if s], dim=-1)
         scores, classes, index = head.get_topk_index(scores, k)
-        import torch
-
         return torch.cat([head._gather(boxes, index), scores, classes, *(head._gather(e, index) for e in extra)], -1)
 
     def collate(self, prepared: Sequence[Letterboxed]):
