@@ -76,16 +76,21 @@ def process_env(weights: Path) -> dict[str, str]:
     return env
 
 
-def timed_process(command: list[str], env: dict[str, str], scratch: Path) -> tuple[float, int]:
-    """Wall seconds of one process, from spawn to exit, and the label files it wrote; a failure stops the
-    benchmark with its output."""
-    out = Path(command[command.index("--out") + 1]) if "--out" in command else Path(command[-1])
-    shutil.rmtree(out, ignore_errors=True)
+def wall_seconds(command: list[str], env: dict[str, str], cwd: Path) -> float:
+    """Wall seconds of one process, from spawn to exit; a failure stops the benchmark with its output."""
     t0 = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=scratch, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+    return elapsed
+
+
+def timed_process(command: list[str], env: dict[str, str], scratch: Path) -> tuple[float, int]:
+    """Wall seconds of one process (:func:`wall_seconds`) and the label files it wrote."""
+    out = Path(command[command.index("--out") + 1]) if "--out" in command else Path(command[-1])
+    shutil.rmtree(out, ignore_errors=True)
+    elapsed = wall_seconds(command, env, scratch)
     files = sum(1 for _ in out.rglob("*.txt"))
     shutil.rmtree(out, ignore_errors=True)
     return elapsed, files

@@ -32,7 +32,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench_process import avala_infer_command, wall_seconds  # noqa: E402
 from common import assets_dir, machine_info, progress  # noqa: E402  (benchmarks/ is on sys.path)
 from sam_loop import load, segment_image  # noqa: E402
 
@@ -134,14 +134,9 @@ def chain_spec_file(folder: Path, sam: Path, detector: str) -> Path:
     return spec
 
 
-def timed_process(command: list[str], env: dict[str, str], cwd: Path) -> float:
-    """Wall seconds of one process from spawn to exit; a failure stops the benchmark with its output."""
-    t0 = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
-    return elapsed
+def class_ids(names: Any, labels: list[str] | None) -> list[int] | None:
+    """The detector's class ids of ``labels`` (ultralytics' ``classes=``), from its ``names`` dict."""
+    return [list(names.values()).index(name) for name in labels] if labels else None
 
 
 def bench_processes(args: argparse.Namespace, paths: Sequence[Path], folder: Path, sam: Path, tmp: Path) -> dict:
@@ -152,14 +147,17 @@ def bench_processes(args: argparse.Namespace, paths: Sequence[Path], folder: Pat
     spec = chain_spec_file(tmp, sam, detector)
     env = {**os.environ, "YOLO_OFFLINE": "1", "AVALA_INFER_MODELS": str(Path(detector).parent)}
     labels = args.labels.split(",") if args.labels else None
+    if labels:
+        from ultralytics import YOLO
+
+        classes = ",".join(map(str, class_ids(YOLO(detector).names, labels)))
     one = tmp / "one"
     one.mkdir()
     (one / paths[0].name).symlink_to(paths[0].resolve())
-    cli = Path(sys.executable).with_name("avala-infer")
-    ours_cli = [str(cli)] if cli.exists() else [sys.executable, "-m", "avala_infer.cli"]
 
     def ours(source: Path, out: Path) -> list[str]:
-        command = [*ours_cli, "label", str(source), "--model", str(spec), "--format", "coco", "--out", str(out)]
+        command = [*avala_infer_command(), "label", str(source), "--model", str(spec), "--format", "coco"]
+        command += ["--out", str(out)]
         command += ["--confidence", str(args.conf), "--iou", str(args.iou), "--device", args.device, "--overwrite"]
         return command + (["--labels", ",".join(labels)] if labels else [])
 
@@ -167,14 +165,10 @@ def bench_processes(args: argparse.Namespace, paths: Sequence[Path], folder: Pat
         script = str(Path(__file__).with_name("sam_loop.py"))
         command = [sys.executable, script, detector, str(sam), str(source), str(out / "masks.json")]
         command += ["--conf", str(args.conf), "--iou", str(args.iou), "--device", args.device]
-        if labels:
-            from ultralytics import YOLO
-
-            names = list(YOLO(detector).names.values())
-            command += ["--classes", ",".join(str(names.index(name)) for name in labels)]
-        return command
+        return command + (["--classes", classes] if labels else [])
 
     tools = {"reference": reference, "ours": ours}
+    written_by = {"reference": "masks.json", "ours": "annotations.coco.json"}
     walls: dict[str, list[float]] = {name: [] for name in tools}
     startups: dict[str, list[float]] = {name: [] for name in tools}
     instances: dict[str, int] = {}
@@ -182,9 +176,9 @@ def bench_processes(args: argparse.Namespace, paths: Sequence[Path], folder: Pat
         for name, command in tools.items():
             out = tmp / f"out-{name}"
             out.mkdir(exist_ok=True)
-            startups[name].append(timed_process(command(one, out), env, tmp))
-            walls[name].append(timed_process(command(folder, out), env, tmp))
-            written = json.loads(next(out.glob("*.json")).read_text())
+            startups[name].append(wall_seconds(command(one, out), env, tmp))
+            walls[name].append(wall_seconds(command(folder, out), env, tmp))
+            written = json.loads((out / written_by[name]).read_text())
             instances[name] = len(written["annotations"])
             progress(
                 f"round {round_number + 1} {name}: {len(paths) / walls[name][-1]:.2f} img/s ({walls[name][-1]:.1f} s),"
@@ -274,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = Engine(chain_spec(sam, args.detector), device=args.device, batch_size=args.batch, trust_weights=True)
         yolo, model, processor = load(args.detector, str(sam), args.device)
         labels = args.labels.split(",") if args.labels else None
-        classes = [list(yolo.names.values()).index(name) for name in labels] if labels else None
+        classes = class_ids(yolo.names, labels)
         progress(f"{len(paths)} images; warm-up")
         run_reference(yolo, model, processor, paths, args.conf, args.iou, classes, args.device)
         ref_threads = torch.get_num_threads()  # what ultralytics chose for itself

@@ -98,6 +98,16 @@ def chain_spec(sam: Path, detector: str = "yolo11n", **params) -> ModelSpec:
     )
 
 
+def chain_spec_file(path: Path, sam: Path, detector: str = "yolo11n") -> Path:
+    """:func:`chain_spec` as a spec file at ``path``, for the CLI and projects."""
+    path.write_text(
+        f"name: yolo11n-tiny-sam\nmodel_type: instance_segmentation\nbackend: transformers\nweights: {sam}\n"
+        f"params:\n  detector: {detector}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
 def check_instances(p) -> None:
     """Instances with masks at the original size, one per box, none empty, each inside its bounds."""
     d = p.result

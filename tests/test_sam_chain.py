@@ -18,7 +18,13 @@ import pytest
 
 from avala_infer.errors import ConfigError, ModelLoadError, ModelSpecError
 from tests.conftest import VAL_IMAGES, need
-from tests.coverage_box_prompted import chain_spec, check_instances, tiny_sam2_folder, tiny_sam_folder
+from tests.coverage_box_prompted import (
+    chain_spec,
+    chain_spec_file,
+    check_instances,
+    tiny_sam2_folder,
+    tiny_sam_folder,
+)
 
 
 @pytest.fixture(scope="session")
@@ -240,11 +246,7 @@ def test_only_images_that_keep_a_box_are_encoded(chain, photos, monkeypatch):
 
 def test_label_cli_writes_coco_masks(chain, tiny_sam, photos, tmp_path):
     """``avala-infer label DIR --model CHAIN.yaml --format coco``: RLE masks, the detector's categories."""
-    spec = tmp_path / "chain.yaml"
-    spec.write_text(
-        f"name: yolo11n-tiny-sam\nmodel_type: instance_segmentation\nbackend: transformers\nweights: {tiny_sam}\n"
-        "params:\n  detector: yolo11n\n"
-    )
+    spec = chain_spec_file(tmp_path / "chain.yaml", tiny_sam)
     folder = tmp_path / "images"
     folder.mkdir()
     for path in photos[:3]:
@@ -273,11 +275,7 @@ def test_an_auto_label_job_with_a_chain_spec_stores_what_label_writes(tiny_sam, 
     from avala_infer.store import Store, worker_id
     from tests.jobs_helpers import Reader
 
-    spec = tmp_path / "chain.yaml"
-    spec.write_text(
-        f"name: yolo11n-tiny-sam\nmodel_type: instance_segmentation\nbackend: transformers\nweights: {tiny_sam}\n"
-        "params:\n  detector: yolo11n\n"
-    )
+    spec = chain_spec_file(tmp_path / "chain.yaml", tiny_sam)
     images = photos[:4]
     with Store(tmp_path / "home") as store:
         project = store.projects.create("masks", models={"instance_segmentation": str(spec)})["uid"]

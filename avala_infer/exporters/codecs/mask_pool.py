@@ -50,6 +50,7 @@ _Result = TypeVar("_Result")
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
+_pool_threads = 0
 
 
 def map_masks(function: Callable[[_Item], _Result], masks: Iterable[_Item]) -> list[_Result]:
@@ -68,11 +69,11 @@ def map_masks(function: Callable[[_Item], _Result], masks: Iterable[_Item]) -> l
 def _executor(threads: int) -> ThreadPoolExecutor:
     """The process's pool of ``threads``, made on first use (and again for another size); a forked child makes its
     own (the parent's threads are not in it)."""
-    global _pool, _pool_pid
+    global _pool, _pool_pid, _pool_threads
     with _lock:
-        if _pool is None or _pool_pid != os.getpid() or _pool._max_workers != threads:
+        if _pool is None or _pool_pid != os.getpid() or _pool_threads != threads:
             if _pool is not None and _pool_pid == os.getpid():
                 _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(threads, thread_name_prefix="avala-masks")
-            _pool_pid = os.getpid()
+            _pool_pid, _pool_threads = os.getpid(), threads
         return _pool
