@@ -535,14 +535,13 @@ def _model_type(model: str) -> Any:
 
 
 def bench_decode(count: int, distinct: int, scratch: Path, workers: int | None) -> dict[str, Any]:
-    """cv2 on one thread against the loader pool, as the engine runs it (plain JPEGs through torchvision, side by
-    side) and with every file through cv2 one at a time (the path before issue 13's item 5, still taken by PNGs
-    and damaged or unusual JPEGs). Passes alternate, best of three kept for each: the machine is shared."""
+    """cv2 on one thread against the loader pool, as the engine runs it (cv2 decodes side by side) and with every
+    decode alone (the exclusive path: a damaged file's second decode; every file before issue 13's item 5, PNGs
+    until 2026-12). Passes alternate, best of three kept for each: the machine is shared."""
     import cv2
-    import numpy as np
 
     from avala_infer.engine import loaders
-    from avala_infer.engine.decode import decode_with_cv2, rgb_chw_to_bgr
+    from avala_infer.engine.decode import decode_with_cv2
     from avala_infer.engine.pipeline import LOAD_CHUNK, _chunks
     from avala_infer.engine.sources import iter_items
 
@@ -578,18 +577,9 @@ def bench_decode(count: int, distinct: int, scratch: Path, workers: int | None) 
         finally:
             loaders.decode_quietly = saved
 
-    def torchvision_decode(link: Path) -> np.ndarray:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        data = torch.from_numpy(np.fromfile(link, dtype=np.uint8))
-        return rgb_chw_to_bgr(decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True))
-
-    torchvision_decode(links[0])  # the import, untimed
-    rates: dict[str, list[float]] = {"cv2": [], "torchvision": [], "pool": [], "pool_cv2_only": []}
+    rates: dict[str, list[float]] = {"cv2": [], "pool": [], "pool_cv2_only": []}
     for _ in range(3):
         rates["cv2"].append(one_thread(lambda link: cv2.imread(str(link)), "cv2"))
-        rates["torchvision"].append(one_thread(torchvision_decode))
         rates["pool"].append(pool(loaders.decode_quietly, "pool"))
         rates["pool_cv2_only"].append(pool(decode_with_cv2))
     best = {name: max(values) for name, values in rates.items()}
@@ -599,7 +589,6 @@ def bench_decode(count: int, distinct: int, scratch: Path, workers: int | None) 
         "workers": workers,
         "cores": cores,
         "cv2_single_thread_per_s": best["cv2"],
-        "torchvision_single_thread_per_s": best["torchvision"],
         "pool_per_s": best["pool"],
         "pool_per_core_per_s": best["pool"] / busy,
         "per_core_ratio": best["pool"] / busy / best["cv2"],
@@ -656,15 +645,14 @@ def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None
     if decode:
         write("")
         write(
-            f"decode: cv2.imread 1 thread {decode['cv2_single_thread_per_s']:.0f} img/s "
-            f"(torchvision decode_jpeg 1 thread {decode.get('torchvision_single_thread_per_s', 0):.0f}); loader pool "
+            f"decode: cv2.imread 1 thread {decode['cv2_single_thread_per_s']:.0f} img/s; loader pool "
             f"({decode['workers']} workers, {decode['cores']} cores) {decode['pool_per_s']:.0f} img/s = "
             f"{decode['pool_per_core_per_s']:.0f}/core: {decode['per_core_ratio']:.0%} of cv2 per core "
             f"(target >= {DECODE_TARGET:.0%}): {verdict(decode['per_core_ratio'] >= DECODE_TARGET)}"
         )
         if "pool_cv2_only_per_s" in decode:
             write(
-                f"        every file through cv2, one at a time (PNGs, damaged JPEGs; all files before): "
+                f"        every decode alone (a damaged file's second decode; PNGs until 2026-12): "
                 f"{decode['pool_cv2_only_per_s']:.0f} img/s = {decode['pool_cv2_only_per_core_ratio']:.0%} of cv2 "
                 "per core"
             )

@@ -1,7 +1,8 @@
-"""Issue 13, item 5: plain JPEGs decode with torchvision on the loader threads, side by side, to exactly cv2's
-picture; everything else, and every JPEG torchvision refuses or warns about, through cv2 one at a time, so a
-damaged file fails (or warns) with the same reason as before. Real asset JPEGs, and files made here: EXIF
-orientations, grayscale, CMYK, PNG, truncated, damaged and stray-byte JPEGs."""
+"""Issue 13, item 5: every image decodes with cv2 on the loader threads, side by side, to exactly cv2's picture;
+a decode during which a codec line was printed, or that gave no picture, is done again alone, so a damaged file
+fails (or warns) with its own reason. The device path's JPEGs (torchvision's decode off a GPU) equal cv2's too.
+Real asset JPEGs, and files made here: EXIF orientations, grayscale, CMYK, PNG, truncated, damaged and stray-byte
+JPEGs."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
+from avala_infer.engine import decode as decoding
 from avala_infer.engine.decode import (
-    decode_jpeg_shared,
     decode_jpegs_on,
     decode_quietly,
     decode_with_cv2,
@@ -77,15 +78,42 @@ def pil_jpeg(image: np.ndarray, mode: str, **save) -> np.ndarray:
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8).copy()
 
 
-def test_every_asset_jpeg_decodes_through_torchvision_to_cv2s_exact_picture():
-    for path in asset_jpegs():
-        data = raw(path)
-        assert is_plain_jpeg(data), path
-        ours = decode_jpeg_shared(data)  # torchvision alone: None would mean it fell back
-        assert ours is not None, path
+def bgr_of(chw: torch.Tensor) -> np.ndarray:
+    """A device-path picture (RGB CHW tensor) as cv2's BGR HxWx3 array."""
+    return cv2.cvtColor(np.ascontiguousarray(chw.permute(1, 2, 0).numpy()), cv2.COLOR_RGB2BGR)
+
+
+def test_every_asset_jpeg_decodes_to_cv2s_exact_picture_on_both_paths():
+    paths = asset_jpegs()
+    datas = [raw(path) for path in paths]
+    on_device = decode_jpegs_on("cpu", datas)  # the device path's decode, run off a GPU: torchvision's
+    for path, data, chw in zip(paths, datas, on_device):
         truth = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        assert ours.dtype == np.uint8 and ours.flags.c_contiguous and ours.shape == truth.shape, path
-        assert np.array_equal(ours, truth), path
+        ours, messages = decode_quietly(data)
+        assert messages == [] and ours.dtype == np.uint8 and ours.flags.c_contiguous, path
+        assert ours.shape == truth.shape and np.array_equal(ours, truth), path
+        assert is_plain_jpeg(data) and isinstance(chw, torch.Tensor), path
+        assert np.array_equal(bgr_of(chw), truth), path
+
+
+def test_decodes_of_every_format_run_side_by_side(bus, monkeypatch):
+    """Two threads are inside cv2.imdecode at once, for JPEGs and PNGs alike: a decode that ran alone (as PNGs
+    did before) would leave the other thread waiting at the barrier until it broke."""
+    picture = cv2.imdecode(np.frombuffer(bus, np.uint8), cv2.IMREAD_COLOR)
+    real = cv2.imdecode
+    both_inside = threading.Barrier(2, timeout=20)
+
+    def imdecode_when_both_are_in(data, flags):
+        both_inside.wait()
+        return real(data, flags)
+
+    for encoded in (np.frombuffer(bus, np.uint8).copy(), cv2.imencode(".png", picture)[1]):
+        monkeypatch.setattr(decoding.cv2, "imdecode", imdecode_when_both_are_in)
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(decode_quietly, [encoded, encoded.copy()]))
+        monkeypatch.setattr(decoding.cv2, "imdecode", real)
+        for image, messages in results:
+            assert messages == [] and np.array_equal(image, picture)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -100,8 +128,10 @@ def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path, bus, orientati
     data = raw(path)
     truth = cv2.imread(str(path))
     assert truth.shape[:2] == ((160, 240) if orientation >= 5 else (240, 160))
-    ours = decode_jpeg_shared(data)
-    assert ours is not None and np.array_equal(ours, truth)
+    ours, messages = decode_quietly(data)
+    assert messages == [] and np.array_equal(ours, truth)
+    [chw] = decode_jpegs_on("cpu", [data])  # torchvision applies the orientation off a GPU
+    assert np.array_equal(bgr_of(chw), truth)
     assert np.array_equal(read_image(Item(0, str(path), path.name), {}), truth)
     # the GPU path decodes without orientation (nvJPEG has none) and turns the picture itself
     assert exif_orientation(data) == orientation
@@ -114,7 +144,7 @@ def test_a_truncated_jpeg_fails_its_item_naming_the_file(damaged, capfd):
     with pytest.raises(ItemError) as half:
         read_image(Item(0, str(damaged["half"]), "half.jpg"), {})
     assert f"cannot decode {damaged['half']}" in str(half.value) and "corrupt or truncated" in str(half.value)
-    # torchvision decodes cut.jpg without a word (grey bottom half); the warning it prints sends it to cv2
+    # cut.jpg decodes to a picture with a grey bottom half; the warning libjpeg prints is what fails the item
     assert decode_with_cv2(raw(damaged["cut"]))[0] is not None  # cv2 gives a picture too, and a warning
     with pytest.raises(ItemError) as cut:
         read_image(Item(1, str(damaged["cut"]), "cut.jpg"), {})
@@ -138,15 +168,15 @@ def test_grayscale_and_cmyk_jpegs_give_cv2s_arrays(bus):
     picture = cv2.imdecode(np.frombuffer(bus, np.uint8), cv2.IMREAD_COLOR)
     gray = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY))[1]
     cmyk = pil_jpeg(picture, "CMYK")
-    assert is_plain_jpeg(gray) and decode_jpeg_shared(gray) is not None  # gray: torchvision equals cv2
-    assert not is_plain_jpeg(cmyk)  # CMYK: torchvision's conversion is off by one level here and there
+    assert is_plain_jpeg(gray) and isinstance(decode_jpegs_on("cpu", [gray])[0], torch.Tensor)  # as cv2's
+    assert not is_plain_jpeg(cmyk)  # CMYK: torchvision's conversion is off by one level here and there: CPU path
     for data in (gray, pil_jpeg(picture, "L"), cmyk):
         image, messages = decode_quietly(data)
         truth = cv2.imdecode(data, cv2.IMREAD_COLOR)
         assert messages == [] and image.shape == truth.shape == picture.shape and np.array_equal(image, truth)
 
 
-def test_other_formats_and_codings_take_the_cv2_path(bus, tmp_path):
+def test_other_formats_and_codings_give_cv2s_answer(bus, tmp_path):
     picture = cv2.imdecode(np.frombuffer(bus, np.uint8), cv2.IMREAD_COLOR)
     png = cv2.imencode(".png", picture)[1]
     assert not is_plain_jpeg(png)
@@ -154,7 +184,8 @@ def test_other_formats_and_codings_take_the_cv2_path(bus, tmp_path):
     assert messages == [] and np.array_equal(image, picture)
     progressive = cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
     assert is_plain_jpeg(progressive)
-    assert np.array_equal(decode_jpeg_shared(progressive), cv2.imdecode(progressive, cv2.IMREAD_COLOR))
+    assert np.array_equal(bgr_of(decode_jpegs_on("cpu", [progressive])[0]), decode_quietly(progressive)[0])
+    assert np.array_equal(decode_quietly(progressive)[0], cv2.imdecode(progressive, cv2.IMREAD_COLOR))
     # the frame header of bus.jpg, rewritten: 12-bit samples, lossless (C3) and arithmetic (C9) coding
     data = np.frombuffer(bus, np.uint8).copy()
     at = next(i for i in range(2, len(bus) - 1) if bus[i] == 0xFF and bus[i + 1] in (0xC0, 0xC1, 0xC2))
@@ -169,8 +200,8 @@ def test_other_formats_and_codings_take_the_cv2_path(bus, tmp_path):
 
 def test_parallel_decodes_match_and_warnings_stay_with_their_file(damaged, capfd):
     """Many threads at once, good files mixed with damaged ones: every picture equals cv2's, and every codec
-    message belongs to the file that caused it (a warning printed by one thread's torchvision decode must not
-    land on another's item)."""
+    message belongs to the file that caused it (a warning printed during one thread's decode must not land on
+    another's item)."""
     files = asset_jpegs()[:48] + [damaged["stray"], damaged["cut"], damaged["half"]] * 4
     truth = {path: decode_with_cv2(raw(path)) for path in set(files)}
     png = need(ASSETS / "images" / "skimage" / "astronaut.png")

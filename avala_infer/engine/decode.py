@@ -1,32 +1,29 @@
 """Image bytes -> BGR pixels, with the codec's warnings kept as the item's own reason.
 
-Two decoders, one answer. Plain JPEGs (8-bit, baseline or progressive, gray or YCbCr: nearly every photo) decode
-with torchvision's ``decode_jpeg`` on the CPU: the same libjpeg-turbo code as cv2, pixel-identical to
-``cv2.imdecode`` (EXIF orientation included), and it releases the GIL, so the loader threads decode side by side.
-Everything else (PNG, WebP, TIFF...; CMYK/YCCK JPEGs, where torchvision's colour conversion is off by one; 12-bit,
-lossless and arithmetic-coded JPEGs; any file torchvision refuses or warns about) goes through ``cv2.imdecode``,
-one at a time, exactly as before.
+Every file decodes with ``cv2.imdecode`` (``IMREAD_COLOR``: EXIF orientation applied), on the loader threads side
+by side: cv2 releases the GIL while it decodes and gives BGR directly. (Until 2026-12 plain JPEGs went through
+torchvision's ``decode_jpeg`` here and everything else through cv2 one at a time; torchvision gives RGB, and its
+conversion to cv2's BGR cost a copy of every picture, while PNGs and the other formats decoded one at a time.
+torchvision's CPU decode is still what :func:`decode_jpegs_on` falls back to off a GPU.)
 
 Why the warnings need care: libjpeg (in cv2 and in torchvision alike) prints its warnings with fprintf to the
 process's stderr (fd 2): "Corrupt JPEG data: 5 extraneous bytes before marker 0xd9", "Corrupt JPEG data: premature
-end of data segment" (part of the picture is missing), "libpng warning: ...". Neither library tells its caller:
-torchvision returns such a picture as if it were whole (equal to cv2's), where cv2's path turns the message into
-the item's failure or a logged warning naming the file. So while any decode runs, fd 2 points at a capture file
-(:class:`QuietDecodes`):
+end of data segment" (part of the picture is missing), "libpng warning: ...". No library tells its caller: the
+picture comes back as if it were whole, so the message, read off fd 2, is what turns into the item's failure or a
+logged warning naming the file. While any decode runs, fd 2 points at a capture file (:class:`QuietDecodes`):
 
-* torchvision decodes run **shared** (many at once). After each, the capture is read; a codec line in it marks
-  every torchvision decode that was running meanwhile as suspect (we cannot tell which thread printed it), and
-  each suspect is decoded again by cv2, so the file gets exactly the reason it got before. False alarms cost a
-  second decode of a few pictures, and only when a damaged file is met.
-* cv2 decodes run **exclusive** (alone: no other decode is running), so every codec line in the capture is
-  theirs, as it was under the old process-wide lock.
+* decodes run **shared** (many at once). After each, the capture is read; a codec line in it marks every decode
+  that was running meanwhile as suspect (we cannot tell which thread printed it), and each suspect is decoded
+  again **exclusive** (alone: no other decode running), so every codec line printed then is its own and the file
+  gets exactly its own reason. False alarms cost a second decode of a few pictures, and only when a damaged file
+  is met. A decode that fails (no picture) is redone exclusive too, for the messages that say why.
 
 Anything else written to fd 2 meanwhile (another thread's log line, a progress bar) is passed on to the real
 stderr unchanged, when the next decode ends (milliseconds late). During a run the loader threads decode almost
 all the time, so fd 2 stays redirected most of it; a hard crash then leaves its last words in the capture.
 
 torchvision 0.29 marks its image codecs deprecated (TorchCodec takes them over): if ``decode_jpeg`` goes away or
-fails to import, every file takes the cv2 path, as before.
+fails to import, :func:`decode_jpegs_on` sends every file to the CPU path.
 """
 
 from __future__ import annotations
@@ -70,7 +67,8 @@ INCOMPLETE_MARKS = ("Premature end of JPEG file", "premature end of data segment
 
 
 def is_plain_jpeg(data: np.ndarray | bytes | memoryview) -> bool:
-    """Whether torchvision's ``decode_jpeg`` gives exactly cv2's picture for these bytes, from the header alone.
+    """Whether torchvision's ``decode_jpeg`` gives exactly cv2's picture for these bytes, from the header alone:
+    the JPEGs the device path (``--decode gpu``, :func:`decode_jpegs_on`) takes; the rest decode on the CPU.
 
     True for an 8-bit Huffman-coded JPEG (baseline, extended or progressive) with 1 (gray) or 3 (YCbCr)
     components. False for everything else, and for a 3-component JPEG its Adobe marker says is stored as RGB
@@ -205,7 +203,7 @@ def _torchvision_jpeg() -> Callable[..., Any] | None:
     try:
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:  # a broken install: cv2 decodes everything, as before
+    except ImportError:  # a broken install: every file decodes on the CPU, with cv2
         return None
     # torchvision 0.29 warns on every call that its codecs are deprecated (see the module docstring): that one
     # message, once per picture, says nothing a user can act on, so it alone is silenced
@@ -215,22 +213,6 @@ def _torchvision_jpeg() -> Callable[..., Any] | None:
         return decode_jpeg(torch.from_numpy(data), mode=ImageReadMode.RGB, apply_exif_orientation=True)
 
     return decode
-
-
-def rgb_chw_to_bgr(chw: torch.Tensor) -> np.ndarray:
-    """torchvision's RGB CHW uint8 picture as cv2's BGR HxWx3 contiguous array, in one copy.
-
-    ``decode_jpeg`` fills an HxWx3 buffer and returns it permuted to CHW, so permuting back is a free view.
-    """
-    hwc = chw.permute(1, 2, 0).numpy()
-    return cv2.cvtColor(hwc if hwc.flags.c_contiguous else np.ascontiguousarray(hwc), cv2.COLOR_RGB2BGR)
-
-
-def decode_jpeg_shared(data: np.ndarray) -> np.ndarray | None:
-    """A plain JPEG's BGR picture decoded by torchvision beside other threads; ``None`` when that failed or a
-    codec warning showed up meanwhile (the caller then decodes with :func:`decode_with_cv2`)."""
-    chw = _decode_chw_shared(data)
-    return None if chw is None else rgb_chw_to_bgr(chw)
 
 
 def _decode_chw_shared(data: np.ndarray) -> torch.Tensor | None:
@@ -260,13 +242,12 @@ def decode_quietly(data: np.ndarray) -> tuple[np.ndarray | cv2.error | None, lis
     """Any image's bytes -> its BGR uint8 HxWx3 picture as ``cv2.imdecode`` gives it (``None`` or the
     ``cv2.error`` when it cannot), and the codec's messages, none of which reach stderr.
 
-    Plain JPEGs decode in parallel (torchvision); the rest, and any JPEG torchvision refuses or warns about,
-    through cv2 one at a time.
+    Decoded beside the other loader threads; decoded again alone when a codec line showed up meanwhile or when
+    it gave no picture (the module docstring says why).
     """
-    if is_plain_jpeg(data):
-        image = decode_jpeg_shared(data)
-        if image is not None:
-            return image, []
+    image, trusted = _quiet.shared(lambda: cv2.imdecode(data, cv2.IMREAD_COLOR))
+    if trusted and isinstance(image, np.ndarray):
+        return image, []
     return decode_with_cv2(data)
 
 
