@@ -74,10 +74,10 @@ def read_image(
 ) -> np.ndarray | EncodedJpeg:
     """Read and decode one item to a BGR uint8 HxWx3 array (EXIF orientation applied, as cv2/ultralytics).
 
-    Grayscale, RGBA and 16-bit images are converted; failures raise :class:`ItemError` with the reason. Plain
-    JPEGs decode in parallel on the loader threads, the rest one at a time (engine/decode.py says why). With
-    ``keep_jpeg``, a plain JPEG whose header gives its size is not decoded: it comes back as an
-    :class:`EncodedJpeg` (engine/device_decode.py decodes it on the model's device).
+    Grayscale, RGBA and 16-bit images are converted; failures raise :class:`ItemError` with the reason. Images
+    decode side by side on the loader threads (engine/decode.py). With ``keep_jpeg``, a plain JPEG whose header
+    gives its size is not decoded: it comes back as an :class:`EncodedJpeg` (engine/device_decode.py decodes it on
+    the model's device).
     """
     if item.error:
         raise ItemError(item.error)
