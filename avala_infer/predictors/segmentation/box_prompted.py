@@ -23,14 +23,15 @@ it as for any detector (applying the mapping here as well would map twice).
 
 Batched: ``forward`` runs the detector on the whole batch; ``postprocess`` runs the detector's NMS and the run's
 filter, then SAM's image encoder over the batch's images that kept a box (an image with none is never encoded: with
-a narrow vocabulary, most are not), then SAM's prompt encoder and mask decoder once over every box of every image
-of the batch (each box beside its image's embedding, a chunk of boxes at a time), then each image's masks go up to
-its original size exactly as the family's processor's ``post_process_masks`` does (SAM: bilinear to the padded
-input, the padding cut, bilinear to the original; SAM2: bilinear to the original; above ``mask_threshold``).
-SAM's models run in ``postprocess``, not ``forward``: which images and boxes they see depends on the run's filter,
-which only ``postprocess`` receives (on a GPU the postprocess stage has a thread and a CUDA stream of its own, so
-SAM on one batch overlaps the detector on the next). An instance whose mask comes out empty is dropped, as YOLO-seg
-drops one (no writer can outline an empty mask).
+a narrow vocabulary, most are not), then SAM's prompt encoder and mask decoder once over every box of every image of
+the batch (each box beside its image's embedding, a chunk of boxes at a time), then each image's masks go up to its
+original size exactly as the family's processor's ``post_process_masks`` does (SAM: bilinear to the padded input,
+the padding cut, bilinear to the original; SAM2: bilinear to the original; above ``mask_threshold``). On a CPU,
+SAM's processor runs there too, on those images only (on a GPU it runs on the loader threads, off the thread that
+feeds the device). SAM's models run in ``postprocess``, not ``forward``: which images and boxes they see depends on
+the run's filter, which only ``postprocess`` receives (on a GPU the postprocess stage has a thread and a CUDA stream
+of its own, so SAM on one batch overlaps the detector on the next). An instance whose mask comes out empty is
+dropped, as YOLO-seg drops one (no writer can outline an empty mask).
 
 Families, picked by ``model_type`` in the folder's config.json: ``sam`` (``SamModel`` with ``SamProcessor``: the
 longest side resized to 1024, padded square) and ``sam2`` (``Sam2Model`` with ``Sam2Processor``: resized square,
@@ -71,15 +72,25 @@ MASK_MEMORY_BUDGET = 256 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
+class SamInput:
+    """SAM's processor's output for one image: ``pixel_values`` (3, S, S) and the (height, width) of the input its
+    boxes are scaled to (SAM: the size it was resized to before padding; SAM2: the processor's square
+    ``target_size``)."""
+
+    pixel_values: Any
+    resized_shape: tuple[int, int]
+
+
+@dataclasses.dataclass(frozen=True)
 class Prompted:
-    """One image prepared for both models: the detector's input and SAM's ``pixel_values`` (3, S, S), with the
-    original (height, width) and the (height, width) of the input its boxes are scaled to (SAM: the size it was
-    resized to before padding; SAM2: the processor's square ``target_size``)."""
+    """One image prepared for both models: the detector's input, the original (height, width), and SAM's input:
+    made at once (``sam``), or later from the BGR picture kept here (``image``) for the images that keep a box
+    (see :meth:`BoxPromptedSegmenter.prepare`)."""
 
     detector_input: Any
-    pixel_values: Any
     orig_shape: tuple[int, int]
-    resized_shape: tuple[int, int]
+    sam: SamInput | None = None
+    image: np.ndarray | None = None
 
 
 def load_sam_folder(folder: Path) -> tuple[str, Any, Any]:
@@ -271,6 +282,7 @@ class BoxPromptedSegmenter(Predictor):
         )
         model = model.to(device)
         self.model = model.half() if self.fp16 else model
+        self.sam_input_shape = self.fixed_sam_input_shape()
 
     @staticmethod
     def detector_spec(spec: ModelSpec) -> ModelSpec:
@@ -305,16 +317,41 @@ class BoxPromptedSegmenter(Predictor):
             release()
 
     def prepare(self, image: np.ndarray) -> Prompted:
+        """The detector's input, and SAM's: on a CPU SAM's input (about 10 ms of work and a 12 MB float tensor an
+        image at 1024) is made in :meth:`postprocess`, for the images that keep a box only, from the picture kept
+        here; on a GPU it is made here, on the loader threads, which keeps that work off the postprocess thread
+        that feeds the device. Either way it is the processor's output for the same picture, bit for bit."""
+        detector_input = self.detector.prepare(image)
+        if self.sam_input_shape is not None and self.device == "cpu":
+            return Prompted(detector_input, image.shape[:2], image=image)
+        return Prompted(detector_input, image.shape[:2], sam=self.sam_input(image))
+
+    def sam_input(self, image: np.ndarray) -> SamInput:
+        """SAM's processor on one BGR picture."""
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         inputs = self.processor.image_processor(images=rgb, return_tensors="pt", input_data_format="channels_last")
         if self.family == "sam":
             resized = tuple(int(x) for x in inputs["reshaped_input_sizes"][0])
         else:  # Sam2Processor scales boxes to a target_size square, whatever the image's aspect
             resized = (int(self.processor.target_size),) * 2
-        return Prompted(self.detector.prepare(image), inputs["pixel_values"][0], image.shape[:2], resized)
+        return SamInput(inputs["pixel_values"][0], resized)
+
+    def sam_input_of(self, prepared: Prompted) -> SamInput:
+        """SAM's input for a prepared image: made in :meth:`prepare`, or now."""
+        return prepared.sam if prepared.sam is not None else self.sam_input(prepared.image)
+
+    def fixed_sam_input_shape(self) -> tuple[int, ...] | None:
+        """The shape of SAM's ``pixel_values`` when the processor gives every picture the same one (it pads or
+        resizes square: SAM and SAM2 as saved by transformers), found on two small pictures of other shapes;
+        ``None`` when it depends on the picture (then SAM's input is made in :meth:`prepare` and its shape is part
+        of the batch key: a batch's images are encoded together)."""
+        sizes = ((8, 16, 3), (24, 8, 3))
+        shapes = {tuple(self.sam_input(np.zeros(size, np.uint8)).pixel_values.shape) for size in sizes}
+        return shapes.pop() if len(shapes) == 1 else None
 
     def batch_key(self, prepared: Prompted) -> Hashable:
-        return (self.detector.batch_key(prepared.detector_input), tuple(prepared.pixel_values.shape))
+        sam_shape = self.sam_input_shape or tuple(self.sam_input_of(prepared).pixel_values.shape)
+        return (self.detector.batch_key(prepared.detector_input), sam_shape)
 
     def collate(self, prepared: Sequence[Prompted]) -> Any:
         """The detector's batch only: SAM's pixels go to the device in :meth:`postprocess`, for the images that
@@ -324,21 +361,21 @@ class BoxPromptedSegmenter(Predictor):
     def forward(self, batch: Any) -> Any:
         return self.detector.forward(batch)
 
-    def image_embeddings(self, prepared: Sequence[Prompted]) -> Any:
+    def image_embeddings(self, inputs: Sequence[SamInput]) -> Any:
         """SAM's image encoder over these images at once (SAM2: its feature levels)."""
         import torch
 
-        pixels = torch.stack([p.pixel_values for p in prepared])
+        pixels = torch.stack([p.pixel_values for p in inputs])
         if self.device != "cpu":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         pixels = pixels.half() if self.fp16 else pixels.float()
         return self.model.get_image_embeddings(pixels)
 
-    def box_prompts(self, boxes: np.ndarray, prepared: Prompted) -> np.ndarray:
+    def box_prompts(self, boxes: np.ndarray, orig_shape: tuple[int, int], sam: SamInput) -> np.ndarray:
         """``boxes`` (xyxy, original pixels) scaled to SAM's input as the family's processor scales them."""
         if self.family == "sam":
-            return sam_box_prompts(boxes, prepared.orig_shape, prepared.resized_shape)
-        return sam2_box_prompts(boxes, prepared.orig_shape, prepared.resized_shape[0])
+            return sam_box_prompts(boxes, orig_shape, sam.resized_shape)
+        return sam2_box_prompts(boxes, orig_shape, sam.resized_shape[0])
 
     def postprocess(
         self, raw: Any, prepared: Sequence[Prompted], *, label_filter: Any = None, **options: Any
@@ -351,25 +388,25 @@ class BoxPromptedSegmenter(Predictor):
             return [without_instances(d, p.orig_shape) for d, p in zip(boxes, prepared)]
         # the encoder, the costliest model of the two, runs on the images with boxes to segment only
         segmented = [i for i, n in enumerate(counts) if n]
-        embeddings = self.image_embeddings([prepared[i] for i in segmented])
+        sam = {i: self.sam_input_of(prepared[i]) for i in segmented}
+        embeddings = self.image_embeddings([sam[i] for i in segmented])
         image_index = np.repeat(np.arange(len(segmented)), [counts[i] for i in segmented])
-        prompts = np.concatenate([self.box_prompts(boxes[i].xyxy, prepared[i]) for i in segmented])
+        prompts = np.concatenate([self.box_prompts(boxes[i].xyxy, prepared[i].orig_shape, sam[i]) for i in segmented])
         low_res, scores = decode_boxes(self.model, embeddings, image_index, prompts, self.multimask)
         scores = scores.float().cpu().numpy()
         results, start = [], 0
-        for detections, item, n in zip(boxes, prepared, counts):
+        for i, (detections, item, n) in enumerate(zip(boxes, prepared, counts)):
             mine = slice(start, start + n)
             start += n
             if not n:
                 results.append(without_instances(detections, item.orig_shape))
                 continue
             masks = masks_at_original(
-                low_res[mine], self.padded_size, item.resized_shape, item.orig_shape, self.mask_threshold
+                low_res[mine], self.padded_size, sam[i].resized_shape, item.orig_shape, self.mask_threshold
             )
             bounds = tight_bounds(masks).cpu().numpy()
             host = masks.cpu().numpy()
-            segmented = dataclasses.replace(detections, mask=host, mask_bounds=bounds)
-            segmented = with_mask_scores(segmented, scores[mine])
+            masked = with_mask_scores(dataclasses.replace(detections, mask=host, mask_bounds=bounds), scores[mine])
             nonempty = bounds[:, 2] > bounds[:, 0]
-            results.append(segmented if nonempty.all() else segmented[nonempty])
+            results.append(masked if nonempty.all() else masked[nonempty])
         return results
