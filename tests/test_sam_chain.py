@@ -276,6 +276,33 @@ def test_on_a_cpu_sams_processor_runs_on_the_images_that_keep_a_box(chain, photo
         assert np.array_equal(one.detections.mask_score, other.detections.mask_score)
 
 
+def test_on_a_cpu_sams_encoder_takes_one_image_at_a_time_with_the_masks_a_batch_gives(chain, photos, monkeypatch):
+    """On a CPU the image encoder runs image by image (its activations, hundreds of MB an image at 1024, are not
+    multiplied by the batch; a CPU gains nothing from batching it); encoded as one batch the masks agree."""
+    from avala_infer.predictors.segmentation import box_prompted
+
+    model = chain.predictor.model
+    encode = model.get_image_embeddings
+    passes: list[int] = []
+
+    def counted(pixels, *args, **kwargs):
+        passes.append(len(pixels))
+        return encode(pixels, *args, **kwargs)
+
+    monkeypatch.setattr(model, "get_image_embeddings", counted)
+    single = list(chain.predict(photos))
+    assert set(passes) == {1} and len(passes) == sum(len(p.detections) > 0 for p in single) == len(photos)
+    passes.clear()
+    monkeypatch.setattr(box_prompted, "CPU_ENCODER_BATCH", 64)
+    batched = list(chain.predict(photos))
+    assert max(passes) > 1  # the chain's batches of 4, in one pass each
+    for one, other in zip(single, batched):
+        assert np.array_equal(one.detections.xyxy, other.detections.xyxy)
+        assert np.allclose(one.detections.mask_score, other.detections.mask_score, atol=1e-5)
+        differ = np.count_nonzero(one.detections.mask != other.detections.mask)
+        assert differ <= 1e-4 * one.detections.mask.size, differ
+
+
 def test_label_cli_writes_coco_masks(chain, tiny_sam, photos, tmp_path):
     """``avala-infer label DIR --model CHAIN.yaml --format coco``: RLE masks, the detector's categories."""
     spec = chain_spec_file(tmp_path / "chain.yaml", tiny_sam)

@@ -15,6 +15,7 @@ import sys
 import click
 
 from avala_infer.cli import agents, auto_label, export, keys, label, models, projects, serve, workers
+from avala_infer.cli.allocator import restart_for_models
 
 
 class StatusLine(logging.Handler):
@@ -76,5 +77,7 @@ for command in (agents.task_complete, agents.task_review, agents.task_reject):  
 
 
 def main() -> None:
-    """The ``avala-infer`` console script."""
+    """The ``avala-infer`` console script. A command that runs models first restarts this process once with
+    glibc malloc settings that spare large activations their page faults (``allocator``)."""
+    restart_for_models(sys.argv[1:])
     cli()
