@@ -164,7 +164,8 @@ class OpenVocabDetector(Predictor):
         **_: Any,
     ) -> list[Detections]:
         import torch
-        import torchvision
+
+        from avala_infer.predictors.nms_kernel import nms
 
         scores, boxes = raw
         scores, boxes = scores.float(), boxes.float()
@@ -193,7 +194,7 @@ class OpenVocabDetector(Predictor):
             # and float32 rounding there could make an image's boxes depend on its batch (see yolo.batched_nms)
             for group in torch.unique(groups).tolist():
                 mine = candidates[groups == group]
-                keep[mine[torchvision.ops.nms(row_boxes[mine], row_scores[mine], iou)]] = True
+                keep[mine[nms(row_boxes[mine], row_scores[mine], iou)]] = True
         # each image's rows by descending score (stable sorts: ties stay in proposal order), cut at max_det below
         order = keep.nonzero().flatten()
         order = order[torch.argsort(row_scores[order], descending=True, stable=True)]

@@ -91,7 +91,8 @@ def batched_nms(
     (at most ``max_det`` of them); and how many rows each image has (host ints, for ``rows.split(counts)``).
     """
     import torch
-    import torchvision
+
+    from avala_infer.predictors.nms_kernel import nms
 
     raw = raw.float()
     best, cls = raw[:, 4 : 4 + nc, :].max(1)  # (B, anchors)
@@ -113,7 +114,7 @@ def batched_nms(
             if n > MAX_NMS_CANDIDATES:  # rare: keep the image's best, as ultralytics
                 order = image_scores.argsort(descending=True)[:MAX_NMS_CANDIDATES]
                 image_boxes, image_scores = image_boxes[order], image_scores[order]
-            mine = torchvision.ops.nms(image_boxes, image_scores, iou)[:max_det]
+            mine = nms(image_boxes, image_scores, iou)[:max_det]
             keep.append((mine if order is None else order[mine]) + start)
             kept.append(len(mine))
         else:
