@@ -609,7 +609,9 @@ def verdict(ok: bool) -> str:
 
 
 def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None:
-    write(f"# host overhead, {result['when']} ({result['machine']['cpu']}, {result['machine']['cores']} cores)")
+    machine = result["machine"]
+    where = f"{machine['cpu']}, {machine['cores']} cores; malloc: {machine.get('malloc', '?')}"
+    write(f"# host overhead, {result['when']} ({where})")
     staged = result["settings"].get("staged")
     write("null forward, 1 stream; µs/item per stage from the predictions' timings (loader threads: read, decode,")
     write(

@@ -24,6 +24,18 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def malloc_settings() -> str:
+    """glibc malloc as this process was started: the CLI's settings (``avala_infer.cli.allocator``, which the
+    ``avala-infer`` commands that run models restart with), other settings, or glibc's defaults. They change the
+    host-side figures (page faults of large buffers), so every report says which it ran with."""
+    from avala_infer.cli.allocator import SETTINGS
+
+    present = {name: os.environ[name] for name in SETTINGS if name in os.environ}
+    if present == SETTINGS:
+        return "the CLI's settings"
+    return ", ".join(f"{k}={v}" for k, v in present.items()) or "glibc's defaults"
+
+
 def machine_info(*packages: str) -> dict[str, Any]:
     """CPU, cores, platform, Python, torch and each of ``packages`` with its version, and the GPU when present."""
     import torch
@@ -40,6 +52,7 @@ def machine_info(*packages: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "malloc": malloc_settings(),
     }
     for package in packages:
         info[package] = importlib.import_module(package).__version__
