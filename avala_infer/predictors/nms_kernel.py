@@ -2,11 +2,12 @@
 
 ``torchvision.ops.nms`` checks its input and calls ``torch.ops.torchvision.nms``, a C++ operator that torchvision's
 compiled extension registers with torch when it is loaded. Importing ``torchvision`` itself also imports its model
-zoo and, through ``torchvision.ops``, ``torch._dynamo``: 1.0-1.7 s of every run's start-up on this project's VM,
-for one function. So the detectors load that extension alone (``torch.ops.load_library``, as torchvision's own
-``extension`` module does) and call the operator: the same kernel, the same results. When the extension cannot be
-found or loaded that way (another layout, another platform's loader rules), the torchvision package is imported,
-which loads it its own way, or says what is wrong.
+zoo and, through ``torchvision.ops``, ``torch._dynamo``: about 2 s of every YOLO run's start-up on this project's
+VM, for one function (``avala-infer label`` on one image: 4.7-4.9 s with it, 2.5-3.1 s without). So the detectors
+load that extension alone (``torch.ops.load_library``, as torchvision's own ``extension`` module does) and call the
+operator: the same kernel, the same results. When the extension cannot be found or loaded that way (another
+layout, another platform's loader rules), the torchvision package is imported, which loads it its own way, or says
+what is wrong.
 """
 
 from __future__ import annotations
