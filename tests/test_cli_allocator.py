@@ -96,14 +96,15 @@ def test_a_model_command_restarts_in_place_and_a_freed_block_then_costs_no_page_
     popen_pid, pid, arena_max, faults = run_probe("label", "images/")
     assert pid == popen_pid  # exec: the same process, which whoever started it can still signal and wait for
     assert arena_max == SETTINGS["MALLOC_ARENA_MAX"]
-    assert faults[0] > 20_000  # the first round maps the block's 32,768 pages
-    assert faults[1] < 1_000 and faults[2] < 1_000, faults  # later rounds reuse them
+    # the first round maps the block's pages (32,768 of 4 KiB; fewer where the kernel gives huge pages); later
+    # rounds reuse them
+    assert faults[0] > 0 and max(faults[1:]) <= faults[0] // 20, faults
 
     # without the restart (a command that runs no model, or the user's opt-out) every round faults them all again
     for args, env in ((("projects", "list"), {}), (("label", "images/"), {"AVALA_INFER_MALLOC": "system"})):
         popen_pid, pid, arena_max, faults = run_probe(*args, **env)
         assert pid == popen_pid and arena_max == "None"
-        assert min(faults) > 20_000, (args, env, faults)
+        assert faults[0] > 0 and min(faults[1:]) >= faults[0] // 2, (args, env, faults)
 
 
 @needs_glibc

@@ -374,10 +374,10 @@ class BoxPromptedSegmenter(Predictor):
         if self.device != "cpu":
             pixels = pixels.pin_memory().to(self.device, non_blocking=True)
         pixels = pixels.half() if self.fp16 else pixels.float()
-        if self.device != "cpu" or len(pixels) <= CPU_ENCODER_BATCH:
-            return self.model.get_image_embeddings(pixels)
-        step = CPU_ENCODER_BATCH
+        step = CPU_ENCODER_BATCH if self.device == "cpu" else len(pixels)
         parts = [self.model.get_image_embeddings(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+        if len(parts) == 1:
+            return parts[0]
         if isinstance(parts[0], (list, tuple)):  # SAM2: feature levels
             return [torch.cat(level) for level in zip(*parts)]
         return torch.cat(parts)
