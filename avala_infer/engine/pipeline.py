@@ -8,6 +8,7 @@ import functools
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -77,9 +78,8 @@ def batching_overrides(device: str, batch_size: int | None, letterbox: str | Non
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` says the device ran out of memory (a smaller batch may then fit)."""
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # not imported: the error cannot be one of its own
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     message = str(exc)
     return any(text in message for text in OUT_OF_MEMORY_MESSAGES)
@@ -123,6 +123,16 @@ def torch_threads(count: int | None) -> Iterator[None]:
     :func:`configure_torch_threads`; nothing is restored after the block."""
     configure_torch_threads(count)
     yield
+
+
+def inference_mode(predictor: Any) -> contextlib.AbstractContextManager:
+    """torch's inference mode for a predictor that runs torch; nothing for one that does not (an ONNX detector on
+    the CPU: its run never imports torch)."""
+    if not predictor.uses_torch:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.inference_mode()
 
 
 @dataclasses.dataclass
@@ -521,7 +531,8 @@ class Engine:
         """This thread reads ``items``, hands them to the loader threads, batches what they return and submits
         the batches to the devices' threads (see :meth:`_Lane.chain`), where collate, forward and postprocess +
         filter run; so the thread that iterates does little more than move items and predictions along."""
-        configure_torch_threads(self.cpu_threads)  # before a first stream starts the threads that run torch
+        if self.predictor.uses_torch:  # before a first stream starts the threads that run torch
+            configure_torch_threads(self.cpu_threads)
         lanes = self._lanes
         batch_size = self.batch_size
         batch_key = self.predictor.batch_key
@@ -880,12 +891,10 @@ class _Lane:
                 torch.cuda.empty_cache()
 
     def _forward_batch(self, batch: list[_Loaded], options: PredictOptions) -> list[Prediction]:
-        import torch
-
         predictor = self.predictor
         prepared = [loaded.prepared for loaded in batch]
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with inference_mode(predictor):
             inputs = predictor.collate(prepared)
             t1 = time.perf_counter()
             raw = predictor.forward(inputs)

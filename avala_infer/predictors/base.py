@@ -33,18 +33,36 @@ from avala_infer.types import ModelType
 log = logging.getLogger(__name__)
 
 
+def cuda_driver_loads() -> bool:
+    """Whether the NVIDIA driver's library (``libcuda.so.1``, ``nvcuda.dll``) loads in this process: without it
+    torch sees no GPU, whatever its build. Asked before importing torch (1.5 s of start-up), so a CPU-only run of
+    a model that needs no torch (an ONNX detector) never imports it; with the driver present, torch decides."""
+    import ctypes
+    import sys
+
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so", "libcuda.dylib")
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            continue
+        return True
+    return False
+
+
 def resolve_device(device: str | None) -> str:
     """``auto``/``None`` -> ``cuda:0`` when torch sees a GPU, else ``cpu``; ``cuda`` -> ``cuda:0``.
 
-    Asking for CUDA where there is none is an error, never a silent fall back to the CPU.
+    Asking for CUDA where there is none is an error, never a silent fall back to the CPU. ``cpu``, and ``auto`` on
+    a host without the NVIDIA driver, are answered without importing torch.
     """
+    text = (device or "auto").strip().lower()
+    if text == "cpu" or (text == "auto" and not cuda_driver_loads()):
+        return "cpu"
     import torch
 
-    text = (device or "auto").strip().lower()
     if text == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
-        return "cpu"
     if text.isdigit():
         text = f"cuda:{text}"
     if text == "cuda":
@@ -75,6 +93,9 @@ class Predictor(abc.ABC):
     # a prompted model (open-vocabulary detection, zero-shot classes): its vocabulary is text, chosen per run
     # (a job's or a call's labels: ``Engine(vocabulary=)``), not fixed by the weights
     prompted: ClassVar[bool] = False
+    # whether collate, forward and postprocess run torch (the engine then runs them in its inference mode and sets
+    # its CPU thread count); a predictor that needs none (an ONNX detector on the CPU) never makes a run import it
+    uses_torch: bool = True
 
     @classmethod
     def for_weights(cls, spec: ModelSpec, weights: Path) -> type[Predictor]:

@@ -5,7 +5,7 @@ as torch tensors on the model's device, with no host round trip between the mode
 and the outputs would go to the host and back to the device for NMS. Here, on CUDA, the input is bound by its
 device pointer and the outputs to device memory that torch allocated (so they are ordinary torch tensors); on a
 CPU the input is bound as the numpy array it is and the outputs to numpy arrays we allocate, which torch wraps
-without a copy.
+without a copy (or which come back as they are, ``numpy_outputs``: for a postprocess in numpy, with no torch).
 
 Output buffers need their shapes before the run, and a dynamic model's depend on its input's: the first run of
 each input shape lets onnxruntime allocate the outputs (on the host: one round trip for that batch) and records
@@ -44,10 +44,13 @@ class BoundSession:
     only ever gains entries (equal ones when two threads learn the same shape).
     """
 
-    def __init__(self, session: Any, device: str) -> None:
+    def __init__(self, session: Any, device: str, *, numpy_outputs: bool = False) -> None:
         self.session = session
         self.device = device
         self.on_cuda = device.startswith("cuda")
+        # on a CPU: the outputs as the numpy arrays they are written to, not wrapped as torch tensors (a caller
+        # whose postprocess is numpy's then never imports torch)
+        self.numpy_outputs = numpy_outputs and not self.on_cuda
         self.device_id = int(device.split(":")[1]) if self.on_cuda else 0
         model_input = session.get_inputs()[0]
         self.input_name = model_input.name
@@ -68,9 +71,8 @@ class BoundSession:
 
     def run(self, batch: Any) -> list:
         """The model's outputs for ``batch`` (a numpy array, or a torch tensor on the CPU or the session's CUDA
-        device) as torch tensors on ``self.device``, in the session's output order."""
-        import torch
-
+        device) as torch tensors on ``self.device`` (numpy arrays with ``numpy_outputs`` on a CPU), in the
+        session's output order."""
         binding = self.session.io_binding()
         batch = self._bind_input(binding, batch)
         shapes = self.output_shapes(tuple(batch.shape))
@@ -80,12 +82,17 @@ class BoundSession:
             self.session.run_with_iobinding(binding)
             values = binding.get_outputs()
             self._shapes[tuple(batch.shape)] = [tuple(value.shape()) for value in values]
-            host = [torch.from_numpy(array) for array in binding.copy_outputs_to_cpu()]
-            return [t.to(self.device) for t in host] if self.on_cuda else host
+            host = binding.copy_outputs_to_cpu()
+            if self.numpy_outputs:
+                return host
+            import torch
+
+            return [torch.from_numpy(array).to(self.device) for array in host]
         outputs = [self._new_output(shape, dtype) for shape, dtype in zip(shapes, self.output_dtypes)]
         for name, out, dtype in zip(self.output_names, outputs, self.output_dtypes):
+            pointer = out.ctypes.data if isinstance(out, np.ndarray) else out.data_ptr()
             binding.bind_output(
-                name, "cuda" if self.on_cuda else "cpu", self.device_id, dtype, tuple(out.shape), out.data_ptr()
+                name, "cuda" if self.on_cuda else "cpu", self.device_id, dtype, tuple(out.shape), pointer
             )
         self.session.run_with_iobinding(binding)  # returns once the outputs are written (onnxruntime syncs)
         return outputs
@@ -93,9 +100,17 @@ class BoundSession:
     def _bind_input(self, binding: Any, batch: Any) -> Any:
         """Bind ``batch`` as the model's input where it lies; returns what was bound (kept alive by the caller
         until the run ends: onnxruntime reads it by pointer)."""
+        if not isinstance(batch, np.ndarray):
+            return self._bind_tensor(binding, batch)
+        array = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        binding.bind_cpu_input(self.input_name, array)  # on CUDA onnxruntime copies it to the device itself
+        return array
+
+    def _bind_tensor(self, binding: Any, batch: Any) -> Any:
+        """:meth:`_bind_input` of a torch tensor."""
         import torch
 
-        if isinstance(batch, torch.Tensor) and batch.is_cuda:
+        if batch.is_cuda:
             if not self.on_cuda:
                 raise ValueError(f"a CUDA batch for a session on {self.device}")
             batch = batch.to(torch_dtype(self.input_dtype)).contiguous()  # NCHW, as the graph reads it
@@ -106,12 +121,13 @@ class BoundSession:
                 batch.data_ptr(),
             )  # fmt: skip
             return batch
-        array = batch.numpy() if isinstance(batch, torch.Tensor) else batch
-        array = np.ascontiguousarray(array, dtype=self.input_dtype)
+        array = np.ascontiguousarray(batch.numpy(), dtype=self.input_dtype)
         binding.bind_cpu_input(self.input_name, array)  # on CUDA onnxruntime copies it to the device itself
         return array
 
     def _new_output(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        if self.numpy_outputs:
+            return np.empty(shape, dtype=dtype)
         import torch
 
         if self.on_cuda:

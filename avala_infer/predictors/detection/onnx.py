@@ -60,6 +60,9 @@ def anchor_count(shape: tuple[int, int], stride: int) -> int:
 
 class OnnxYoloDetector(YoloDetector):
     backend = "onnxruntime"
+    # on a CPU the outputs stay numpy arrays and NMS runs in numpy (``batched_nms``): a run never imports torch
+    # (1.5 s of its start-up); segmenters make their masks with torch, as ultralytics does
+    numpy_on_cpu = True
 
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         super().__init__(spec, weights, device, threads)
@@ -70,7 +73,9 @@ class OnnxYoloDetector(YoloDetector):
         self.input_range = InputRange((1, 3, smallest, smallest), (batch, 3, size, size), (batch, 3, size, size))
         self.session = open_session(weights, device, threads, spec=self.spec, input_range=self.input_range)
         self.provider = self.session.get_providers()[0]
-        self.bound = BoundSession(self.session, device)  # batches in and outputs out where they lie
+        # batches in and outputs out where they lie
+        self.bound = BoundSession(self.session, device, numpy_outputs=self.numpy_on_cpu)
+        self.uses_torch = not self.bound.numpy_outputs
         meta = self.session.get_modelmeta().custom_metadata_map
         task = meta.get("task", "detect")
         if TASKS.get(task) != self.model_type.value:
@@ -121,3 +126,5 @@ class OnnxYoloDetector(YoloDetector):
 class OnnxYoloSegmenter(YoloSegmenter, OnnxYoloDetector):
     """ONNX exports of ultralytics ``-seg`` models: ``output0`` boxes, scores and mask coefficients,
     ``output1`` prototypes."""
+
+    numpy_on_cpu = False

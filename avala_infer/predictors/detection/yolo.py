@@ -89,7 +89,12 @@ def batched_nms(
     Returns ``(rows, counts)``: rows ``(k, 6 + extra)`` of x1, y1, x2, y2, score, class (letterboxed pixels),
     then the extra channels (mask coefficients), image after image, each image's rows by descending score
     (at most ``max_det`` of them); and how many rows each image has (host ints, for ``rows.split(counts)``).
+    ``raw`` is a torch tensor, or a numpy array (an ONNX detector's outputs on the CPU): then rows is one too,
+    found with the same float32 arithmetic and :mod:`~avala_infer.predictors.host_nms`, and torch is not
+    imported.
     """
+    if isinstance(raw, np.ndarray):
+        return _host_batched_nms(raw, score_floor, iou, nc, max_det, floors)
     import torch
 
     from avala_infer.predictors.nms_kernel import nms
@@ -126,13 +131,65 @@ def batched_nms(
     return rows, kept
 
 
+def _host_batched_nms(
+    raw: np.ndarray, score_floor: float, iou: float, nc: int, max_det: int | None, floors: np.ndarray | None
+) -> tuple[np.ndarray, list[int]]:
+    """:func:`batched_nms` of a numpy batch, step for step in numpy (float32 throughout, as torch computes it)."""
+    from avala_infer.predictors.host_nms import class_nms
+
+    raw = raw.astype(np.float32, copy=False)
+    class_scores = raw[:, 4 : 4 + nc, :]
+    best = class_scores.max(1)  # (B, anchors)
+    candidates = best > np.float32(score_floor)  # compared in float32, as torch compares with a Python float
+    img_idx, anchor_idx = np.nonzero(candidates)  # image by image, anchors in order
+    # the class of the candidates only: the first best on a tie, as torch's max
+    cls = class_scores[img_idx, :, anchor_idx].argmax(1)
+    if floors is not None:  # as batched_nms
+        wanted = best[img_idx, anchor_idx] >= np.asarray(floors, np.float32)[cls]
+        img_idx, anchor_idx, cls = img_idx[wanted], anchor_idx[wanted], cls[wanted]
+    counts = np.bincount(img_idx, minlength=raw.shape[0]).tolist()
+    scores = best[img_idx, anchor_idx]
+    classes = cls.astype(np.float32)
+    xywh = raw[img_idx, :4, anchor_idx]
+    boxes = np.concatenate((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
+    keep, kept, start = [], [], 0
+    for n in counts:
+        if n:
+            image = slice(start, start + n)
+            image_boxes, image_scores, image_classes = boxes[image], scores[image], classes[image]
+            order = None
+            if n > MAX_NMS_CANDIDATES:  # as batched_nms (ties among the best broken by position here)
+                order = np.argsort(-image_scores, kind="stable")[:MAX_NMS_CANDIDATES]
+                image_boxes, image_scores, image_classes = image_boxes[order], image_scores[order], image_classes[order]
+            mine = class_nms(image_boxes, image_scores, image_classes, iou, MAX_WH)[:max_det]
+            keep.append((mine if order is None else order[mine]) + start)
+            kept.append(len(mine))
+        else:
+            kept.append(0)
+        start += n
+    keep = np.concatenate(keep) if keep else np.zeros(0, np.int64)
+    extra = raw[img_idx[keep], 4 + nc :, anchor_idx[keep]]
+    rows = np.concatenate((boxes[keep], scores[keep, None], classes[keep, None], extra), 1)
+    return rows, kept
+
+
 def end_to_end_rows(
     raw: Any, score_floor: float, max_det: int | None = None, floors: np.ndarray | None = None
 ) -> tuple[Any, list[int]]:
     """The rows of a batch of end-to-end outputs ``(B, k, 6 + extra)`` (x1, y1, x2, y2, score, class, then mask
     coefficients; each image's rows by descending score) that score above ``score_floor``, at most ``max_det`` an
     image: ultralytics' ``non_max_suppression`` for an end-to-end model (no NMS: the head's one-to-one assignment
-    already gives one row per object). Returns ``(rows, counts)`` as :func:`batched_nms`."""
+    already gives one row per object). Returns ``(rows, counts)`` as :func:`batched_nms`, numpy rows for a numpy
+    ``raw``."""
+    if isinstance(raw, np.ndarray):
+        raw = raw.astype(np.float32, copy=False)
+        keep = raw[..., 4] > np.float32(score_floor)
+        if floors is not None:
+            classes = np.clip(raw[..., 5].astype(np.int64), 0, len(floors) - 1)
+            keep &= raw[..., 4] >= np.asarray(floors, np.float32)[classes]
+        if max_det is not None:
+            keep &= np.cumsum(keep, 1) <= max_det
+        return raw[keep], keep.sum(1).tolist()
     import torch
 
     raw = raw.float()  # fp16 outputs: the float32 rows the NMS path returns too, as ultralytics
@@ -266,7 +323,8 @@ class YoloDetector(Predictor):
         in_shape = prepared[0].image.shape[:2]
         orig_shapes = [item.orig_shape for item in prepared]
         masks = None if protos is None else self.masks_on_host(protos, rows, counts, in_shape, orig_shapes)
-        host = rows[:, :6].cpu().numpy()  # the batch's one device-to-host copy of boxes, scores and classes
+        # the batch's one device-to-host copy of boxes, scores and classes (rows found in numpy are there already)
+        host = rows[:, :6] if isinstance(rows, np.ndarray) else rows[:, :6].cpu().numpy()
         boxes = scale_boxes(host[:, :4], in_shape, orig_shapes, counts)
         bounds = None if masks is None else mask_bounds(host[:, :4], in_shape, orig_shapes, counts)
         class_id = host[:, 5].astype(np.int64)
