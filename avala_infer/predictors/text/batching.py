@@ -43,12 +43,21 @@ def length_bucket(length: int) -> int:
     return -(-length // 256) * 256
 
 
-def load_fast_tokenizer(spec: ModelSpec, default_folder: Path):
-    """The model's fast tokenizer: from ``params.tokenizer`` (a folder, found as weights are) or ``default_folder``."""
-    from transformers import AutoTokenizer
+def load_fast_tokenizer(spec: ModelSpec, default_folder: Path, *, from_files: bool = False):
+    """The model's fast tokenizer: from ``params.tokenizer`` (a folder, found as weights are) or ``default_folder``.
 
+    ``from_files``: read straight from the folder's files where that gives what ``AutoTokenizer`` gives
+    (:mod:`.tokenizer_files`: no transformers, so no torch, for the ONNX backend), else ``AutoTokenizer``."""
     name = spec.param("tokenizer")
     folder = resolve_path(spec, str(name), "tokenizer") if name else default_folder
+    if from_files:
+        from avala_infer.predictors.text.tokenizer_files import load_tokenizer_files
+
+        tokenizer = load_tokenizer_files(folder)
+        if tokenizer is not None:
+            return tokenizer
+    from transformers import AutoTokenizer
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # transformers raises OSError, ValueError, and more

@@ -31,6 +31,7 @@ class _OnnxText:
     """Opening and running the session; mixed into the text task classes."""
 
     backend = "onnxruntime"
+    uses_torch = False  # numpy in and out, the tokenizer read from its files where it can be: a run imports no torch
     weights: Path
     spec: ModelSpec
     device: str
@@ -42,7 +43,7 @@ class _OnnxText:
             raise ModelLoadError(f"{self.weights} is not an .onnx file; the onnxruntime backend runs ONNX graphs")
         name = self.spec.param("tokenizer")
         folder = resolve_path(self.spec, str(name), "tokenizer") if name else self.weights.parent
-        tokenizer = load_fast_tokenizer(self.spec, folder)
+        tokenizer = load_fast_tokenizer(self.spec, folder, from_files=True)  # no transformers: no torch
         config: dict[str, Any] = {}
         config_path = folder / "config.json"
         if config_path.is_file():
