@@ -24,24 +24,24 @@ first), and chunked work can fragment the heap (100 masks of a 20 MP photo: 477 
 against 239 MB). ``AVALA_INFER_MALLOC=system`` leaves malloc as the environment set it. So does a user's own
 choice: any of the three variables, ``GLIBC_TUNABLES`` with a ``glibc.malloc`` setting, or an allocator in
 ``LD_PRELOAD``. Not on glibc (macOS, musl), nothing changes. Code that imports avala-infer as a library gets
-the same effect by starting Python with the variables of :data:`SETTINGS` set.
+the same effect by starting Python with the variables of :data:`SETTINGS` set (:mod:`avala_infer.engine.malloc`
+holds them; a Ray executor's actors start with them too).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-# freed blocks up to 64 GiB stay in the heap for reuse, no block is given its own mapping below that, one arena
-SETTINGS = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_THRESHOLD_": str(64 << 30),
-    "MALLOC_TRIM_THRESHOLD_": str(64 << 30),
-}
-OPT_OUT = "AVALA_INFER_MALLOC"  # "system": leave malloc as the environment set it
+from avala_infer.engine.malloc import (  # noqa: F401  (SETTINGS and OPT_OUT: this module's API, used by tests)
+    OPT_OUT,
+    SETTINGS,
+    environment_for_models,
+    on_glibc,
+)
+
 MODEL_COMMANDS = ("label", "worker", "serve")
-ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
 
 
 def runs_models(args: Sequence[str]) -> bool:
@@ -54,28 +54,6 @@ def runs_models(args: Sequence[str]) -> bool:
     if words[0] in MODEL_COMMANDS:
         return True
     return words[:2] == ["auto-label", "create"] and "--run" in args
-
-
-def on_glibc() -> bool:
-    try:
-        return bool(os.confstr("CS_GNU_LIBC_VERSION"))
-    except (ValueError, OSError, AttributeError):  # not glibc, or no confstr on this platform
-        return False
-
-
-def environment_for_models(environ: Mapping[str, str], glibc: bool) -> dict[str, str] | None:
-    """The environment to restart with (``environ`` and :data:`SETTINGS`), or ``None`` to keep this process as
-    it is: not glibc, the user's opt-out, or the user's own malloc settings (the restarted process itself has
-    them, so it never restarts twice)."""
-    if not glibc or environ.get(OPT_OUT, "").strip().lower() == "system":
-        return None
-    if any(name in environ for name in SETTINGS):
-        return None
-    if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
-        return None
-    if any(name in environ.get("LD_PRELOAD", "") for name in ALLOCATORS):
-        return None
-    return {**environ, **SETTINGS}
 
 
 def restart_for_models(args: Sequence[str]) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import pickle
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ import numpy as np
 
 from avala_infer.annotations import Prediction
 from avala_infer.engine import Engine
+from avala_infer.engine.malloc import SETTINGS, malloc_left_alone
 from avala_infer.engine.sources import Item
 from avala_infer.errors import ConfigError
 from avala_infer.jobs.executors.uris import Scratch, is_uri
@@ -202,7 +204,7 @@ def prediction_pages(
         },  # fmt: skip
         batch_size=1,  # one page per call
         compute=ray.data.ActorPoolStrategy(size=concurrency),  # a fixed pool (``concurrency=`` is deprecated)
-        **resources,
+        **actor_options(resources),
     )
     batches = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
     try:
@@ -212,6 +214,17 @@ def prediction_pages(
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # stops the dataset's execution and its actors
+
+
+def actor_options(resources: dict[str, Any], environ: Any = None) -> dict[str, Any]:
+    """The engine actors' Ray options: their ``resources``, and the malloc settings the ``avala-infer`` model
+    commands run with (:mod:`avala_infer.engine.malloc`) as ``runtime_env`` environment variables, which Ray sets
+    before the actor's interpreter starts, where glibc reads them (a CPU actor running a large model would
+    otherwise fault every activation's pages in again, every image). Left out when the driver's environment
+    leaves malloc alone (``AVALA_INFER_MALLOC=system``, or malloc settings of the user's own)."""
+    if malloc_left_alone(os.environ if environ is None else environ):
+        return dict(resources)
+    return {**resources, "runtime_env": {"env_vars": dict(SETTINGS)}}
 
 
 class ClusterPipeline:
