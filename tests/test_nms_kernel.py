@@ -159,3 +159,34 @@ def test_an_onnx_detection_run_on_the_cpu_never_imports_torch():
     assert done.returncode == 0, done.stderr[-3000:]
     count, torch_imported = done.stdout.split()
     assert int(count) > 5 and torch_imported == "False"
+
+
+@pytest.mark.parametrize("max_det", [None, 300, 5])
+@pytest.mark.parametrize("with_floors", [False, True])
+def test_numpy_end_to_end_rows_are_the_torch_rows(max_det, with_floors):
+    """An end-to-end head's outputs (YOLO26, or an export with NMS in its graph: each image's rows by descending
+    score) cut by the score floor, a run's per-label floors and ``max_det`` the same way in numpy (an ONNX
+    detector on the CPU) as in torch: the same rows, the same counts per image."""
+    import torch
+
+    from avala_infer.predictors.detection.yolo import end_to_end_rows
+
+    generator = np.random.default_rng(3)
+    batch, rows, classes = 4, 300, 80
+    raw = np.zeros((batch, rows, 6 + 32), np.float32)
+    raw[..., :4] = generator.random((batch, rows, 4), np.float32) * 640
+    raw[..., 4] = -np.sort(-generator.random((batch, rows), np.float32), axis=1)  # by descending score
+    raw[..., 5] = generator.integers(0, classes, (batch, rows)).astype(np.float32)
+    raw[..., 6:] = generator.standard_normal((batch, rows, 32), np.float32)
+    raw[2, :, 4] = 0.1  # an image with nothing above the floor
+    floors = None
+    if with_floors:
+        floors = np.full(classes, np.inf, np.float32)
+        floors[[0, 3, 7, 41]] = 0.5
+    found, counts = end_to_end_rows(raw, 0.25, max_det, floors)
+    expected, expected_counts = end_to_end_rows(torch.from_numpy(raw), 0.25, max_det, floors)
+    assert isinstance(found, np.ndarray) and counts == expected_counts
+    np.testing.assert_array_equal(found, expected.numpy())
+    assert counts[2] == 0 and sum(counts) > 0
+    if max_det is not None:
+        assert max(counts) <= max_det
