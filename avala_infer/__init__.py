@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
 from avala_infer.errors import (
     AvalaInferError,
     BackendUnavailableError,
@@ -24,6 +23,7 @@ from avala_infer.errors import (
 from avala_infer.types import ModelType, Text
 
 if TYPE_CHECKING:
+    from avala_infer.annotations import Classifications, Detections, Entities, Prediction, SemanticMask
     from avala_infer.client import Avala
     from avala_infer.engine import Engine
     from avala_infer.labeling import LabelReport, label
@@ -59,8 +59,15 @@ __all__ = [
     "label",
 ]
 
+# imported on first use: the result types import numpy, and the console script restarts (``cli/allocator.py``)
+# before it imports more than it must
 _LAZY = {
     "Avala": "avala_infer.client",
+    "Classifications": "avala_infer.annotations",
+    "Detections": "avala_infer.annotations",
+    "Entities": "avala_infer.annotations",
+    "Prediction": "avala_infer.annotations",
+    "SemanticMask": "avala_infer.annotations",
     "Engine": "avala_infer.engine",
     "label": "avala_infer.labeling",
     "LabelReport": "avala_infer.labeling",

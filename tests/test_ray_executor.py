@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from avala_infer.engine.malloc import SETTINGS as MALLOC_SETTINGS
-from avala_infer.engine.malloc import on_glibc
 from avala_infer.jobs import JobRunner
 from avala_infer.jobs.executors import make_executor
 from avala_infer.jobs.executors.ray import BATCHES_PER_CALL, WINDOW_CALLS, actor_options
+from avala_infer.malloc import SETTINGS as MALLOC_SETTINGS
+from avala_infer.malloc import on_glibc
 from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store, worker_id
 from avala_infer.types import Text

@@ -1,5 +1,5 @@
 """``python -m avala_infer.cli``: the ``avala-infer`` command."""
 
-from avala_infer.cli.app import main
+from avala_infer.cli import main
 
 main()

@@ -24,7 +24,7 @@ first), and chunked work can fragment the heap (100 masks of a 20 MP photo: 477 
 against 239 MB). ``AVALA_INFER_MALLOC=system`` leaves malloc as the environment set it. So does a user's own
 choice: any of the three variables, ``GLIBC_TUNABLES`` with a ``glibc.malloc`` setting, or an allocator in
 ``LD_PRELOAD``. Not on glibc (macOS, musl), nothing changes. Code that imports avala-infer as a library gets
-the same effect by starting Python with the variables of :data:`SETTINGS` set (:mod:`avala_infer.engine.malloc`
+the same effect by starting Python with the variables of :data:`SETTINGS` set (:mod:`avala_infer.malloc`
 holds them; a Ray executor's actors start with them too).
 """
 
@@ -34,7 +34,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from avala_infer.engine.malloc import (  # noqa: F401  (SETTINGS and OPT_OUT: this module's API, used by tests)
+from avala_infer.malloc import (  # noqa: F401  (SETTINGS and OPT_OUT: this module's API, used by tests)
     OPT_OUT,
     SETTINGS,
     environment_for_models,

@@ -35,10 +35,10 @@ import numpy as np
 
 from avala_infer.annotations import Prediction
 from avala_infer.engine import Engine
-from avala_infer.engine.malloc import SETTINGS, malloc_left_alone
 from avala_infer.engine.sources import Item
 from avala_infer.errors import ConfigError
 from avala_infer.jobs.executors.uris import Scratch, is_uri
+from avala_infer.malloc import SETTINGS, malloc_left_alone
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def prediction_pages(
 
 def actor_options(resources: dict[str, Any], environ: Any = None) -> dict[str, Any]:
     """The engine actors' Ray options: their ``resources``, and the malloc settings the ``avala-infer`` model
-    commands run with (:mod:`avala_infer.engine.malloc`) as ``runtime_env`` environment variables, which Ray sets
+    commands run with (:mod:`avala_infer.malloc`) as ``runtime_env`` environment variables, which Ray sets
     before the actor's interpreter starts, where glibc reads them (a CPU actor running a large model would
     otherwise fault every activation's pages in again, every image). Left out when the driver's environment
     leaves malloc alone (``AVALA_INFER_MALLOC=system``, or malloc settings of the user's own)."""
