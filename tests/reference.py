@@ -16,7 +16,7 @@ def ultralytics_predictions(
     conf: float = 0.25,
     iou: float = 0.7,
     rect: bool = True,
-    imgsz: int = 640,
+    imgsz: int | None = 640,
     max_det: int = 300,
     masks: bool = False,
     classes: list[int] | None = None,
@@ -26,7 +26,7 @@ def ultralytics_predictions(
 
     A folder path (not a list) makes ultralytics read with cv2, its normal loop; a Python list would be
     decoded with PIL up front. ``imgsz`` is explicit: a ``.pt`` remembers its training size and ultralytics
-    would predict at that.
+    would predict at that; ``None`` leaves it to ultralytics (a ``.pt``'s training size, else 640).
     """
     from ultralytics import YOLO
     from ultralytics.utils import ops
@@ -43,8 +43,8 @@ def ultralytics_predictions(
         iou=iou,
         device="cpu",
         max_det=max_det,
-        imgsz=imgsz,
         classes=classes,
+        **({} if imgsz is None else {"imgsz": imgsz}),
     ):
         b = r.boxes
         row = (b.xyxy.numpy(), b.conf.numpy(), b.cls.numpy().astype(int), r.orig_shape)

@@ -90,7 +90,8 @@ def test_each_image_labels_the_same_alone_and_at_every_position_of_a_batch(weigh
     from avala_infer import Engine
 
     images = _images()
-    engine = Engine(need(ASSETS / "models" / weights_name), device="cpu", batch_size=len(images))
+    # 640 for every weights (the -seg .pt was trained at 320, which it would run at by itself)
+    engine = Engine(need(ASSETS / "models" / weights_name), device="cpu", batch_size=len(images), input_size=640)
     alone = {}
     for image in images:
         alone.update(_label(engine, [image]))

@@ -104,7 +104,8 @@ def model_batch(request):
     """(weights name, predictor, ``letterboxed_batch``, raw outputs of the real model on the CPU)."""
     from avala_infer import Engine
 
-    engine = Engine(need(ASSETS / "models" / request.param), device="cpu", trust_weights=True)
+    # at 640 (the -seg .pt was trained at 320, which it would run at by itself)
+    engine = Engine(need(ASSETS / "models" / request.param), device="cpu", trust_weights=True, input_size=640)
     predictor = engine.predictor
     prepared = letterboxed_batch(predictor)
     with torch.inference_mode():

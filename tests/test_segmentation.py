@@ -32,7 +32,7 @@ def test_boxes_and_masks_match_ultralytics(weights_name, val_subset):
     from avala_infer import Engine
 
     weights = need(ASSETS / "models" / weights_name)
-    engine = Engine(weights, device="cpu")
+    engine = Engine(weights, device="cpu", input_size=640)  # the .pt was trained at 320: both at 640 here
     assert engine.model_type.value == "instance_segmentation"
     reference = ultralytics_predictions(weights, val_subset, masks=True)
     total = matched = identical = pixels_differ = 0
@@ -57,6 +57,37 @@ def test_boxes_and_masks_match_ultralytics(weights_name, val_subset):
     assert matched == total, (matched, total)
     assert pixels_differ <= MASK_PIXELS_DIFFERING[weights_name], (pixels_differ, identical, worst_mask_iou)
     assert worst_mask_iou >= 0.999, worst_mask_iou
+
+
+def test_a_checkpoint_named_without_a_size_runs_at_its_training_size_as_ultralytics_predict_does(val_images, tmp_path):
+    """yolo11n-seg.pt was trained at imgsz 320: ``YOLO(path).predict()`` runs it at 320 unless told otherwise, and
+    so does an engine given the bare path (no spec size, no ``input_size``): the same boxes as ``predict()`` at its
+    defaults. A size asked for, or a spec's, wins; a checkpoint trained at 640 stays at 640."""
+    from avala_infer import Engine
+
+    weights = need(ASSETS / "models" / "yolo11n-seg.pt")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted(val_images.glob("*.jpg"))[:12]:
+        (folder / image.name).symlink_to(image)
+    images = sorted(folder.glob("*.jpg"))
+    reference = ultralytics_predictions(weights, folder, imgsz=None)  # ultralytics' own default size
+    with Engine(weights, device="cpu") as engine:
+        assert engine.predictor.spec.input_size == 320
+        found = {str(Path(p.source).resolve()): p.detections for p in engine.predict(images)}
+    total = matched = 0
+    for path, detections in found.items():
+        ref_boxes, ref_scores, ref_cls, _ = reference[path]
+        total += len(ref_boxes)
+        matched += len(match_pairs(ref_boxes, ref_scores, ref_cls, detections.xyxy, detections.confidence,
+                                   detections.class_id))  # fmt: skip
+    assert total > 30 and matched == total, (matched, total)
+    with Engine(weights, device="cpu", input_size=640) as engine:
+        assert engine.predictor.spec.input_size == 640
+    with Engine("yolo11n-seg", device="cpu") as engine:  # the bundled spec says 640
+        assert engine.predictor.spec.input_size == 640
+    with Engine(need(ASSETS / "models" / "yolo11n.pt"), device="cpu") as engine:  # trained at 640
+        assert engine.predictor.spec.input_size == 640
 
 
 def test_mask_exports_round_trip(tmp_path, sample_images):
@@ -225,7 +256,7 @@ def test_coco_segm_map_equals_reference(val_subset, tmp_path):
     from avala_infer import Engine, label
 
     weights = need(ASSETS / "models" / "yolo11n-seg.pt")
-    engine = Engine(weights, device="cpu")
+    engine = Engine(weights, device="cpu", input_size=640)  # the reference's size (the .pt was trained at 320)
     label([val_subset], engine, out=tmp_path, formats=["coco"], confidence_threshold=0.001, max_det=100)
     export = json.loads((tmp_path / "annotations.coco.json").read_text())
     category_ids = {c["name"]: c["id"] for c in export["categories"]}

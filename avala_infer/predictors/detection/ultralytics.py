@@ -58,6 +58,22 @@ def stack_to_device(prepared: Sequence[Letterboxed], device: str, fp16: bool):
     return batch.div_(255).contiguous(memory_format=torch.channels_last)
 
 
+def training_size(model) -> int | None:
+    """The square image size an ultralytics checkpoint was trained at (its ``args["imgsz"]``), or None.
+
+    ultralytics' ``YOLO(path).predict()`` runs a ``.pt`` at that size unless told otherwise (it keeps ``imgsz``
+    from the checkpoint's arguments), so a checkpoint named without a size (a bare path, a spec without
+    ``input_size``, no ``--imgsz``) runs at it here too: a model trained at 1280 for small objects is not shrunk
+    to 640, and the boxes are the ones ``predict()`` gives. A spec's or the caller's size wins."""
+    args = getattr(model, "args", None)
+    size = args.get("imgsz") if isinstance(args, dict) else getattr(args, "imgsz", None)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
+        size = size[0]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        return None
+    return size
+
+
 class UltralyticsDetector(YoloDetector):
     backend = "ultralytics"
 
@@ -74,6 +90,10 @@ class UltralyticsDetector(YoloDetector):
             )
         names = getattr(model, "names", None)
         self._set_labels([names[i] for i in sorted(names)] if isinstance(names, dict) else names)
+        trained = training_size(model)
+        if spec.input_size is None and trained is not None:  # no size asked for: the one it was trained at
+            self._requested_size = trained
+            self.spec = self.spec.with_overrides(input_size=trained)
         self.stride = max(int(model.stride.max()), 32)
         # the head left by loading (see ultralytics_loading.default_head): a one-to-one head gives final rows,
         # class-aware (agnostic_nms off, as ultralytics predict sets it). Its top-k depends on the run's max_det
