@@ -1,6 +1,6 @@
 """The glibc malloc settings model runs want, and when to leave malloc alone: the values the ``avala-infer`` model
-commands restart with (``cli/allocator.py``, which says why) and the environment a Ray executor's actors start with
-(``jobs/executors/ray.py``). Both must be in place before the process starts: glibc reads them once."""
+commands restart with (``cli/allocator.py``, which says why). They must be in place before the process starts:
+glibc reads them once. A leaf module, so the console script can restart before it imports anything else."""
 
 from __future__ import annotations
 

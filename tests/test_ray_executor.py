@@ -29,9 +29,7 @@ import pytest
 
 from avala_infer.jobs import JobRunner
 from avala_infer.jobs.executors import make_executor
-from avala_infer.jobs.executors.ray import BATCHES_PER_CALL, WINDOW_CALLS, actor_options
-from avala_infer.malloc import SETTINGS as MALLOC_SETTINGS
-from avala_infer.malloc import on_glibc
+from avala_infer.jobs.executors.ray import BATCHES_PER_CALL, WINDOW_CALLS
 from avala_infer.projects.imports import import_sources
 from avala_infer.store import Store, worker_id
 from avala_infer.types import Text
@@ -327,9 +325,6 @@ def test_a_ray_detection_job_with_a_worker_killed_stores_the_local_engines_resul
         victims = actor_processes(cluster)
         assert len(victims) == 2, victims
         assert len({victim.ppid() for victim in victims}) == 2, "both actors run under one node's raylet"
-        for victim in victims:  # started with the malloc settings the CLI's model commands run with
-            environ = victim.environ()
-            assert {name: environ.get(name) for name in MALLOC_SETTINGS} == MALLOC_SETTINGS, victim
         at_kill = reader.job(job_uid)["processed_items"]
         os.kill(victims[0].pid, signal.SIGKILL)
         assert at_kill < TOTAL, "the job finished before the kill: nothing was tested"
@@ -450,49 +445,3 @@ def test_a_cpu_actor_runs_its_models_on_the_cpus_ray_gave_it(cluster, spec):
     found = ray.get(probe.remote(str(spec), SENTIMENT, [str(p) for p in images]), timeout=300)
     assert found["cpu_count"] > 1, "a host with one CPU cannot tell the actor's CPUs from the host's"
     assert (found["onnx"], found["torch"]) == (1, 1), found
-
-
-def test_actors_get_the_malloc_settings_unless_the_driver_leaves_malloc_alone():
-    resources = {"num_cpus": 1}
-    assert actor_options(resources, {}) == {"num_cpus": 1, "runtime_env": {"env_vars": MALLOC_SETTINGS}}
-    for users_choice in ({"AVALA_INFER_MALLOC": "system"}, {"MALLOC_ARENA_MAX": "8"}, {"LD_PRELOAD": "libtcmalloc.so"}):
-        assert actor_options(resources, users_choice) == resources, users_choice
-
-
-@pytest.mark.skipif(not on_glibc(), reason="the settings are glibc's")
-def test_a_process_ray_starts_with_the_actor_options_reuses_a_freed_block_without_faults(cluster):
-    """What the settings are for, in a process Ray starts with the engine actors' options: a thread mallocs,
-    touches and frees 128 MiB three times; only the first round faults its pages in (Ray sets the variables
-    before the interpreter starts, where glibc reads them). With Ray's plain options every round faults."""
-
-    def fault_rounds() -> tuple[str | None, list[int]]:
-        import ctypes
-        import os
-        import resource
-        import threading
-
-        libc = ctypes.CDLL(None)
-        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        libc.free.argtypes = [ctypes.c_void_p]
-        faults: list[int] = []
-
-        def rounds() -> None:
-            for _ in range(3):
-                before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-                block = libc.malloc(128 << 20)
-                ctypes.memset(block, 1, 128 << 20)
-                libc.free(block)
-                faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
-
-        thread = threading.Thread(target=rounds)
-        thread.start()
-        thread.join()
-        return os.environ.get("MALLOC_ARENA_MAX"), faults
-
-    spared = ray.remote(**actor_options({"num_cpus": 1}, {}))(fault_rounds)
-    arena_max, faults = ray.get(spared.remote(), timeout=300)
-    assert arena_max == MALLOC_SETTINGS["MALLOC_ARENA_MAX"]
-    assert faults[0] > 0 and max(faults[1:]) <= faults[0] // 20, faults
-    plain = ray.remote(num_cpus=1)(fault_rounds)
-    arena_max, faults = ray.get(plain.remote(), timeout=300)
-    assert arena_max is None and min(faults[1:]) >= faults[0] // 2, faults

@@ -25,7 +25,7 @@ against 239 MB). ``AVALA_INFER_MALLOC=system`` leaves malloc as the environment 
 choice: any of the three variables, ``GLIBC_TUNABLES`` with a ``glibc.malloc`` setting, or an allocator in
 ``LD_PRELOAD``. Not on glibc (macOS, musl), nothing changes. Code that imports avala-infer as a library gets
 the same effect by starting Python with the variables of :data:`SETTINGS` set (:mod:`avala_infer.malloc`
-holds them; a Ray executor's actors start with them too).
+holds them).
 """
 
 from __future__ import annotations

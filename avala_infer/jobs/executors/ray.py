@@ -25,7 +25,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import os
 import pickle
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +37,6 @@ from avala_infer.engine import Engine
 from avala_infer.engine.sources import Item
 from avala_infer.errors import ConfigError
 from avala_infer.jobs.executors.uris import Scratch, is_uri
-from avala_infer.malloc import SETTINGS, malloc_left_alone
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +202,7 @@ def prediction_pages(
         },  # fmt: skip
         batch_size=1,  # one page per call
         compute=ray.data.ActorPoolStrategy(size=concurrency),  # a fixed pool (``concurrency=`` is deprecated)
-        **actor_options(resources),
+        **resources,
     )
     batches = dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
     try:
@@ -214,17 +212,6 @@ def prediction_pages(
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # stops the dataset's execution and its actors
-
-
-def actor_options(resources: dict[str, Any], environ: Any = None) -> dict[str, Any]:
-    """The engine actors' Ray options: their ``resources``, and the malloc settings the ``avala-infer`` model
-    commands run with (:mod:`avala_infer.malloc`) as ``runtime_env`` environment variables, which Ray sets
-    before the actor's interpreter starts, where glibc reads them (a CPU actor running a large model would
-    otherwise fault every activation's pages in again, every image). Left out when the driver's environment
-    leaves malloc alone (``AVALA_INFER_MALLOC=system``, or malloc settings of the user's own)."""
-    if malloc_left_alone(os.environ if environ is None else environ):
-        return dict(resources)
-    return {**resources, "runtime_env": {"env_vars": dict(SETTINGS)}}
 
 
 class ClusterPipeline:
