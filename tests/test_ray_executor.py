@@ -368,7 +368,7 @@ def test_a_killed_ray_driver_is_resumed_by_a_new_worker(tmp_path, cluster, spec,
         last = run_worker(home, "--executor", "ray", "--address", cluster.client, timeout=300)
         assert last.ran_jobs() == 1
         job = assert_job_consistent(reader, job_uid, project)
-        assert job["status"] == "completed" and job["attempts"] == 2 and last.holds(job), job
+        assert job["status"] == "completed" and job["attempts"] == 2 and last.holds(job), (job, last.log()[-4000:])
         assert (job["successful_items"], job["failed_items"]) == (TOTAL, 0)
         rows = reader.results(project)
         assert all(rows[key]["uid"] == row["uid"] for key, row in committed.items()), "a committed task was redone"
