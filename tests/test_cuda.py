@@ -52,9 +52,14 @@ def _reference_cuda(weights: Path, source: Path) -> dict:
 @pytest.mark.parametrize(
     "precision, min_iou, score_tol, share", [("fp32", 0.99, 1e-3, 0.99), ("fp16", 0.95, 1e-2, 0.97)]
 )
-def test_cuda_boxes_match_reference(weights_pt, val_images, precision, min_iou, score_tol, share):
+def test_cuda_boxes_match_reference(weights_pt, val_images, precision, min_iou, score_tol, share, monkeypatch):
+    """fp32 against ultralytics with TF32 convolutions off on both sides: torch's default lets cuDNN round fp32
+    convolutions to TF32 (10-bit mantissas), and then the two sides' batch sizes pick different algorithms whose
+    scores part by a few 1e-3 (measured on an H200: 660 of 711 boxes matched within 1e-3 at torch's default)."""
     from avala_infer import Engine
 
+    if precision == "fp32":
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     engine = Engine(weights_pt, device="cuda", precision=precision, batch_size=32, letterbox="rect")  # as ultralytics
     assert engine.predictor.fp16 is (precision == "fp16")
     reference = _reference_cuda(weights_pt, val_images)

@@ -252,6 +252,16 @@ def test_decoding_on_a_device_gives_chw_rgb_or_the_failure(damaged, tmp_path):
     assert all(isinstance(result, Exception) for result in results[6:])
 
 
+def test_a_jpeg_that_does_not_end_with_its_end_marker_is_left_to_cv2(damaged, bus):
+    """nvJPEG decodes a file cut short without a word, so only JPEGs that end with their end marker go to the device;
+    cv2 names the cut file (and reads one with data after the marker, as before)."""
+    assert is_plain_jpeg(bus) and is_plain_jpeg(raw(damaged["cut"]))
+    assert not is_plain_jpeg(raw(damaged["half"]))
+    assert not is_plain_jpeg(bus + b"trailing bytes a camera appended")
+    with pytest.raises(ItemError, match="corrupt or truncated"):
+        read_image(Item(0, str(damaged["half"]), "half.jpg"), {}, keep_jpeg=True)
+
+
 def test_files_are_read_whole_into_writeable_arrays(tmp_path):
     from avala_infer.engine.loaders import read_file
 

@@ -150,12 +150,13 @@ def mixed(tmp_path_factory) -> dict[str, Path]:
 
 def test_a_damaged_jpeg_fails_alone_naming_the_file_and_other_formats_go_the_cpu_way(weights_pt, mixed, monkeypatch):
     """One square batch holds them all: the good JPEGs and the turned one are decoded on the device, the PNG and
-    the CMYK JPEG on the loader threads, the damaged ones fail with the CPU path's own reasons."""
+    the CMYK JPEG and the one with no end marker on the loader threads, the damaged ones fail with the CPU path's
+    own reasons."""
     sources = list(mixed.values())
     with Engine(weights_pt, device="cpu", batch_size=16, streams=1, letterbox="square") as square:
         square.stage_threads = True
         on_cpu, on_device, calls = predict_both_ways(square, sources, monkeypatch)
-    assert calls.items == [len(sources)]
+    assert calls.items == [len(sources) - 1]  # half.jpg has no end marker: the loaders decode it (is_plain_jpeg)
     by_name = dict(zip(mixed, zip(on_cpu, on_device)))
     for name in ("cut", "half"):
         cpu, device = by_name[name]
@@ -221,7 +222,11 @@ def test_on_cuda_the_detections_and_map_match_the_cpu_decoded_run(weights_pt, va
     with Engine(weights_pt, device="cuda", batch_size=16, decode="gpu") as gpu_decoded:
         assert gpu_decoded.decode_on_device
         on_gpu = list(gpu_decoded.predict(sources, confidence_threshold=0.001))
+    cut = str(mixed["cut"])
     for cpu, gpu in zip(on_cpu, on_gpu):
+        if cpu.source == cut:  # nvJPEG fills in a file cut short that ends with an end marker: see decode_jpegs_on
+            assert "damaged image" in cpu.error and gpu.error is None, (cpu.error, gpu.error)
+            continue
         assert cpu.error == gpu.error and (cpu.width, cpu.height) == (gpu.width, gpu.height), cpu.source
     coco = len(list(val_subset.iterdir()))
     scores = map50_95(on_cpu[:coco]), map50_95(on_gpu[:coco])

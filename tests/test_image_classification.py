@@ -418,3 +418,32 @@ def test_a_corrupt_image_fails_only_its_item(tiny_resnet, images, tmp_path):
     assert [p.error is None for p in predictions] == [True, False, True]
     assert "corrupt" in predictions[1].error and len(predictions[1].result) == 0
     assert len(predictions[0].result) == 5 and len(predictions[2].result) == 5
+
+
+def test_an_fp16_ultralytics_classifier_reports_a_distribution(tmp_path):
+    """On a GPU the classifier runs in fp16, where its own softmax sums to 1 only within ~1e-3 (seen on an H200):
+    the scores then come from the logits' softmax in fp32. Run here by putting the CPU predictor in fp16."""
+    import torch
+
+    from avala_infer import Engine
+    from avala_infer.engine.loaders import read_image
+    from avala_infer.engine.sources import iter_items
+    from tests.conftest import ASSETS, need
+    from tests.coverage_classification import build_tiny_ultralytics_cls
+
+    weights = build_tiny_ultralytics_cls(tmp_path)
+    images = sorted(need(ASSETS / "images" / "ultralytics").glob("*.jpg"))
+    with Engine(weights, device="cpu", trust_weights=True) as engine:
+        predictor = engine.predictor
+        prepared = [predictor.prepare(read_image(item, {})) for item in iter_items(images)]
+        with torch.inference_mode():
+            fp32 = predictor.forward(predictor.collate(prepared)).float()
+            predictor.model.half()
+            predictor.fp16 = True
+            fp16 = predictor.forward(predictor.collate(prepared))
+            own = predictor.model(predictor.collate(prepared))[0]  # the model's own fp16 softmax
+    assert fp16.dtype == torch.float32 and own.dtype == torch.float16
+    assert torch.allclose(fp16.sum(1), torch.ones(len(images)), atol=1e-6)
+    # the same classes in the same order; fp16 rounds this random model's large logits (tens), which moves a
+    # probability by up to ~0.05
+    assert torch.equal(fp16.argsort(1), fp32.argsort(1)) and torch.allclose(fp16, fp32, atol=0.1)

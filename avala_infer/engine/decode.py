@@ -71,9 +71,16 @@ def is_plain_jpeg(data: np.ndarray | bytes | memoryview) -> bool:
     the JPEGs the device path (``--decode gpu``, :func:`decode_jpegs_on`) takes; the rest decode on the CPU.
 
     True for an 8-bit Huffman-coded JPEG (baseline, extended or progressive) with 1 (gray) or 3 (YCbCr)
-    components. False for everything else, and for a 3-component JPEG its Adobe marker says is stored as RGB
-    (rare; not checked against cv2, so not trusted); unreadable headers are False too: cv2 says what is wrong.
+    components that ends with its end marker. False for everything else, and for a 3-component JPEG its Adobe
+    marker says is stored as RGB (rare; not checked against cv2, so not trusted); unreadable headers are False
+    too: cv2 says what is wrong. The end marker is checked because nvJPEG decodes a file cut short without a
+    word (measured on an H200: the missing rows come back filled in); cv2 names such a file as truncated.
+    Data appended after the end marker (some cameras do) sends the file to cv2 as well, which reads it as
+    before. A file cut short that still ends with an end marker is the one damage nvJPEG does not see: see
+    :func:`decode_jpegs_on`.
     """
+    if bytes(data[-2:]) != b"\xff\xd9":
+        return False
     rgb_stored = False
     for marker, payload in jpeg_segments(data):
         if marker == 0xEE and payload[:5] == b"Adobe" and len(payload) > 11:  # APP14
@@ -259,9 +266,12 @@ def decode_jpegs_on(device: torch.device | str, datas: Sequence[np.ndarray]) -> 
     orientation applied), or the exception that says why not (decode that item with :func:`decode_quietly`).
 
     On CUDA: torchvision's batched nvJPEG decode; when the batch call fails, each item alone, so one bad file
-    fails only itself. Elsewhere: one by one on the CPU, shared as :func:`decode_jpeg_shared` (a decode during
-    which a codec warning showed up is a failure here). Only :func:`is_plain_jpeg` bytes are tried; the others
-    fail at once with a ``ValueError``, as they belong to cv2.
+    fails only itself. nvJPEG reports no damage that libjpeg only warns about: a file whose data stops early
+    but that ends with an end marker (a copy cut short, then closed) decodes with its missing part filled in,
+    where the CPU path fails it as damaged (measured on an H200, ``tests/test_device_decode.py``). That is why
+    ``--decode gpu`` stays opt-in (with its speed: see the README). Elsewhere: one by one on the CPU, shared as
+    :func:`decode_jpeg_shared` (a decode during which a codec warning showed up is a failure here). Only
+    :func:`is_plain_jpeg` bytes are tried; the others fail at once with a ``ValueError``, as they belong to cv2.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg

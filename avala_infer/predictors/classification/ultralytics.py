@@ -98,8 +98,14 @@ class UltralyticsClassifier(Predictor):
         return to_normalised_batch(prepared, self.device, self.fp16, self.mean, self.std)
 
     def forward(self, batch):
-        out = self.model(batch)
-        return out[0] if isinstance(out, (list, tuple)) else out  # eval: (probabilities, logits)
+        out = self.model(batch)  # eval: (probabilities, logits)
+        if not isinstance(out, (list, tuple)):
+            return out
+        if self.fp16 and len(out) > 1:
+            # fp16 probabilities sum to 1 only within ~1e-3 (measured on an H200): the softmax of the logits in
+            # fp32 instead, a distribution again; on fp32 the model's own probabilities, ultralytics' exactly
+            return out[1].float().softmax(1)
+        return out[0]
 
     def postprocess(self, raw, prepared: Sequence[np.ndarray], **_: Any) -> list[Classifications]:
         scores = raw.float().cpu().numpy()
