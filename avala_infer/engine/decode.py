@@ -71,16 +71,10 @@ def is_plain_jpeg(data: np.ndarray | bytes | memoryview) -> bool:
     the JPEGs the device path (``--decode gpu``, :func:`decode_jpegs_on`) takes; the rest decode on the CPU.
 
     True for an 8-bit Huffman-coded JPEG (baseline, extended or progressive) with 1 (gray) or 3 (YCbCr)
-    components that ends with its end marker. False for everything else, and for a 3-component JPEG its Adobe
-    marker says is stored as RGB (rare; not checked against cv2, so not trusted); unreadable headers are False
-    too: cv2 says what is wrong. The end marker is checked because nvJPEG decodes a file cut short without a
-    word (measured on an H200: the missing rows come back filled in); cv2 names such a file as truncated.
-    Data appended after the end marker (some cameras do) sends the file to cv2 as well, which reads it as
-    before. A file cut short that still ends with an end marker is the one damage nvJPEG does not see: see
-    :func:`decode_jpegs_on`.
+    components. False for everything else, and for a 3-component JPEG its Adobe marker says is stored as RGB
+    (rare; not checked against cv2, so not trusted); unreadable headers are False too: cv2 says what is wrong.
+    Whether the rest of the file is there is :func:`goes_to_the_device`'s question.
     """
-    if bytes(data[-2:]) != b"\xff\xd9":
-        return False
     rgb_stored = False
     for marker, payload in jpeg_segments(data):
         if marker == 0xEE and payload[:5] == b"Adobe" and len(payload) > 11:  # APP14
@@ -93,6 +87,17 @@ def is_plain_jpeg(data: np.ndarray | bytes | memoryview) -> bool:
         elif marker in OTHER_FRAMES or marker == JPEG_SOS or marker == JPEG_EOI:  # another coding, or no frame
             return False
     return False
+
+
+def goes_to_the_device(data: np.ndarray | bytes | memoryview) -> bool:
+    """Whether ``--decode gpu`` takes this file: a plain JPEG (:func:`is_plain_jpeg`) that ends with its end marker.
+
+    The end marker is checked because nvJPEG decodes a file cut short without a word (seen on an H200: the
+    missing rows come back filled in), where cv2 names it as truncated. Data appended after the marker (some
+    cameras do) sends the file to cv2 as well, which reads it as before. A file cut short that still ends with an
+    end marker is the one damage nvJPEG does not see: see :func:`decode_jpegs_on`.
+    """
+    return bytes(data[-2:]) == b"\xff\xd9" and is_plain_jpeg(data)
 
 
 # --------------------------------------------------------------------------------------------- fd 2 capture
@@ -271,7 +276,8 @@ def decode_jpegs_on(device: torch.device | str, datas: Sequence[np.ndarray]) -> 
     where the CPU path fails it as damaged (measured on an H200, ``tests/test_device_decode.py``). That is why
     ``--decode gpu`` stays opt-in (with its speed: see the README). Elsewhere: one by one on the CPU, shared as
     :func:`decode_jpeg_shared` (a decode during which a codec warning showed up is a failure here). Only
-    :func:`is_plain_jpeg` bytes are tried; the others fail at once with a ``ValueError``, as they belong to cv2.
+    :func:`goes_to_the_device` bytes are tried; the others fail at once with a ``ValueError``, as they belong to
+    cv2.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -280,8 +286,8 @@ def decode_jpegs_on(device: torch.device | str, datas: Sequence[np.ndarray]) -> 
     results: list[torch.Tensor | Exception] = []
     wanted = []
     for i, data in enumerate(datas):
-        results.append(ValueError("not a plain JPEG: cv2 decodes it"))
-        if is_plain_jpeg(data):
+        results.append(ValueError("not a plain, whole JPEG: cv2 decodes it"))
+        if goes_to_the_device(data):
             wanted.append(i)
     if device.type != "cuda":
         for i in wanted:

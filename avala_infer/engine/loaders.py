@@ -14,7 +14,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from avala_infer.engine.decode import INCOMPLETE_MARKS, decode_quietly, exif_orientation, is_plain_jpeg
+from avala_infer.engine.decode import INCOMPLETE_MARKS, decode_quietly, exif_orientation, goes_to_the_device
 from avala_infer.engine.image_header import image_size
 from avala_infer.engine.sources import Item
 from avala_infer.errors import ItemError
@@ -96,7 +96,7 @@ def read_image(
     if data.size == 0:
         raise ItemError(f"{item.source} is empty (0 bytes)")
     size = _check_pixel_count(data, item.source, max_pixels)
-    if keep_jpeg and size is not None and is_plain_jpeg(data):
+    if keep_jpeg and size is not None and goes_to_the_device(data):
         orientation = exif_orientation(data)
         width, height = size[::-1] if orientation >= 5 else size  # 5-8: the picture lies on its side
         timings["decode"] = 0.0  # on the device, in the batch's collate
