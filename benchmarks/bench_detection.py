@@ -97,6 +97,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ref-batches", type=int_list, default=None, help='ultralytics batch sizes, default "1,8" cpu, "1,8,32" cuda'
     )
+    parser.add_argument(
+        "--workers", type=positive_int, default=None, help="our loader threads (default: the engine's, min(8, cores))"
+    )
     parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     parser.add_argument("--ref-half", action="store_true", help="run ultralytics in fp16 (its default is fp32)")
     parser.add_argument(
@@ -278,7 +281,7 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
     ref_batches = args.ref_batches or ([1, 8, 32] if on_cuda else [1, 8])
 
     # the file given is loaded by YOLO() below as well: trusted as the reference trusts it
-    engine = Engine(args.weights, device=device, batch_size=ours_batch, trust_weights=True)
+    engine = Engine(args.weights, device=device, batch_size=ours_batch, workers=args.workers, trust_weights=True)
     device = engine.device  # canonical: cpu or cuda:N (ultralytics reads cuda:N too)
     reference = YOLO(str(args.weights))  # detection or -seg, as the weights say
     imgsz = engine.predictor.spec.input_size
