@@ -179,17 +179,38 @@ def run_reference(model: Any, folder: Path, batch: int, device: str, half: bool,
     return images / elapsed, images, boxes
 
 
-def run_ours(engine: Any, folder: Path) -> tuple[float, int, int, int]:
-    """(images/s, images, boxes, failed items) for one pass of ``Engine.predict`` over the folder."""
+# the stages each prediction's timings name, in the order an image meets them (read and decode on the loader
+# threads; preprocess: the letterbox; collate, forward, postprocess: a batch's, shared by its images; filter)
+STAGES = ("read", "decode", "preprocess", "collate", "forward", "postprocess", "filter")
+
+
+def run_ours(engine: Any, folder: Path, stages: dict[str, float] | None = None) -> tuple[float, int, int, int]:
+    """(images/s, images, boxes, failed items) for one pass of ``Engine.predict`` over the folder; ``stages``, when
+    given, gets each stage's time summed over the images (ms) and the pass's wall time (``wall``, ms)."""
     gc.collect()
     images = boxes = errors = 0
+    totals = dict.fromkeys(STAGES, 0.0)
     t0 = time.perf_counter()
     for prediction in engine.predict(str(folder), confidence_threshold=CONFIDENCE, iou_threshold=IOU):
         images += 1
         boxes += len(prediction.detections)
         errors += prediction.error is not None
+        for stage, ms in prediction.timings.items():
+            if stage in totals:
+                totals[stage] += ms
     elapsed = time.perf_counter() - t0
+    if stages is not None:
+        stages.update(totals, wall=elapsed * 1e3)
     return images / elapsed, images, boxes, errors
+
+
+def stage_report(stages: dict[str, float], images: int) -> str:
+    """Each stage's time per image and its busy share of the wall time: a stage on one thread near 1.0 is what
+    holds the run back (the loaders' stages run on several threads, so they can pass 1.0)."""
+    wall = stages["wall"]
+    return ", ".join(
+        f"{stage} {stages[stage] / images:.3f} ms ({stages[stage] / wall:.2f})" for stage in STAGES if stages[stage]
+    )
 
 
 def run_decode(folder: Path, workers: int, depth: int) -> tuple[float, int]:
@@ -307,7 +328,8 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
             series.add(rate, images, boxes)
             progress(f"round {r}/{args.rounds}: ultralytics batch {batch}: {rate:.2f} images/s, {boxes} boxes")
         torch.set_num_threads(ours_threads)
-        rate, images, boxes, errors = run_ours(engine, folder)
+        stages: dict[str, float] = {}
+        rate, images, boxes, errors = run_ours(engine, folder, stages)
         ours.add(rate, images, boxes, errors)
         progress(f"round {r}/{args.rounds}: avala-infer batch {ours_batch}: {rate:.2f} images/s, {boxes} boxes")
         decode.add(*run_decode(folder, engine.workers, depth))
@@ -337,6 +359,7 @@ def benchmark(args: argparse.Namespace, folder: Path, n_images: int) -> dict[str
         "ours_threads_per_stream": engine.cpu_threads,
         "results": [s.summary() for s in (*refs.values(), ours)],
         "ceilings": {"decode_only": decode.summary(), "model_only": model.summary()},
+        "ours_stages_last_round": stages,
         "best_ref_batch": best.batch,
         "ratio": ours.median / best.median,
     }
@@ -395,6 +418,11 @@ def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None
         f"ours end-to-end = {ours['median'] / model['median']:.0%} of the model-only ceiling, "
         f"{ours['median'] / decode['median']:.0%} of the decode-only ceiling"
     )
+    if result.get("ours_stages_last_round"):
+        write(
+            "ours, the last round's time per image by stage (busy share of the wall time): "
+            + stage_report(result["ours_stages_last_round"], result["images"])
+        )
     write("")
     refs = {s["batch"]: s for s in result["results"][:-1]}
     ref = refs.get(1, refs[result["best_ref_batch"]])
