@@ -10,7 +10,7 @@
 #
 # Through the device tool: one call, `bash benchmarks/gpu_check.sh` with a timeout of ~570 s (the budget below, set-up
 # included, plus slack), which leaves the rest of the 15 minutes for one rerun of a failed step. The assets and the
-# wheels the host lacks must travel with the call (benchmarks/README.md, "gpu_check.sh", says how it was done).
+# wheels the host lacks must travel with the call: benchmarks/gpu_pack.sh packs them and prints the calls.
 #
 # Without nvidia-smi it runs dry by itself. $OUT (set by the device tool: a folder whose files come back) gets every
 # JSON, each step's log and summary.txt; it defaults to a new folder under /tmp. Knobs (environment):
