@@ -156,7 +156,7 @@ def test_a_damaged_jpeg_fails_alone_naming_the_file_and_other_formats_go_the_cpu
     with Engine(weights_pt, device="cpu", batch_size=16, streams=1, letterbox="square") as square:
         square.stage_threads = True
         on_cpu, on_device, calls = predict_both_ways(square, sources, monkeypatch)
-    assert calls.items == [len(sources) - 1]  # half.jpg has no end marker: the loaders decode it (is_plain_jpeg)
+    assert calls.items == [len(sources) - 1]  # half.jpg has no end marker: the loaders decode it (goes_to_the_device)
     by_name = dict(zip(mixed, zip(on_cpu, on_device)))
     for name in ("cut", "half"):
         cpu, device = by_name[name]

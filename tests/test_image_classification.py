@@ -444,6 +444,6 @@ def test_an_fp16_ultralytics_classifier_reports_a_distribution(tmp_path):
             own = predictor.model(predictor.collate(prepared))[0]  # the model's own fp16 softmax
     assert fp16.dtype == torch.float32 and own.dtype == torch.float16
     assert torch.allclose(fp16.sum(1), torch.ones(len(images)), atol=1e-6)
-    # the same classes in the same order; fp16 rounds this random model's large logits (tens), which moves a
-    # probability by up to ~0.05
-    assert torch.equal(fp16.argsort(1), fp32.argsort(1)) and torch.allclose(fp16, fp32, atol=0.1)
+    # the same top class; fp16 rounds this random model's large logits (tens), which moves a probability by up
+    # to ~0.05
+    assert torch.equal(fp16.argmax(1), fp32.argmax(1)) and torch.allclose(fp16, fp32, atol=0.1)
