@@ -16,6 +16,7 @@ cd "$REPO"
 ASSETS=${AVALA_INFER_ASSETS:-$REPO/../shared/assets}
 [[ -d $ASSETS/models && -d $ASSETS/data/coco128 ]] || { echo "no assets at $ASSETS (set AVALA_INFER_ASSETS)" >&2; exit 2; }
 PY=${PYTHON:-python3}
+[[ -z ${PYTHON:-} && -x .venv/bin/python ]] && PY=.venv/bin/python # the README's environment: its versions travel
 
 mkdir -p .git/info
 for folder in /.whl/ /.gpu_assets/ /.gpu_text/; do
