@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import pickle
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 FETCH_THREADS = 8  # URIs an actor fetches at once
 BATCHES_PER_CALL = 2  # engine batches per actor call (one dataset block): the engine overlaps reading and the model
 WINDOW_CALLS = 4  # actor calls' worth of rows in flight per actor: enough to keep it busy, the driver's memory flat
+# seconds before each new try when a Ray Client server refuses to start this driver's session (see connect)
+CLIENT_RETRY_DELAYS_S = (1.0, 3.0, 9.0)
 
 
 NO_RAY = "the ray executor needs Ray: pip install 'avala-infer[ray]' (on the driver and every node)"
@@ -90,10 +93,29 @@ class RayExecutor:
         self._connected = False
 
     def connect(self):
-        """Join the cluster once (a driver already connected, as in tests, is used as it is); returns ``ray``."""
+        """Join the cluster once (a driver already connected, as in tests, is used as it is); returns ``ray``.
+
+        A Ray Client server (``ray://``) starts a server process of its own for each driver; that start can fail
+        for reasons of the server's (seen here: gRPC aborting the server's fork, "Starting Ray client server
+        failed", in one of 11 runs of ``tests/test_ray_executor.py`` on a 2-core host), and a new session then
+        starts. So a ``ray://`` driver
+        whose session the server aborts tries again, ``len(CLIENT_RETRY_DELAYS_S)`` times, before the error
+        reaches the job."""
         ray = _ray()
         if not ray.is_initialized():
-            ray.init(**({"address": self.address} if self.address else {}))
+            client = bool(self.address) and self.address.startswith("ray://")
+            for delay in (*CLIENT_RETRY_DELAYS_S, None) if client else (None,):
+                try:
+                    ray.init(**({"address": self.address} if self.address else {}))
+                    break
+                except ConnectionAbortedError as exc:  # the server's "Initialization failure from server"
+                    if delay is None:
+                        raise
+                    log.warning("Ray Client %s did not start a session (%s); trying again in %g s", self.address,
+                                str(exc).splitlines()[-1], delay)  # fmt: skip
+                    if ray.is_initialized():
+                        ray.shutdown()
+                    time.sleep(delay)
             self._connected = True
             from ray.data import DataContext
 
