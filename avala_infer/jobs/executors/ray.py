@@ -98,9 +98,8 @@ class RayExecutor:
         A Ray Client server (``ray://``) starts a server process of its own for each driver; that start can fail
         for reasons of the server's (seen here: gRPC aborting the server's fork, "Starting Ray client server
         failed", in one of 11 runs of ``tests/test_ray_executor.py`` on a 2-core host), and a new session then
-        starts. So a ``ray://`` driver
-        whose session the server aborts tries again, ``len(CLIENT_RETRY_DELAYS_S)`` times, before the error
-        reaches the job."""
+        starts. So a ``ray://`` driver whose session the server aborts tries again, ``len(CLIENT_RETRY_DELAYS_S)``
+        times, before the error reaches the job."""
         ray = _ray()
         if not ray.is_initialized():
             client = bool(self.address) and self.address.startswith("ray://")
