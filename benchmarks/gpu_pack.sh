@@ -40,9 +40,9 @@ cp "$ASSETS"/models/{yolo11n.pt,yolo11n-seg.pt,ppocrv4_det.onnx} .gpu_assets/mod
 cp -r "$ASSETS"/data/coco128/images/val2017 .gpu_assets/data/coco128/images/
 cp "$ASSETS"/data/coco128/object_detection/config.yaml .gpu_assets/data/coco128/object_detection/
 cp -r "$ASSETS"/data/coco128/object_detection/labels/val2017 .gpu_assets/data/coco128/object_detection/labels/
-# the 8 train2017 images tests/test_postprocess_syncs.py batches (tests/test_batch_independence.py's BATCH_SET)
-for name in 000000000009 000000000042 000000000077 000000000089 000000000110 000000000133 000000000136 000000000164; do
-    cp "$ASSETS/data/coco128/images/train2017/$name.jpg" .gpu_assets/data/coco128/images/train2017/
+# the train2017 images tests/test_postprocess_syncs.py batches: tests/test_batch_independence.py's BATCH_SET
+for name in $("$PY" -c "from tests.test_batch_independence import BATCH_SET; print(*BATCH_SET)"); do
+    cp "$ASSETS/data/coco128/images/train2017/$name" .gpu_assets/data/coco128/images/train2017/
 done
 cp -r "$ASSETS"/images/ultralytics "$ASSETS"/images/skimage .gpu_assets/images/
 

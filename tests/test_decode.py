@@ -254,8 +254,8 @@ def test_decoding_on_a_device_gives_chw_rgb_or_the_failure(damaged, tmp_path):
 
 
 def test_a_jpeg_that_does_not_end_with_its_end_marker_is_left_to_cv2(damaged, bus):
-    """nvJPEG decodes a file cut short without a word, so only JPEGs that end with their end marker go to the device;
-    cv2 names the cut file (and reads one with data after the marker, as before)."""
+    """nvJPEG was seen filling in a file cut short, so only JPEGs that end with their end marker go to the device;
+    cv2 names one without it as truncated (and reads one with data after the marker, as before)."""
     assert goes_to_the_device(bus) and goes_to_the_device(raw(damaged["cut"]))
     assert is_plain_jpeg(raw(damaged["half"])) and not goes_to_the_device(raw(damaged["half"]))
     assert not goes_to_the_device(bus + b"trailing bytes a camera appended")

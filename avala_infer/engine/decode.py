@@ -92,10 +92,11 @@ def is_plain_jpeg(data: np.ndarray | bytes | memoryview) -> bool:
 def goes_to_the_device(data: np.ndarray | bytes | memoryview) -> bool:
     """Whether ``--decode gpu`` takes this file: a plain JPEG (:func:`is_plain_jpeg`) that ends with its end marker.
 
-    The end marker is checked because nvJPEG decodes a file cut short without a word (seen on an H200: the
-    missing rows come back filled in), where cv2 names it as truncated. Data appended after the marker (some
-    cameras do) sends the file to cv2 as well, which reads it as before. A file cut short that still ends with an
-    end marker is the one damage nvJPEG does not see: see :func:`decode_jpegs_on`.
+    nvJPEG was seen on an H200 decoding a file cut short without a word (its missing rows filled in) where cv2
+    names it as damaged; a file that does not end with its end marker is cut short for sure, so it goes to cv2,
+    which says so, whatever nvJPEG would do with it (that case was not seen on the GPU). Data appended after the
+    marker (some cameras do) sends the file to cv2 as well, which reads it as before. A file cut short that still
+    ends with an end marker is the damage this cannot see: see :func:`decode_jpegs_on`.
     """
     return bytes(data[-2:]) == b"\xff\xd9" and is_plain_jpeg(data)
 

@@ -92,8 +92,7 @@ class UltralyticsDetector(YoloDetector):
         self._set_labels([names[i] for i in sorted(names)] if isinstance(names, dict) else names)
         trained = training_size(model)
         if spec.input_size is None and trained is not None:  # no size asked for: the one it was trained at
-            self._requested_size = trained
-            self.spec = self.spec.with_overrides(input_size=trained)
+            self.request_input_size(trained)
         self.stride = max(int(model.stride.max()), 32)
         # the head left by loading (see ultralytics_loading.default_head): a one-to-one head gives final rows,
         # class-aware (agnostic_nms off, as ultralytics predict sets it). Its top-k depends on the run's max_det

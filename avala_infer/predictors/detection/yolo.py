@@ -256,6 +256,13 @@ class YoloDetector(Predictor):
         self._stride = 0
         self.stride = self.default_stride  # backends set the model's own once it is loaded
 
+    def request_input_size(self, size: int) -> None:
+        """Run at ``size`` instead of the spec's: rounded up to a multiple of the stride as the spec's would be."""
+        self._requested_size = size
+        self.spec = self.spec.with_overrides(input_size=size)
+        if self._stride:
+            self.stride = self._stride
+
     @property
     def stride(self) -> int:
         """The model's largest stride; setting it rounds the input size up to a multiple of it, with a warning."""
