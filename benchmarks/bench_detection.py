@@ -98,7 +98,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--ref-batches", type=int_list, default=None, help='ultralytics batch sizes, default "1,8" cpu, "1,8,32" cuda'
     )
     parser.add_argument(
-        "--workers", type=positive_int, default=None, help="our loader threads (default: the engine's, min(8, cores))"
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="our loader threads (default: the engine's: min(8, cores) on a CPU, cores - 2 up to 32 on a GPU)",
     )
     parser.add_argument("--limit", type=positive_int, default=None, help="use only the first N images")
     parser.add_argument("--ref-half", action="store_true", help="run ultralytics in fp16 (its default is fp32)")

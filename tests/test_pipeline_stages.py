@@ -476,3 +476,12 @@ def test_prepare_many_prepares_runs_of_items_and_a_failed_run_item_by_item(tiny_
     assert [len(chunk) for chunk in predictor.chunks] == [PREPARE_CHUNK - 1, PREPARE_CHUNK, 5]
     assert predictor.alone == texts[PREPARE_CHUNK : 2 * PREPARE_CHUNK]
     assert [t.name for t in stage_threads_of(tiny_engine)] == ["avala-batch@cpu-0"]  # one stream on a CPU
+
+
+def test_loader_threads_default_to_the_cores_a_gpu_run_leaves_free_and_stay_few_on_a_cpu():
+    from avala_infer.engine.pipeline import MAX_GPU_WORKERS, default_workers
+
+    # a CPU: the forward pass wants the cores, so at most 8 loaders
+    assert [default_workers(c, on_cpu=True) for c in (1, 2, 8, 16, 64)] == [1, 2, 8, 8, 8]
+    # a GPU: every core but the engine's own two, the decode being the ceiling (16 cores: 14, not 8), bounded
+    assert [default_workers(c, on_cpu=False) for c in (1, 2, 4, 16, 64)] == [2, 2, 2, 14, MAX_GPU_WORKERS]
