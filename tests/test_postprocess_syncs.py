@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from avala_infer.predictors.detection import yolo_seg
 from avala_infer.predictors.detection.yolo import batched_nms
@@ -154,3 +155,40 @@ def test_masks_split_over_several_copies_are_the_same(model_batch, monkeypatch):
     for a, b in zip(whole, split, strict=True):
         for field in ("xyxy", "confidence", "class_id", "class_name", "mask"):
             assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+class Kernels(TorchDispatchMode):
+    """Counts the ATen calls that compute (views left out): on a GPU, each is a kernel launched from the thread
+    that runs postprocess."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("model_batch", ["yolo11n-seg.pt"], indirect=True)
+def test_a_batch_makes_its_masks_in_far_fewer_calls_than_its_images_one_at_a_time(model_batch):
+    """The batch's instances are upsampled, binarised and cut to their boxes together, and resized to their image
+    size a run of same-sized images at a time: each gets its masks bit for bit as alone, in a third of the calls
+    (50 against 153 for these 9 images, measured; ~20 an image before, whole batch or not)."""
+    _, predictor, prepared, raw = model_batch
+    in_shape, shapes = prepared[0].image.shape[:2], [p.orig_shape for p in prepared]
+    with torch.inference_mode():
+        rows, counts = batched_nms(raw[0], 0.25, 0.7, len(predictor.labels), 300)
+        with Kernels() as batch:
+            together = yolo_seg.masks_on_host(raw[1], rows, counts, in_shape, shapes)
+        alone, calls, start = [], 0, 0
+        for i, n in enumerate(counts):
+            with Kernels() as one:
+                alone += yolo_seg.masks_on_host(
+                    raw[1][i : i + 1], rows[start : start + n], [n], in_shape, shapes[i : i + 1]
+                )
+            calls, start = calls + one.calls, start + n
+    assert sum(counts) > 40 and len(set(shapes)) > 1  # a busy batch, of images of several sizes
+    for (masks, flags), (masks_alone, flags_alone) in zip(together, alone, strict=True):
+        assert np.array_equal(masks, masks_alone) and np.array_equal(flags, flags_alone)
+    assert batch.calls * 2 <= calls, (batch.calls, calls)
