@@ -331,3 +331,25 @@ def test_postprocess_on_cuda_reads_the_device_once_per_batch_and_agrees_with_the
     for i, (a, b) in enumerate(zip(on_cpu, on_gpu, strict=True)):
         problems += [f"image {i}: {p}" for p in _detection_differences(a, b, 0.25, FP16)]
     assert not problems, "\n".join(problems)
+
+
+@needs_gpu
+def test_masks_copied_as_their_bounds_on_cuda_are_the_whole_masks():
+    """The GPU's default copy of masks (the pixels inside each mask's bounds, gathered on the device) gives the
+    masks and flags the whole copy gives, bit for bit, on a real batch (the CPU tests run the same gather on the
+    CPU's tensors, synthetic masks of every scale too), in one read."""
+    from avala_infer import Engine
+    from avala_infer.predictors.detection.yolo import batched_nms
+    from tests.conftest import ASSETS, need
+    from tests.test_postprocess_syncs import assert_same_masks, letterboxed_batch, masks_both_ways
+
+    predictor = Engine(need(ASSETS / "models" / "yolo11n-seg.pt"), device="cuda", trust_weights=True).predictor
+    prepared = letterboxed_batch(predictor)
+    in_shape, shapes = prepared[0].image.shape[:2], [p.orig_shape for p in prepared]
+    with torch.inference_mode():
+        raw, protos = predictor.forward(predictor.collate(prepared))
+        rows, counts = batched_nms(raw, 0.25, 0.7, len(predictor.labels), 300)
+        whole, cropped, _, counter = masks_both_ways(protos, rows, counts, in_shape, shapes)
+    assert sum(counts) > 40
+    assert_same_masks(whole, cropped)
+    assert sum(counter.reads.values()) == 1, dict(counter.reads)

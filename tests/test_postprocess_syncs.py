@@ -23,7 +23,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from avala_infer.predictors.detection import yolo_seg
-from avala_infer.predictors.detection.yolo import batched_nms
+from avala_infer.predictors.detection.yolo import batched_nms, mask_bounds
 from tests.conftest import ASSETS, need
 from tests.test_batch_independence import BATCH_SET, TRAIN_IMAGES
 
@@ -192,3 +192,59 @@ def test_a_batch_makes_its_masks_in_far_fewer_calls_than_its_images_one_at_a_tim
     for (masks, flags), (masks_alone, flags_alone) in zip(together, alone, strict=True):
         assert np.array_equal(masks, masks_alone) and np.array_equal(flags, flags_alone)
     assert batch.calls * 2 <= calls, (batch.calls, calls)
+
+
+def masks_both_ways(protos, rows, counts, in_shape, shapes):
+    """``masks_on_host`` copying each mask whole (a CPU's way) and only its bounds' pixels (a GPU's), counting the
+    second's reads."""
+    bounds = mask_bounds(rows[:, :4].cpu().numpy(), in_shape, shapes, counts)
+    whole = yolo_seg.masks_on_host(protos, rows, counts, in_shape, shapes, bounds, crops=False)
+    with DeviceReads() as counter:
+        cropped = yolo_seg.masks_on_host(protos, rows, counts, in_shape, shapes, bounds, crops=True)
+    return whole, cropped, bounds, counter
+
+
+def assert_same_masks(whole, cropped):
+    for (masks, flags), (masks_cropped, flags_cropped) in zip(whole, cropped, strict=True):
+        assert masks.shape == masks_cropped.shape and np.array_equal(masks, masks_cropped)
+        assert np.array_equal(flags, flags_cropped)
+        assert masks_cropped.flags.owndata  # each image's own arrays
+
+
+@pytest.mark.parametrize("model_batch", ["yolo11n-seg.pt"], indirect=True)
+@pytest.mark.parametrize("budget", ["whole batch", "an image a copy"])
+def test_masks_copied_as_the_pixels_inside_their_bounds_are_the_whole_masks(model_batch, budget, monkeypatch):
+    """A GPU copies only each mask's bounds (a fraction of its image) and puts them back into zeros: the same
+    masks and flags as the whole copy, in one read per copy group, here on the CPU's tensors."""
+    _, predictor, prepared, raw = model_batch
+    in_shape, shapes = prepared[0].image.shape[:2], [p.orig_shape for p in prepared]
+    with torch.inference_mode():
+        rows, counts = batched_nms(raw[0], 0.25, 0.7, len(predictor.labels), 300)
+        sizes = [n * (h * w + 1) for n, (h, w) in zip(counts, shapes)]
+        if budget != "whole batch":
+            monkeypatch.setattr(yolo_seg, "MASK_COPY_BUDGET", min(s for s in sizes if s))
+        whole, cropped, bounds, counter = masks_both_ways(raw[1], rows, counts, in_shape, shapes)
+    assert_same_masks(whole, cropped)
+    groups = len(yolo_seg.copy_groups(sizes, yolo_seg.MASK_COPY_BUDGET))
+    assert sum(counter.reads.values()) == groups, dict(counter.reads)
+    inside = ((bounds[:, 2] - bounds[:, 0]) * (bounds[:, 3] - bounds[:, 1])).sum()
+    assert inside < 0.5 * sum(n * h * w for n, (h, w) in zip(counts, shapes))  # what the copy saves, here
+
+
+@pytest.mark.parametrize(
+    "orig_shape, in_shape",
+    [((999, 1333), (480, 640)), ((100, 37), (640, 640)), ((480, 640), (480, 640)), ((1333, 999), (640, 480))],
+)
+def test_cropped_copies_hold_synthetic_masks_of_any_scale_and_an_empty_one(orig_shape, in_shape):
+    """Down- and upscaled images (a content pixel over many output pixels), boxes over the whole input and one
+    with no width (an empty mask, its bounds a sliver), and an image without instances between two with."""
+    from tests.test_mask_memory import synthetic_instances
+
+    protos, coefficients, boxes = synthetic_instances(23, in_shape, orig_shape, seed=5)
+    rows = torch.cat((boxes, torch.zeros((23, 2)), coefficients), 1)
+    counts = [15, 0, 8]
+    batch_protos = torch.stack((protos, protos, protos.flip(-1)))
+    whole, cropped, _, _ = masks_both_ways(batch_protos, rows, counts, in_shape, [orig_shape] * 3)
+    assert not whole[0][1][1] and whole[1][0].shape == (0, *orig_shape)  # row 1 has no width: flagged empty
+    assert sum(masks.any((1, 2)).sum() for masks, _ in whole) >= 20
+    assert_same_masks(whole, cropped)

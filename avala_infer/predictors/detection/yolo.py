@@ -297,9 +297,10 @@ class YoloDetector(Predictor):
         counts: Sequence[int],
         in_shape: tuple[int, int],
         orig_shapes: Sequence[tuple[int, int]],
+        bounds: np.ndarray | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray]] | None:
-        """Each image's instance masks and which of them are non-empty, on the host (segmentation subclasses);
-        detectors have none."""
+        """Each image's instance masks and which of them are non-empty, on the host (segmentation subclasses;
+        ``bounds``: each row's :func:`mask_bounds`); detectors have none."""
         return None
 
     def top_rows(self, preds: Any, max_det: int) -> Any:
@@ -319,8 +320,9 @@ class YoloDetector(Predictor):
         **_: Any,
     ) -> list[Detections]:
         """The batch's detections, read from the device once: its NMS rows in one copy (then split per image with
-        numpy), and for segmentation its masks in as few copies as ``masks_on_host`` makes. A host read per image
-        would wait on the device once per image; every read after the first here finds the work already done."""
+        numpy), and for segmentation its masks in as few copies as ``masks_on_host`` makes (on a GPU, of the
+        pixels inside the bounds the rows give each mask). A host read per image would wait on the device once
+        per image."""
         preds, protos = raw if isinstance(raw, tuple) else (raw, None)
         floors = class_floors(label_filter, len(self.labels))
         if self.end_to_end:
@@ -329,11 +331,11 @@ class YoloDetector(Predictor):
             rows, counts = batched_nms(preds, score_floor, iou, len(self.labels), max_det, floors)
         in_shape = prepared[0].image.shape[:2]
         orig_shapes = [item.orig_shape for item in prepared]
-        masks = None if protos is None else self.masks_on_host(protos, rows, counts, in_shape, orig_shapes)
         # the batch's one device-to-host copy of boxes, scores and classes (rows found in numpy are there already)
         host = rows[:, :6] if isinstance(rows, np.ndarray) else rows[:, :6].cpu().numpy()
         boxes = scale_boxes(host[:, :4], in_shape, orig_shapes, counts)
-        bounds = None if masks is None else mask_bounds(host[:, :4], in_shape, orig_shapes, counts)
+        bounds = None if protos is None else mask_bounds(host[:, :4], in_shape, orig_shapes, counts)
+        masks = None if protos is None else self.masks_on_host(protos, rows, counts, in_shape, orig_shapes, bounds)
         class_id = host[:, 5].astype(np.int64)
         class_name = np.asarray(self.labels, dtype=object)[class_id]
         results, start = [], 0

@@ -161,40 +161,114 @@ def masks_on_host(
     counts: Sequence[int],
     in_shape: tuple[int, int],
     orig_shapes: Sequence[tuple[int, int]],
+    bounds: np.ndarray | None = None,
+    crops: bool | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each image's (bool masks (n, h, w), which are non-empty (n,)) on the host, from the batch's prototypes
     ``protos`` (B, c, mh, mw) and NMS ``rows`` (image after image, ``counts[i]`` rows of image i).
 
     Consecutive images write their masks and flags into one flat device buffer of up to ``MASK_COPY_BUDGET``
     bytes (:func:`masks_into`), which comes to the host in one copy: a batch of photos reads its masks once, where
-    a copy per image waited on the device once per image. Each image then gets arrays of its own (a copy on the
-    host, here, on the postprocess thread), so that whoever drops an image's predictions frees that image's masks
-    alone: with views of the group's copy, the thread consuming the predictions (the engine's main thread) freed
-    the whole group (~100 MB for 64 photos) with its last image, ~100-150 µs an image of that thread's CPU on a
-    2-core host, where small frees cost it next to nothing."""
+    a copy per image waited on the device once per image. Each image then gets arrays of its own (made here, on
+    the postprocess thread), so that whoever drops an image's predictions frees that image's masks alone: with
+    views of the group's copy, the thread consuming the predictions (the engine's main thread) freed the whole
+    group (~100 MB for 64 photos) with its last image, ~100-150 µs an image of that thread's CPU on a 2-core
+    host, where small frees cost it next to nothing.
+
+    ``crops`` (the default on a GPU, given ``bounds``, each row's ``mask_bounds``): only the pixels inside each
+    mask's bounds cross to the host (:func:`crop_pixels`), and each image's masks are zeros with those pixels put
+    back: the same arrays. An instance covers a small part of its image (coco128's yolo11n-seg masks: extents of
+    8.7k pixels at the median, in photos of ~300k), so the copy, the host's pageable buffer and its page faults
+    shrink by as much. On a CPU the buffer is host memory already: each image's masks are copied out whole."""
     import torch
 
+    if crops is None:
+        crops = bounds is not None and protos.device.type != "cpu"
+    if crops and bounds is None:
+        raise ValueError("crops need each row's mask bounds")
     sizes = [n * (h * w + 1) for n, (h, w) in zip(counts, orig_shapes)]  # n masks of h x w, and n flags
-    bounds = np.cumsum([0, *counts]).tolist()  # image i's rows: bounds[i] to bounds[i + 1]
+    first_rows = np.cumsum([0, *counts]).tolist()  # image i's rows: first_rows[i] to first_rows[i + 1]
     results: list[tuple[np.ndarray, np.ndarray]] = []
     for group in copy_groups(sizes, MASK_COPY_BUDGET):
         group_counts = [counts[i] for i in group]
+        group_shapes = orig_shapes[group.start : group.stop]
+        group_rows = slice(first_rows[group.start], first_rows[group.stop])
         flat = torch.empty(sum(sizes[i] for i in group), dtype=torch.bool, device=protos.device)
-        if len(flat):
-            masks_into(
-                flat,
-                protos[group.start : group.stop],
-                rows[bounds[group.start] : bounds[group.stop]],
-                group_counts,
-                in_shape,
-                orig_shapes[group.start : group.stop],
-            )
-        host = flat.cpu().numpy() if len(flat) else np.zeros(0, dtype=bool)  # the group's one copy (none if empty)
+        if not len(flat):
+            results.extend((np.zeros((0, h, w), bool), np.zeros(0, bool)) for h, w in group_shapes)
+            continue
+        masks_into(flat, protos[group.start : group.stop], rows[group_rows], group_counts, in_shape, group_shapes)
+        if crops:
+            results.extend(_from_crops(flat, group_counts, group_shapes, bounds[group_rows]))
+            continue
+        host = flat.cpu().numpy()  # the group's one copy
         flag, mask = 0, sum(group_counts)  # the flags first, then each image's masks
-        for i, n in zip(group, group_counts):
-            h, w = orig_shapes[i]
+        for n, (h, w) in zip(group_counts, group_shapes):
             results.append((host[mask : mask + n * h * w].reshape(n, h, w).copy(), host[flag : flag + n].copy()))
             flag, mask = flag + n, mask + n * h * w
+    return results
+
+
+def crop_pixels(flat: Any, starts: np.ndarray, widths: np.ndarray, bounds: np.ndarray) -> Any:
+    """The flags (``flat``'s first ``len(bounds)`` values) and then, instance after instance, the pixels inside each
+    mask's ``bounds`` (x1, y1, x2, y2, half-open), row by row: one gather on ``flat``'s device, its indices worked
+    out there too (a few calls a group, whatever its instances; no index array crosses from the host).
+    ``starts[k]`` is where mask k starts in ``flat``, ``widths[k]`` its image's width."""
+    import torch
+
+    n = len(bounds)
+    crop_w = np.maximum(bounds[:, 2] - bounds[:, 0], 0)
+    crop_h = np.maximum(bounds[:, 3] - bounds[:, 1], 0)
+    pixels = crop_w * crop_h
+    total = int(pixels.sum())
+    first_pixel = starts + bounds[:, 1] * widths + bounds[:, 0]  # each crop's top-left in flat
+    # per instance: its top-left, its image's width, its crop's width and where its pixels start in the output
+    params = np.stack((first_pixel, widths, np.maximum(crop_w, 1), np.cumsum(pixels) - pixels + n), 1)
+    params = _to_device(np.concatenate((params.reshape(-1), pixels)), flat.device)
+    params, pixels = params[: 4 * n].view(n, 4), params[4 * n :]
+    index = torch.arange(n + total, device=flat.device)
+    instance = torch.repeat_interleave(torch.arange(n, device=flat.device), pixels, output_size=total)
+    mine = params[instance]
+    local = index[n:] - mine[:, 3]  # the pixel's place in its crop, row by row
+    row = torch.div(local, mine[:, 2], rounding_mode="floor")
+    index[n:] = mine[:, 0] + row * mine[:, 1] + (local - row * mine[:, 2])
+    return flat[index]
+
+
+def _to_device(values: np.ndarray, device: Any) -> Any:
+    """An int64 tensor of ``values`` on ``device``; to a GPU through pinned memory, queued behind the device's
+    work (a copy from pageable memory would wait for it)."""
+    import torch
+
+    tensor = torch.as_tensor(np.ascontiguousarray(values, dtype=np.int64))
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def _from_crops(
+    flat: Any, counts: Sequence[int], shapes: Sequence[tuple[int, int]], bounds: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each image's (masks, flags) of a group (``masks_into``'s layout in ``flat``), from one copy of the flags and
+    the pixels inside each mask's bounds."""
+    n = sum(counts)
+    instance_shapes = np.array([shape for shape, k in zip(shapes, counts) for _ in range(k)], np.int64).reshape(-1, 2)
+    mask_sizes = instance_shapes[:, 0] * instance_shapes[:, 1]
+    starts = n + np.cumsum(mask_sizes) - mask_sizes
+    bounds = np.asarray(bounds, np.int64).reshape(-1, 4)
+    host = crop_pixels(flat, starts, instance_shapes[:, 1], bounds).cpu().numpy()  # the group's one copy
+    flags, offset, k = host[:n], n, 0
+    results = []
+    for count, (h, w) in zip(counts, shapes):
+        masks = np.zeros((count, h, w), bool)
+        for j in range(count):
+            x1, y1, x2, y2 = bounds[k + j].tolist()
+            if x2 > x1 and y2 > y1:
+                size = (x2 - x1) * (y2 - y1)
+                masks[j, y1:y2, x1:x2] = host[offset : offset + size].reshape(y2 - y1, x2 - x1)
+                offset += size
+        results.append((masks, flags[k : k + count].copy()))
+        k += count
     return results
 
 
