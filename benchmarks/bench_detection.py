@@ -30,7 +30,7 @@ from typing import Any
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported (our .pt backend imports it too)
 
-from common import assets_dir, machine_info, progress  # noqa: E402  (benchmarks/ is on sys.path)
+from common import StageTimes, assets_dir, machine_info, progress, stage_report  # noqa: E402  (benchmarks/ is on sys.path)
 
 CONFIDENCE = 0.25
 IOU = 0.7
@@ -182,38 +182,21 @@ def run_reference(model: Any, folder: Path, batch: int, device: str, half: bool,
     return images / elapsed, images, boxes
 
 
-# the stages each prediction's timings name, in the order an image meets them (read and decode on the loader
-# threads; preprocess: the letterbox; collate, forward, postprocess: a batch's, shared by its images; filter)
-STAGES = ("read", "decode", "preprocess", "collate", "forward", "postprocess", "filter")
-
-
 def run_ours(engine: Any, folder: Path, stages: dict[str, float] | None = None) -> tuple[float, int, int, int]:
     """(images/s, images, boxes, failed items) for one pass of ``Engine.predict`` over the folder; ``stages``, when
     given, gets each stage's time summed over the images (ms) and the pass's wall time (``wall``, ms)."""
     gc.collect()
     images = boxes = errors = 0
-    totals = dict.fromkeys(STAGES, 0.0)
-    t0 = time.perf_counter()
+    totals = StageTimes()
     for prediction in engine.predict(str(folder), confidence_threshold=CONFIDENCE, iou_threshold=IOU):
         images += 1
         boxes += len(prediction.detections)
         errors += prediction.error is not None
-        for stage, ms in prediction.timings.items():
-            if stage in totals:
-                totals[stage] += ms
-    elapsed = time.perf_counter() - t0
+        totals.add(prediction)
+    elapsed = totals.stop()
     if stages is not None:
-        stages.update(totals, wall=elapsed * 1e3)
+        stages.update(totals.totals)
     return images / elapsed, images, boxes, errors
-
-
-def stage_report(stages: dict[str, float], images: int) -> str:
-    """Each stage's time per image and its busy share of the wall time: a stage on one thread near 1.0 is what
-    holds the run back (the loaders' stages run on several threads, so they can pass 1.0)."""
-    wall = stages["wall"]
-    return ", ".join(
-        f"{stage} {stages[stage] / images:.3f} ms ({stages[stage] / wall:.2f})" for stage in STAGES if stages[stage]
-    )
 
 
 def run_decode(folder: Path, workers: int, depth: int) -> tuple[float, int]:

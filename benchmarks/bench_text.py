@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from common import assets_dir, machine_info, progress  # noqa: E402  (benchmarks/ is on sys.path)
+from common import StageTimes, assets_dir, machine_info, progress, stage_report  # noqa: E402  (benchmarks/ is on sys.path)
 
 TASKS = ("classification", "ner")
 
@@ -108,18 +108,25 @@ def run_pipeline(pipe: Any, texts: list[str], batch: int, task: str) -> tuple[fl
     return len(results) / elapsed, len(results), outputs
 
 
-def run_ours(engine: Any, texts: list[str], task: str) -> tuple[float, int, int]:
-    """(items/s, items, outputs) for one pass of ``Engine.predict_texts`` (all classes; entities unfiltered)."""
+def run_ours(
+    engine: Any, texts: list[str], task: str, stages: dict[str, float] | None = None
+) -> tuple[float, int, int]:
+    """(items/s, items, outputs) for one pass of ``Engine.predict_texts`` (all classes; entities unfiltered);
+    ``stages``, when given, gets each stage's time summed over the texts and the wall time (ms)."""
     gc.collect()
     items = outputs = 0
     options = {"top_k": None} if task == "classification" else {"aggregation": "simple"}
-    t0 = time.perf_counter()
+    totals = StageTimes()
     for prediction in engine.predict_texts(texts, confidence_threshold=0.0, **options):
         if prediction.error:
             raise SystemExit(f"avala-infer failed on {prediction.source}: {prediction.error}")
         items += 1
         outputs += 1 if task == "classification" else len(prediction.result)
-    return items / (time.perf_counter() - t0), items, outputs
+        totals.add(prediction)
+    elapsed = totals.stop()
+    if stages is not None:
+        stages.update(totals.totals)
+    return items / elapsed, items, outputs
 
 
 def collate_batches(engine: Any, texts: list[str], batch: int) -> list[tuple[Any, int]]:
@@ -212,7 +219,8 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     for r in range(1, args.rounds + 1):
         torch.set_num_threads(torch_threads)
         reference.add(*run_pipeline(pipe, texts, batch, task))
-        ours.add(*run_ours(engine, texts, task))
+        stages: dict[str, float] = {}
+        ours.add(*run_ours(engine, texts, task, stages))
         model.add(*run_forward(engine, batches))
         progress(
             f"round {r}/{args.rounds}: pipeline {reference.rates[-1]:.1f}, ours {ours.rates[-1]:.1f}, "
@@ -232,6 +240,7 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
         "loader_workers": engine.workers,
         "results": [reference.summary(), ours.summary()],
         "model_only": model.summary(),
+        "ours_stages_last_round": stages,
         "ratio": ours.median / reference.median,
     }
 
@@ -275,6 +284,11 @@ def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None
         ref = task["results"][0]
         if ref["outputs"] != ours["outputs"]:
             write(f"NOTE: outputs differ ({ref['outputs']} pipeline, {ours['outputs']} ours)")
+        if task.get("ours_stages_last_round"):
+            write(
+                "ours, the last round's time per text by stage (busy share of the wall time): "
+                + stage_report(task["ours_stages_last_round"], task["texts"])
+            )
         write(f"ratio ours/pipeline ({task['task']}): {task['ratio']:.2f}x")
 
 

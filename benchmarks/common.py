@@ -10,6 +10,7 @@ import importlib
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,38 @@ def machine_info(*packages: str) -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+# the stages each prediction's timings name, in the order an item meets them (read and decode on the loader
+# threads; preprocess: the letterbox or the tokenizer; collate, forward, postprocess: a batch's, shared by its
+# items; filter)
+STAGES = ("read", "decode", "preprocess", "collate", "forward", "postprocess", "filter")
+
+
+class StageTimes:
+    """Each stage's time summed over a pass's predictions (ms), and the pass's wall time (``wall``, ms) once
+    :meth:`stop` is called; made when the pass starts."""
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(STAGES, 0.0)
+        self._t0 = time.perf_counter()
+
+    def add(self, prediction: Any) -> None:
+        for stage, ms in prediction.timings.items():
+            if stage in self.totals:
+                self.totals[stage] += ms
+
+    def stop(self) -> float:
+        """The pass's wall time in seconds (kept in ms as ``totals["wall"]``)."""
+        elapsed = time.perf_counter() - self._t0
+        self.totals["wall"] = elapsed * 1e3
+        return elapsed
+
+
+def stage_report(stages: dict[str, float], items: int) -> str:
+    """Each stage's time per item and its busy share of the wall time: a stage on one thread near 1.0 is what
+    holds the run back (the loaders' stages run on several threads, so they can pass 1.0)."""
+    wall = stages["wall"]
+    return ", ".join(
+        f"{stage} {stages[stage] / items:.3f} ms ({stages[stage] / wall:.2f})" for stage in STAGES if stages[stage]
+    )
