@@ -229,7 +229,7 @@ if [[ ! -d $MODELS/sentiment-minilm-sst2 ]]; then
     note "SKIPPED  bench_text: no $MODELS/sentiment-minilm-sst2 (the text models did not travel)"
 elif "$PY" benchmarks/bench_text.py --help 2>/dev/null | grep -q -- --device; then
     task=all && [[ ! -d $MODELS/ner-minilm-conll03 ]] && task=classification # the NER model did not travel
-    step bench_text 90 GPU "$PY" benchmarks/bench_text.py --device cuda --task "$task" --rounds "$ROUNDS" \
+    step bench_text 240 GPU "$PY" benchmarks/bench_text.py --device cuda --task "$task" --rounds "$ROUNDS" \
         --json "$OUT/bench_text.json"
 else
     note "SKIPPED  bench_text: benchmarks/bench_text.py has no --device option yet (both sides run on the CPU)"
