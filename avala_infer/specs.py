@@ -16,7 +16,7 @@ A spec is a small YAML file (see ``models/`` in the repository)::
     url: https://.../yolo11n.pt  # optional: where `avala-infer models pull NAME` fetches the weights from
     onnx_provider: auto          # onnxruntime YOLO models: auto (the device's: CUDA or CPU) or tensorrt
     engine_cache: trt-engines/   # optional, with tensorrt: where built engines are kept (see below)
-    torch_compile: reduce-overhead  # optional, ultralytics YOLO models: a torch.compile mode (default: off)
+    torch_compile: reduce-overhead  # optional, ultralytics YOLO and transformers text models: a torch.compile mode
 
 ``weights`` may also name a folder (transformers models). Paths in ``params`` that name files (a tokenizer
 folder, say) are resolved like weights by :func:`resolve_path`.
@@ -52,6 +52,13 @@ the rest uncompiled: pair it with square letterboxing, the CUDA default. Outputs
 tolerance, not bit for bit (``benchmarks/bench_compile.py``). On CUDA the ultralytics backend also turns on
 ``cudnn.benchmark`` (the fastest convolution for the input shape, tried on its first batch) when letterboxing is
 square: one input shape, so the trial is paid once.
+
+``torch_compile`` with ``backend: transformers`` (text classification, zero-shot included, and NER): the same
+modes. A compiled text model runs fixed shapes only: every call is ``batch_size`` rows (a short batch padded
+with rows it drops) of a length bucket's width (16, 24, 32, 48, 64, 96, 128...: a batch's longest row rounded up,
+the rest masked), so one compile serves a length bucket, and torch's recompile limit is raised to the number of
+buckets. Padding changes no row's logits beyond float rounding (the rows are independent, padded tokens
+masked).
 """
 
 from __future__ import annotations
@@ -80,6 +87,11 @@ ONNX_PROVIDERS = ("auto", "tensorrt")
 TORCH_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # the model types whose backends read the runtime options (anywhere else an option would be ignored: refused)
 RUNTIME_OPTION_TYPES = (ModelType.OBJECT_DETECTION, ModelType.INSTANCE_SEGMENTATION)
+# torch_compile: the backends that read it, and for which model types
+TORCH_COMPILE_TYPES = {
+    "ultralytics": RUNTIME_OPTION_TYPES,
+    "transformers": (ModelType.TEXT_CLASSIFICATION, ModelType.NAMED_ENTITY_RECOGNITION),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +114,7 @@ class ModelSpec:
     url: str | None = None  # where `avala-infer models pull` fetches the weights file (never fetched otherwise)
     onnx_provider: str = "auto"  # onnxruntime's execution provider: auto (the device's) or tensorrt
     engine_cache: str | None = None  # TensorRT engines' folder; None: the default (onnx_session.default_engine_cache)
-    torch_compile: str | None = None  # a torch.compile mode for the ultralytics backend; None: eager
+    torch_compile: str | None = None  # a torch.compile mode (ultralytics YOLO, transformers text); None: eager
 
     def __post_init__(self) -> None:
         where = f" in {self.source}" if self.source else ""
@@ -156,12 +168,13 @@ class ModelSpec:
             )
         if self.engine_cache is not None and self.onnx_provider != "tensorrt":
             raise ModelSpecError(f"engine_cache{where} is read only with onnx_provider: tensorrt")
-        if self.torch_compile is not None and (
-            self.backend != "ultralytics" or self.model_type not in RUNTIME_OPTION_TYPES
-        ):
+        if self.torch_compile is not None and self.model_type not in TORCH_COMPILE_TYPES.get(self.backend, ()):
+            readers = "; ".join(
+                f"backend {backend} for {' or '.join(t.value for t in kinds)} models"
+                for backend, kinds in TORCH_COMPILE_TYPES.items()
+            )
             raise ModelSpecError(
-                f"torch_compile{where} is read only by backend ultralytics for {types} models, "
-                f"not {self.backend} {self.model_type.value}"
+                f"torch_compile{where} is read only by {readers}, not {self.backend} {self.model_type.value}"
             )
 
     def param(self, key: str, default: Any = None, choices: tuple | None = None) -> Any:

@@ -218,6 +218,8 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     repeat = args.repeat or default_repeat(device, len(texts))
     texts = texts * repeat
     batch = args.batch or default_batch(device)
+    if args.torch_compile:
+        spec = dataclasses.replace(spec, torch_compile=args.torch_compile)
     engine = Engine(spec, device=device, batch_size=batch)
     # the same precision on both sides: ours runs fp16 on CUDA unless the spec says fp32 (an ONNX graph: its own)
     half = device.startswith("cuda") and engine.predictor.fp16
@@ -244,6 +246,7 @@ def benchmark_task(task: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "task": task,
         "model": engine.predictor.describe(),
+        "torch_compile": spec.torch_compile,
         "pipeline_model": str(folder),
         "texts": len(texts),
         "repeat": repeat,
@@ -285,7 +288,8 @@ def report(result: dict[str, Any], write: Callable[[str], None] = print) -> None
             + f" on {task['device']}, batch {task['batch']}, "
             f"{result['rounds']} round(s)"
         )
-        write(f"ours: {task['model']}; pipeline: {task['pipeline_model']} ({task['pipeline_precision']})")
+        compiled = f", torch.compile {task['torch_compile']}" if task.get("torch_compile") else ""
+        write(f"ours: {task['model']}{compiled}; pipeline: {task['pipeline_model']} ({task['pipeline_precision']})")
         write(
             f"torch threads: pipeline {task['pipeline_threads']}; avala-infer {task['ours_streams']} stream(s) x "
             f"{task['ours_threads_per_stream'] or 'default'} thread(s), +{task['loader_workers']} loader threads"
@@ -319,6 +323,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--batch", type=int, default=None, help="batch size of both tools (default 8 on a CPU, 64 on a GPU)"
     )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N texts of each data set")
+    parser.add_argument(
+        "--torch-compile",
+        default=None,
+        metavar="MODE",
+        help="ours with the spec's torch_compile in this mode (reduce-overhead: CUDA graphs on a GPU); the "
+        "warm-up pass compiles each length bucket's shape (not timed). For a GPU: on a CPU the rounds switch torch's "
+        "thread count between the pipeline and ours, and torch.compile recompiles on every switch",
+    )
     parser.add_argument(
         "--repeat",
         type=int,

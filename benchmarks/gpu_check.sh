@@ -231,6 +231,9 @@ elif "$PY" benchmarks/bench_text.py --help 2>/dev/null | grep -q -- --device; th
     task=all && [[ ! -d $MODELS/ner-minilm-conll03 ]] && task=classification # the NER model did not travel
     step bench_text 240 GPU "$PY" benchmarks/bench_text.py --device cuda --task "$task" --rounds "$ROUNDS" \
         --json "$OUT/bench_text.json"
+    # the spec's torch_compile on the text model: CUDA graphs, one per length bucket (compiled in the warm-up)
+    step bench_text_compiled 240 GPU "$PY" benchmarks/bench_text.py --device cuda --task classification \
+        --torch-compile reduce-overhead --rounds "$ROUNDS" --json "$OUT/bench_text_compiled.json"
 else
     note "SKIPPED  bench_text: benchmarks/bench_text.py has no --device option yet (both sides run on the CPU)"
 fi

@@ -82,6 +82,12 @@ def test_spec_reads_torch_compile(tmp_path, written, mode):
     assert load_spec(_spec_file(tmp_path, body)).torch_compile == mode
 
 
+@pytest.mark.parametrize("model_type", ["text_classification", "named_entity_recognition"])
+def test_spec_reads_torch_compile_for_transformers_text_models(tmp_path, model_type):
+    body = f"name: t\nmodel_type: {model_type}\nbackend: transformers\nweights: t/\ntorch_compile: reduce-overhead\n"
+    assert load_spec(_spec_file(tmp_path, body)).torch_compile == "reduce-overhead"
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -93,6 +99,8 @@ def test_spec_reads_torch_compile(tmp_path, written, mode):
         ({"torch_compile": "default"}, "read only by backend ultralytics"),
         ({"torch_compile": "default", "backend": "ultralytics", "model_type": ModelType.IMAGE_CLASSIFICATION},
          "not ultralytics image_classification"),
+        ({"torch_compile": "default", "backend": "transformers", "model_type": ModelType.IMAGE_CLASSIFICATION},
+         "backend transformers for text_classification or named_entity_recognition models, not transformers"),
     ],
 )  # fmt: skip
 def test_spec_refuses_options_nothing_reads(fields, message):

@@ -35,6 +35,11 @@ MAX_LENGTH_CAP = 512  # default window when the tokenizer names none, or a longe
 _BUCKETS = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
+def bucket_count(max_length: int) -> int:
+    """How many length buckets rows of at most ``max_length`` tokens fall into."""
+    return len({length_bucket(n) for n in range(1, max_length + 1)})
+
+
 def length_bucket(length: int) -> int:
     """The padded length a row of ``length`` tokens is grouped under (steps of about 1.5x)."""
     for bucket in _BUCKETS:

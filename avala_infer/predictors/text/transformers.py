@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import numpy as np
 
 from avala_infer.errors import ModelLoadError
 from avala_infer.predictors.base import Predictor
-from avala_infer.predictors.text.batching import TextBatch, load_fast_tokenizer
+from avala_infer.predictors.text.batching import TextBatch, bucket_count, length_bucket, load_fast_tokenizer
 from avala_infer.predictors.text.tasks import SequenceClassifierBase, TokenClassifierBase, labels_from_config
+from avala_infer.predictors.torch_runtime import compile_module, mark_graph_step, replays_cuda_graphs
 from avala_infer.predictors.transformers_loading import quiet_loading
 from avala_infer.specs import ModelSpec
 
@@ -80,9 +82,25 @@ class _TransformersText:
         model = model.half() if self.fp16 else model.float()
         accepted = inspect.signature(model.forward).parameters
         self.input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in accepted]
-        self.model = model
         self._torch = torch
+        self._compile(model)
         return model
+
+    def _compile(self, model: Any) -> None:
+        """``spec.torch_compile``: the model compiled in that mode, run in fixed shapes (``call_rows`` rows of a
+        length bucket's width: one compile per bucket, see :meth:`_run_fixed`); else eager, any shape."""
+        mode = self.spec.torch_compile
+        self.call_rows = max(1, self.spec.batch_size) if mode else None
+        self._compiled_widths: set[int] = set()  # the shapes compiled so far (their width: the rows are fixed)
+        self._compiling = threading.Lock()  # one stream compiles a new shape while the others wait for it
+        self.cuda_graphs = replays_cuda_graphs(mode, self.device)
+        if mode:
+            import torch._dynamo
+
+            # one compiled graph per length bucket: more than torch's default limit of 8 shapes a function
+            limit = bucket_count(self.encoder.max_length) + 1
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        self.model = compile_module(model, mode)
 
     def _to_backend(self, batch: TextBatch) -> dict[str, Any]:
         torch = self._torch
@@ -97,8 +115,48 @@ class _TransformersText:
         return tensors
 
     def _run(self, inputs: dict[str, Any], rows: slice, width: int) -> np.ndarray:
+        if self.call_rows is not None:
+            return self._run_fixed(inputs, rows, width)
         logits = self.model(**{name: t[rows, :width] for name, t in inputs.items()}).logits
         return logits.float().cpu().numpy()
+
+    def _run_fixed(self, inputs: dict[str, Any], rows: slice, width: int) -> np.ndarray:
+        """The rows in calls of exactly ``call_rows`` rows of the bucket width of ``width`` tokens (a compiled
+        model's one shape per bucket): a short call is padded with rows attending to one padding token, a narrow
+        one with masked padding tokens; only the real rows' logits (and tokens) come back."""
+        fixed_width = min(length_bucket(width), max(width, self.encoder.max_length))
+        parts = []
+        for start in range(rows.start or 0, rows.stop, self.call_rows):
+            stop = min(start + self.call_rows, rows.stop)
+            args = {name: self._padded(name, t[start:stop, :width], fixed_width) for name, t in inputs.items()}
+            logits = self._call_fixed(args, fixed_width).logits[: stop - start]
+            parts.append((logits[:, :width] if logits.ndim == 3 else logits).float().cpu())  # out of a graph's pool
+        return self._torch.cat(parts).numpy()
+
+    def _call_fixed(self, args: dict[str, Any], width: int) -> Any:
+        """The compiled model on one fixed-shape call. The first call of a shape holds a lock: CPU streams that
+        met a new shape at once each compiled it (tens of seconds each), where one compile serves all."""
+        if width in self._compiled_widths:
+            if self.cuda_graphs:
+                mark_graph_step()
+            return self.model(**args)
+        with self._compiling:
+            if self.cuda_graphs:
+                mark_graph_step()
+            out = self.model(**args)
+            self._compiled_widths.add(width)
+        return out
+
+    def _padded(self, name: str, part: Any, width: int) -> Any:
+        """``part`` (rows, w) of input ``name`` padded to ``(call_rows, width)``."""
+        rows, columns = part.shape
+        if rows == self.call_rows and columns == width:
+            return part
+        out = part.new_full((self.call_rows, width), self.encoder.pad_id if name == "input_ids" else 0)
+        out[:rows, :columns] = part
+        if name == "attention_mask":
+            out[rows:, 0] = 1  # no row of nothing but masked tokens (a softmax over none)
+        return out
 
 
 class TransformersTextClassifier(_TransformersText, SequenceClassifierBase):
