@@ -228,7 +228,7 @@ class Engine:
     ``cuda:0,1``, a list such as ``["cuda:0", "cuda:2"]``, or ``all`` (every CUDA device; an error on a host
     without one, as ``cuda`` is: see :mod:`avala_infer.engine.devices`). ``batch_size``,
     ``input_size``, ``precision`` and ``letterbox`` override the spec. ``workers`` is the number of
-    loader threads that read and decode ahead of the model. ``streams`` is how many batches run in the model
+    loader threads that read and decode ahead of the model (default: :func:`default_workers`). ``streams`` is how many batches run in the model
     at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (ONNX Runtime
     sessions get that count; torch's process-wide intra-op count is set to it once, by the first CPU stream in
     the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1. ``threads`` replaces
