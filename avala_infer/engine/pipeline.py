@@ -228,10 +228,11 @@ class Engine:
     ``cuda:0,1``, a list such as ``["cuda:0", "cuda:2"]``, or ``all`` (every CUDA device; an error on a host
     without one, as ``cuda`` is: see :mod:`avala_infer.engine.devices`). ``batch_size``,
     ``input_size``, ``precision`` and ``letterbox`` override the spec. ``workers`` is the number of
-    loader threads that read and decode ahead of the model (default: :func:`default_workers`). ``streams`` is how many batches run in the model
-    at once: on a CPU ``min(4, cores)`` by default, each with ``cores // streams`` threads (ONNX Runtime
-    sessions get that count; torch's process-wide intra-op count is set to it once, by the first CPU stream in
-    the process, and never restored: see :func:`configure_torch_threads`); on a GPU 1. ``threads`` replaces
+    loader threads that read and decode ahead of the model (default: :func:`default_workers`). ``streams`` is
+    how many batches run in the model at once: on a CPU ``min(4, cores)`` by default, each with
+    ``cores // streams`` threads (ONNX Runtime sessions get that count; torch's process-wide intra-op count is set
+    to it once, by the first CPU stream in the process, and never restored: see :func:`configure_torch_threads`);
+    on a GPU 1. ``threads`` replaces
     ``cores // streams`` on a CPU: a process given a share of the host's cores (a Ray actor) sizes its model to it.
     The thread that iterates the predictions only reads items, batches and dispatches: the batches run on threads of
     the engine's (with one stream on a GPU, ``stage_threads``: collate, forward and postprocess each on its own,

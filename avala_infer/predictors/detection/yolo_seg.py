@@ -51,7 +51,7 @@ def instance_masks(
     n = len(coefficients)
     h, w = orig_shape
     flat = torch.empty(n * (h * w + 1), dtype=torch.bool, device=protos.device)
-    rows = torch.cat((boxes.to(coefficients.dtype), coefficients.new_zeros((n, 2)), coefficients), 1)
+    rows = torch.cat((boxes.float(), boxes.new_zeros((n, 2), dtype=torch.float32), coefficients.float()), 1)
     masks_into(flat, protos[None], rows, [n], in_shape, [orig_shape])
     flags, masks = flat[:n], flat[n:].view(n, h, w)
     if out is None:
@@ -177,9 +177,10 @@ def masks_on_host(
 
     ``crops`` (the default on a GPU, given ``bounds``, each row's ``mask_bounds``): only the pixels inside each
     mask's bounds cross to the host (:func:`crop_pixels`), and each image's masks are zeros with those pixels put
-    back: the same arrays. An instance covers a small part of its image (coco128's yolo11n-seg masks: extents of
-    8.7k pixels at the median, in photos of ~300k), so the copy, the host's pageable buffer and its page faults
-    shrink by as much. On a CPU the buffer is host memory already: each image's masks are copied out whole."""
+    back: the same arrays. An instance covers a small part of its image, so the copy, the host's pageable buffer
+    and its page faults shrink: 12.5 MB instead of 93.4 MB for 64 coco128 images with yolo11n-seg (the bounds
+    hold more than a mask's extent). On a CPU the buffer is host memory already: each image's masks are copied
+    out whole (the gather would cost a CPU ~16 ms an image)."""
     import torch
 
     if crops is None:
