@@ -98,6 +98,21 @@ def test_a_classifier_merge_is_one_class_with_the_summed_or_the_highest_score():
     assert list(dropped.class_name) == ["car"] and dropped.confidence.tolist() == pytest.approx([0.3])
 
 
+def test_an_empty_label_list_keeps_every_label_and_a_map_that_drops_all_keeps_nothing():
+    """``labels=[]`` (or only blank names, as ``--labels ","`` gives) means no label filter, as a job's empty list
+    does; a label map that drops every class leaves an empty vocabulary, which keeps nothing, without failing
+    (it raised an IndexError on every item with a detection)."""
+    boxes, classes = _dets([0, 1, 3], [0.9, 0.5, 0.3]), _classes([0.4, 0.3, 0.2, 0.1])
+    for empty in ([], ["", "  "]):
+        every = build_filter(MODEL_LABELS, labels=empty)
+        assert every.output_labels == MODEL_LABELS
+        assert list(every.apply(boxes).class_name) == ["person", "car", "bus"]
+    nothing = build_filter(MODEL_LABELS, label_map=dict.fromkeys(MODEL_LABELS))
+    assert nothing.output_labels == () and nothing.one_to_one
+    assert len(nothing.apply(boxes)) == 0 and len(nothing.apply(classes)) == 0
+    assert nothing.apply(boxes).xyxy.shape == (0, 4)
+
+
 @pytest.mark.parametrize("multi_label", [False, True])
 def test_a_classification_under_a_one_to_one_filter_is_what_the_merging_path_gives(multi_label):
     """A filter that merges nothing keeps a classification's rows in their order (the fast path): the same ids,

@@ -156,7 +156,7 @@ class SequenceClassifierBase(TextPredictor):
         order = np.argsort(-scores, axis=1, kind="stable")
         ranked = np.take_along_axis(scores, order, axis=1)
         names = np.asarray(self.labels, dtype=object)[order]
-        return [Classifications(*row, self.multi_label) for row in zip(order, ranked, names)]
+        return [Classifications.of_arrays(*row, self.multi_label) for row in zip(order, ranked, names)]
 
 
 class TokenClassifierBase(TextPredictor):
