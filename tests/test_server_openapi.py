@@ -35,6 +35,7 @@ httpx = pytest.importorskip("httpx")
 
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis.errors import Flaky  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.core.failures import FailureGroup  # noqa: E402
@@ -224,14 +225,27 @@ def test_schemathesis_every_operation_answers_as_its_schema_says(served, capsys)
     statuses: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     failures: list[str] = []
     spent: dict[str, float] = {}
+    retried: list[str] = []
     started = time.monotonic()
     for operation in operations:
         label = f"{operation.method.upper()} {template(operation)}"
         began = time.monotonic()
-        try:
-            fuzz(operation, label, base, known, cases, statuses)
-        except (Exception, FailureGroup) as exc:  # report every operation's failures (shrunk) at the end
-            failures.append(f"{label}: {exc}")
+        for attempt in (1, 2):
+            try:
+                fuzz(operation, label, base, known, cases, statuses)
+            except Flaky as exc:
+                # hypothesis could not replay its own failure: once in a CI run (2026-12-04) its strategy cache raised
+                # inside the test thread (a KeyError, then a SystemError from ast.parse) on GET /organizations/. The
+                # cases are derandomized, so a failure of the server's comes back on the second attempt; one of
+                # hypothesis' own does not. Either way the retry is printed.
+                if attempt == 2:
+                    failures.append(f"{label}: {exc}")
+                else:
+                    retried.append(f"{label}: {str(exc).splitlines()[0]}")
+                    continue
+            except (Exception, FailureGroup) as exc:  # report every operation's failures (shrunk) at the end
+                failures.append(f"{label}: {exc}")
+            break
         spent[label] = time.monotonic() - began
     elapsed = time.monotonic() - started
     with capsys.disabled():
@@ -239,6 +253,8 @@ def test_schemathesis_every_operation_answers_as_its_schema_says(served, capsys)
         for label in sorted(cases):
             answers = dict(sorted(statuses[label].items()))
             print(f"  {label:50} {cases[label]:3} cases {spent[label]:5.1f} s  {answers}")
+        for note in retried:
+            print(f"  retried once, hypothesis could not replay a case: {note}")
     assert not failures, "\n\n".join(failures)
     unchecked = [label for label in MUST_SUCCEED if not any(200 <= s < 300 for s in statuses[label])]
     assert not unchecked, f"no success answer was checked for {unchecked}"
