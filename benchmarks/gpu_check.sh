@@ -8,9 +8,9 @@
 #   bash benchmarks/gpu_check.sh             # on the GPU host, from any folder; figures land in $OUT
 #   bash benchmarks/gpu_check.sh --dry-run   # anywhere: checks the set-up, prints what each GPU step would run
 #
-# Through the device tool: one call, `bash benchmarks/gpu_check.sh` with a timeout of ~570 s (the budget below, set-up
-# included, plus slack), which leaves the rest of the 15 minutes for one rerun of a failed step. The assets and the
-# wheels the host lacks must travel with the call: benchmarks/gpu_pack.sh packs them and prints the calls.
+# Through the device tool: two calls, which benchmarks/gpu_pack.sh prints after packing the assets and the wheels
+# the host lacks (they must travel with the calls): the images' steps with a budget of 460 s, then the text steps
+# with 240 s (GPU_CHECK_ONLY=bench_text), within the 15 minutes with the machine's start.
 #
 # Without nvidia-smi it runs dry by itself. $OUT (set by the device tool: a folder whose files come back) gets every
 # JSON, each step's log and summary.txt; it defaults to a new folder under /tmp. Knobs (environment):
