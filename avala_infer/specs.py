@@ -56,9 +56,9 @@ square: one input shape, so the trial is paid once.
 ``torch_compile`` with ``backend: transformers`` (text classification, zero-shot included, and NER): the same
 modes. A compiled text model runs fixed shapes only: every call is ``batch_size`` rows (a short batch padded
 with rows it drops) of a length bucket's width (16, 24, 32, 48, 64, 96, 128...: a batch's longest row rounded up,
-the rest masked), so one compile serves a length bucket, and torch's recompile limit is raised to the number of
-buckets. Padding changes no row's logits beyond float rounding (the rows are independent, padded tokens
-masked).
+the rest masked), so one compile serves a length bucket, and torch's recompile limit is raised to four times the
+number of buckets (four compiled copies of a model at once: a predictor a GPU). Padding changes no row's logits
+beyond float rounding (the rows are independent, padded tokens masked).
 """
 
 from __future__ import annotations

@@ -97,8 +97,10 @@ class _TransformersText:
         if mode:
             import torch._dynamo
 
-            # one compiled graph per length bucket: more than torch's default limit of 8 shapes a function
-            limit = bucket_count(self.encoder.max_length) + 1
+            # one compiled graph per length bucket, more than torch's default limit of 8 a function; and the limit
+            # counts the graphs of every copy of the model class in the process (a predictor a GPU, a job's engine
+            # beside a user's): room for 4 at once. Past it torch runs the model uncompiled, with a warning.
+            limit = 4 * (bucket_count(self.encoder.max_length) + 1)
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
         self.model = compile_module(model, mode)
 
