@@ -65,14 +65,18 @@ class LabelFilter:
             return self._apply_classes(result) if not self.one_to_one else self._keep_classes(result)
         if not len(result):
             return result  # keeps an empty (0, H, W) mask array when there is one
-        ids = result.class_id
-        self._check_ids(ids)
-        out_ids = self.class_to_output[ids]
-        keep = result.confidence >= self.floors[out_ids]  # a dropped class (-1) meets +inf
-        out_ids = out_ids[keep]
+        keep, out_ids = self._kept(result)
         # nothing dropped (the common case): no indexing, which would copy every (H, W) instance mask
         kept = result if keep.all() else result[keep]
         return dataclasses.replace(kept, class_id=out_ids, class_name=self.names[out_ids])
+
+    def _kept(self, result: Result) -> tuple[np.ndarray, np.ndarray]:
+        """Which rows of ``result`` the filter keeps (mapped, kept, at their label's threshold), and their output
+        ids."""
+        self._check_ids(result.class_id)
+        out_ids = self.class_to_output[result.class_id]
+        keep = result.confidence >= self.floors[out_ids]  # a dropped class (-1) meets +inf
+        return keep, out_ids[keep]
 
     def _keep_classes(self, result: Classifications) -> Classifications:
         """A classification under a one-to-one filter (no class merged into another: the common case) keeps its
@@ -80,11 +84,7 @@ class LabelFilter:
         order too (first appearance in the model's labels): what :meth:`_apply_classes` gives, in a few numpy
         calls an item where that took ~14 µs (a text classifier's filter stage, on the GPU engine's postprocess
         thread)."""
-        ids = result.class_id
-        self._check_ids(ids)
-        out_ids = self.class_to_output[ids]
-        keep = result.confidence >= self.floors[out_ids]  # a dropped class (-1) meets +inf
-        out_ids = out_ids[keep]
+        keep, out_ids = self._kept(result)
         return Classifications.of_arrays(out_ids, result.confidence[keep], self.names[out_ids], result.multi_label)
 
     def _apply_classes(self, result: Classifications) -> Classifications:

@@ -60,13 +60,19 @@ def copy_out(outputs: Any) -> Any:
     return outputs.clone() if hasattr(outputs, "clone") else outputs
 
 
+def queued_to_device(tensor: Any, device: Any) -> Any:
+    """A host ``tensor`` on ``device``: on a GPU through pinned memory, queued on the current stream (a copy from
+    pageable memory would wait for the device's queued work), so it overlaps what the device is doing."""
+    if str(device) == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def stacked_on_device(tensors: Any, device: str, fp16: bool) -> Any:
     """One batch tensor of equally shaped CPU tensors, on ``device`` in the model's precision: on a GPU stacked
     into pinned memory and queued to the device on the current stream (a collate stage's side stream), so the
     copy overlaps the forward pass of the batch before."""
     import torch
 
-    batch = torch.stack(list(tensors))
-    if device != "cpu":
-        batch = batch.pin_memory().to(device, non_blocking=True)
+    batch = queued_to_device(torch.stack(list(tensors)), device)
     return batch.half() if fp16 else batch.float()

@@ -29,6 +29,7 @@ from avala_infer.predictors.base import Predictor
 from avala_infer.predictors.classification.preprocess import input_size_given
 from avala_infer.predictors.imaging import IMAGENET_MEAN, IMAGENET_STD
 from avala_infer.predictors.scoring import scores_from_logits
+from avala_infer.predictors.torch_runtime import queued_to_device
 from avala_infer.specs import ModelSpec
 from avala_infer.types import ModelType
 
@@ -146,9 +147,7 @@ class TorchvisionClassifier(Predictor):
     def collate(self, prepared: Sequence[Any]):
         import torch
 
-        batch = torch.stack(list(prepared))
-        if self.device != "cpu":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        batch = queued_to_device(torch.stack(list(prepared)), self.device)
         batch = batch.float().div_(255)
         batch = batch.sub_(batch.new_tensor(self.mean).view(1, 3, 1, 1)).div_(
             batch.new_tensor(self.std).view(1, 3, 1, 1)

@@ -23,6 +23,7 @@ from avala_infer.annotations import Classifications
 from avala_infer.errors import ConfigError
 from avala_infer.predictors.base import Predictor
 from avala_infer.predictors.classification.preprocess import input_size_given, parse_size, ultralytics_resize_crop
+from avala_infer.predictors.torch_runtime import queued_to_device
 from avala_infer.predictors.ultralytics_loading import load_ultralytics_module
 from avala_infer.specs import ModelSpec
 from avala_infer.types import ModelType
@@ -47,9 +48,7 @@ def to_normalised_batch(crops: Sequence[np.ndarray], device: str, fp16: bool, me
     """Stack BGR uint8 HWC crops into a normalised RGB NCHW float tensor (channels-last) on ``device``."""
     import torch
 
-    batch = torch.from_numpy(np.stack(crops))
-    if device != "cpu":
-        batch = batch.pin_memory().to(device, non_blocking=True)
+    batch = queued_to_device(torch.from_numpy(np.stack(crops)), device)
     batch = batch.permute(0, 3, 1, 2).flip(1)  # BHWC BGR -> BCHW RGB
     batch = batch.half() if fp16 else batch.float()
     batch = batch.div_(255)

@@ -51,12 +51,19 @@ def stride_multiple(size: int, stride: int) -> int:
     return max(math.ceil(size / stride) * stride, stride)
 
 
-def unletterbox_params(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> tuple[float, float, float, float]:
-    """(gain_x, gain_y, pad_x, pad_y) that map letterboxed coordinates back, as ultralytics ``scale_boxes``."""
+def content_box(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of an image's content in its letterboxed input, the padding around it cut: the
+    rounding of ultralytics ``scale_boxes`` and ``scale_masks``."""
     gain = min(in_shape[0] / orig_shape[0], in_shape[1] / orig_shape[1])
     new_h, new_w = (max(round(x * gain), 1) for x in orig_shape)
-    pad_x = round((in_shape[1] - new_w) / 2 - 0.1)
-    pad_y = round((in_shape[0] - new_h) / 2 - 0.1)
+    top = round((in_shape[0] - new_h) / 2 - 0.1)
+    left = round((in_shape[1] - new_w) / 2 - 0.1)
+    return top, left, new_h, new_w
+
+
+def unletterbox_params(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> tuple[float, float, float, float]:
+    """(gain_x, gain_y, pad_x, pad_y) that map letterboxed coordinates back, as ultralytics ``scale_boxes``."""
+    pad_y, pad_x, new_h, new_w = content_box(in_shape, orig_shape)
     return new_w / orig_shape[1], new_h / orig_shape[0], pad_x, pad_y
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from avala_infer.predictors.detection.yolo import YoloDetector
+from avala_infer.predictors.detection.yolo import YoloDetector, content_box
+from avala_infer.predictors.torch_runtime import queued_to_device
 from avala_infer.types import ModelType
 
 # bytes: what the float intermediates of one chunk of instance masks may take on top of the bool masks returned
@@ -98,10 +99,7 @@ def masks_into(
     # each instance's image size, and where its mask starts in ``flat`` (an image's masks lie back to back, and
     # so do those of consecutive images of one size: one resize writes a run of them)
     shapes = [shape for shape, n in zip(orig_shapes, counts) for _ in range(n)]
-    starts, offset = [], total
-    for (h, w), n in zip(orig_shapes, counts):
-        starts.extend(range(offset, offset + n * h * w, h * w))
-        offset += n * h * w
+    starts = mask_starts(counts, orig_shapes).tolist()
     step = masks_per_chunk(in_shape, (max(h for h, _ in shapes), max(w for _, w in shapes)))
     for first in range(0, total, step):
         last = min(first + step, total)
@@ -115,7 +113,7 @@ def masks_into(
             stop = run + 1
             while stop < last and shapes[stop] == (h, w):
                 stop += 1
-            top, left, content_h, content_w = content_window(in_shape, (h, w))
+            top, left, content_h, content_w = content_box(in_shape, (h, w))
             content = binary[run - first : stop - first, top : top + content_h, left : left + content_w][None].float()
             out = flat[starts[run] : starts[run] + (stop - run) * h * w].view(stop - run, h, w)
             torch.gt(F.interpolate(content, (h, w), mode="bilinear")[0], 0.5, out=out)
@@ -123,14 +121,11 @@ def masks_into(
             run = stop
 
 
-def content_window(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    """(top, left, height, width) of an image's content in its letterboxed input (the padding around it cut)."""
-    h, w = orig_shape
-    gain = min(in_shape[0] / h, in_shape[1] / w)
-    content_h, content_w = max(round(h * gain), 1), max(round(w * gain), 1)
-    top = round((in_shape[0] - content_h) / 2 - 0.1)
-    left = round((in_shape[1] - content_w) / 2 - 0.1)
-    return top, left, content_h, content_w
+def mask_starts(counts: Sequence[int], orig_shapes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Where each instance's mask starts in a :func:`masks_into` buffer (int64, instance after instance): after the
+    ``sum(counts)`` flags, image i's ``counts[i]`` masks of its size, image after image."""
+    sizes = np.repeat([h * w for h, w in orig_shapes], counts).astype(np.int64)
+    return sum(counts) + np.cumsum(sizes) - sizes
 
 
 def masks_per_chunk(in_shape: tuple[int, int], orig_shape: tuple[int, int]) -> int:
@@ -225,7 +220,9 @@ def crop_pixels(flat: Any, starts: np.ndarray, widths: np.ndarray, bounds: np.nd
     first_pixel = starts + bounds[:, 1] * widths + bounds[:, 0]  # each crop's top-left in flat
     # per instance: its top-left, its image's width, its crop's width and where its pixels start in the output
     params = np.stack((first_pixel, widths, np.maximum(crop_w, 1), np.cumsum(pixels) - pixels + n), 1)
-    params = _to_device(np.concatenate((params.reshape(-1), pixels)), flat.device)
+    params = queued_to_device(
+        torch.as_tensor(np.concatenate((params.reshape(-1), pixels)).astype(np.int64)), flat.device
+    )
     params, pixels = params[: 4 * n].view(n, 4), params[4 * n :]
     index = torch.arange(n + total, device=flat.device)
     instance = torch.repeat_interleave(torch.arange(n, device=flat.device), pixels, output_size=total)
@@ -236,28 +233,15 @@ def crop_pixels(flat: Any, starts: np.ndarray, widths: np.ndarray, bounds: np.nd
     return flat[index]
 
 
-def _to_device(values: np.ndarray, device: Any) -> Any:
-    """An int64 tensor of ``values`` on ``device``; to a GPU through pinned memory, queued behind the device's
-    work (a copy from pageable memory would wait for it)."""
-    import torch
-
-    tensor = torch.as_tensor(np.ascontiguousarray(values, dtype=np.int64))
-    if device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
-
-
 def _from_crops(
     flat: Any, counts: Sequence[int], shapes: Sequence[tuple[int, int]], bounds: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each image's (masks, flags) of a group (``masks_into``'s layout in ``flat``), from one copy of the flags and
     the pixels inside each mask's bounds."""
     n = sum(counts)
-    instance_shapes = np.array([shape for shape, k in zip(shapes, counts) for _ in range(k)], np.int64).reshape(-1, 2)
-    mask_sizes = instance_shapes[:, 0] * instance_shapes[:, 1]
-    starts = n + np.cumsum(mask_sizes) - mask_sizes
+    widths = np.repeat([w for _, w in shapes], counts).astype(np.int64)
     bounds = np.asarray(bounds, np.int64).reshape(-1, 4)
-    host = crop_pixels(flat, starts, instance_shapes[:, 1], bounds).cpu().numpy()  # the group's one copy
+    host = crop_pixels(flat, mask_starts(counts, shapes), widths, bounds).cpu().numpy()  # the group's one copy
     flags, offset, k = host[:n], n, 0
     results = []
     for count, (h, w) in zip(counts, shapes):

@@ -54,6 +54,7 @@ import numpy as np
 from avala_infer.annotations import Detections
 from avala_infer.errors import ConfigError, ModelLoadError, ModelSpecError
 from avala_infer.predictors.base import Predictor
+from avala_infer.predictors.torch_runtime import queued_to_device
 from avala_infer.predictors.transformers_loading import load_folder
 from avala_infer.specs import ModelSpec, find_spec
 from avala_infer.types import ModelType
@@ -370,9 +371,7 @@ class BoxPromptedSegmenter(Predictor):
         """SAM's image encoder over these images at once (SAM2: its feature levels)."""
         import torch
 
-        pixels = torch.stack([p.pixel_values for p in inputs])
-        if self.device != "cpu":
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        pixels = queued_to_device(torch.stack([p.pixel_values for p in inputs]), self.device)
         pixels = pixels.half() if self.fp16 else pixels.float()
         step = CPU_ENCODER_BATCH if self.device == "cpu" else len(pixels)
         parts = [self.model.get_image_embeddings(pixels[i : i + step]) for i in range(0, len(pixels), step)]

@@ -24,6 +24,7 @@ import numpy as np
 from avala_infer.errors import ConfigError, ModelLoadError, ModelSpecError
 from avala_infer.predictors.imaging import IMAGENET_MEAN, IMAGENET_STD
 from avala_infer.predictors.segmentation.semantic import SemanticSegmenter
+from avala_infer.predictors.torch_runtime import queued_to_device
 from avala_infer.specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -169,9 +170,7 @@ class TorchvisionSemanticSegmenter(SemanticSegmenter):
         groups = [prepared] if same_size else [[p] for p in prepared]
         resized = []
         for group in groups:
-            batch = torch.from_numpy(np.stack([p.image for p in group]))
-            if self.device != "cpu":
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            batch = queued_to_device(torch.from_numpy(np.stack([p.image for p in group])), self.device)
             batch = batch.permute(0, 3, 1, 2).flip(1).float()  # BHWC BGR uint8 -> BCHW RGB float
             if tuple(batch.shape[2:]) != group[0].size:
                 batch = F.interpolate(batch, size=group[0].size, mode="bilinear", align_corners=False, antialias=True)

@@ -20,7 +20,12 @@ from avala_infer.errors import ModelLoadError
 from avala_infer.predictors.base import Predictor
 from avala_infer.predictors.text.batching import TextBatch, bucket_count, length_bucket, load_fast_tokenizer
 from avala_infer.predictors.text.tasks import SequenceClassifierBase, TokenClassifierBase, labels_from_config
-from avala_infer.predictors.torch_runtime import compile_module, mark_graph_step, replays_cuda_graphs
+from avala_infer.predictors.torch_runtime import (
+    compile_module,
+    mark_graph_step,
+    queued_to_device,
+    replays_cuda_graphs,
+)
 from avala_infer.predictors.transformers_loading import quiet_loading
 from avala_infer.specs import ModelSpec
 
@@ -110,10 +115,7 @@ class _TransformersText:
         arrays["token_type_ids"] = batch.token_type_ids
         tensors = {}
         for name in self.input_names:
-            tensor = torch.from_numpy(arrays[name])
-            if self.device != "cpu":
-                tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-            tensors[name] = tensor
+            tensors[name] = queued_to_device(torch.from_numpy(arrays[name]), self.device)
         return tensors
 
     def _run(self, inputs: dict[str, Any], rows: slice, width: int) -> np.ndarray:
